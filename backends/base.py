@@ -1,0 +1,133 @@
+"""The backend interface. A backend is a small package that provides buffers, a dispatch
+table `KERNELS: dict[Op, kernel]` and a way to turn a node into a prepared call.
+
+`supports_op`, lowering and the op x backend matrix all read `KERNELS`; nothing else wires
+an op into a backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from graphir.ops import Op
+from graphir.tensor import Tensor
+
+Call = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+
+class Buffer:
+    """Device memory owned by one backend. `handle` is backend-specific."""
+
+    __slots__ = ("backend", "nbytes", "handle")
+
+    def __init__(self, backend: Backend, nbytes: int, handle: Any) -> None:
+        self.backend = backend
+        self.nbytes = nbytes
+        self.handle = handle
+
+    def __repr__(self) -> str:
+        return f"<Buffer {self.backend.name} {self.nbytes} B>"
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a tensor's bytes are: a buffer and the byte offset of the tensor's origin."""
+
+    buffer: Buffer
+    offset: int
+
+
+class Backend(ABC):
+    """One executor. Subclasses set `name` and `KERNELS` and implement the abstract methods.
+
+    A kernel may carry a `supports(node) -> bool` attribute for type/shape limits; an op
+    missing from KERNELS is not supported.
+    """
+
+    name: ClassVar[str]
+    KERNELS: ClassVar[dict[Op, Any]]
+    alignment: ClassVar[int] = 64  # byte alignment of compute-buffer offsets
+
+    # ---- availability ----
+    @classmethod
+    @abstractmethod
+    def availability(cls) -> Availability:
+        """Whether this backend can run here, and if not, why (driver, package, device)."""
+
+    # ---- support ----
+    def supports_op(self, node: Tensor) -> bool:
+        kernel = self.KERNELS.get(node.op)
+        if kernel is None:
+            return False
+        check = getattr(kernel, "supports", None)
+        return True if check is None else bool(check(node))
+
+    # ---- memory ----
+    @abstractmethod
+    def alloc_buffer(self, nbytes: int) -> Buffer:
+        """A buffer of at least nbytes (contents undefined)."""
+
+    @abstractmethod
+    def set_tensor(self, place: Place, t: Tensor, data: np.ndarray) -> None:
+        """Write host `data` (t's numpy dtype, shape (ne3, ne2, ne1, ne0)) into t at place."""
+
+    @abstractmethod
+    def get_tensor(self, place: Place, t: Tensor) -> np.ndarray:
+        """A host copy of t (numpy shape (ne3, ne2, ne1, ne0); raw rows for quantized)."""
+
+    @abstractmethod
+    def write_bytes(self, buffer: Buffer, offset: int, data: np.ndarray) -> None:
+        """Write raw bytes (a uint8 array) into buffer at offset."""
+
+    @abstractmethod
+    def read_bytes(self, buffer: Buffer, offset: int, nbytes: int) -> np.ndarray:
+        """A host copy (uint8) of nbytes of buffer from offset."""
+
+    def copy_from(self, dst: Place, t: Tensor, src_backend: Backend, src: Place) -> Call:
+        """A prepared call copying the bytes of storage tensor t from another backend.
+
+        Default: through the host. Backends may specialise (device-to-device)."""
+
+        def run() -> None:
+            src_backend.synchronize()
+            self.set_tensor(dst, t, src_backend.get_tensor(src, t))
+
+        return run
+
+    def static_place(self, t: Tensor) -> Place:
+        """Place of a leaf that carries host data (weight, constant, persistent state),
+        uploaded once per backend and kept while the tensor lives."""
+        cache: dict[int, tuple[Tensor, Place]] = self.__dict__.setdefault("_static", {})
+        hit = cache.get(id(t))
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        place = self.upload_static(t)
+        cache[id(t)] = (t, place)
+        return place
+
+    @abstractmethod
+    def upload_static(self, t: Tensor) -> Place:
+        """Make t.data (host bytes) available on this backend."""
+
+    # ---- execution ----
+    @abstractmethod
+    def lower(self, node: Tensor, dst: Place, srcs: list[Place | None]) -> Call:
+        """A prepared call that computes node into dst from srcs (same order as node.src).
+        All decisions (kernel, views, launch sizes) are made here, not in the call."""
+
+    def synchronize(self) -> None:
+        """Wait until all queued work of this backend is done."""
+
+    def describe(self) -> str:
+        return self.name

@@ -1,0 +1,5 @@
+"""(being written)"""
+
+
+def rope(node, dst, *src):
+    raise NotImplementedError

@@ -1,0 +1,158 @@
+"""Lower a scheduled, allocated graph into a Plan: a flat list of prepared calls.
+
+`Plan.run()` only walks that list; every decision (kernel, views, offsets, copies) was
+made here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphir.backends import Backend, Place
+from graphir.backends.base import Call
+from graphir.graph import Graph
+from graphir.tensor import Tensor, is_empty_op, storage_of
+
+from .alloc import Allocation
+from .schedule import Schedule, is_static
+
+EvalCallback = Callable[[Tensor, np.ndarray], object]
+
+
+@dataclass
+class PlanStats:
+    n_nodes: int
+    n_calls: int
+    n_splits: int
+    n_copies: int
+    compute_bytes: dict[str, int]
+    naive_bytes: dict[str, int]
+    inplace: int
+    refused: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.n_nodes} nodes, {self.n_calls} calls, {self.n_splits} splits, {self.n_copies} copies"]
+        for name, size in self.compute_bytes.items():
+            if self.naive_bytes.get(name):
+                parts.append(f"{name} compute buffer {size / 2**20:.2f} MiB "
+                             f"(naive {self.naive_bytes[name] / 2**20:.2f} MiB)")  # fmt: skip
+        return "; ".join(parts)
+
+
+class Plan:
+    """A compiled graph: buffers, places and prepared calls. Create with `graphir.compile`.
+
+    Tensors are addressed by object or by name. A cached plan handed back for a new graph
+    of the same key is `bind`-ed to it, so the new graph's tensors address the same slots.
+    """
+
+    def __init__(self, graph: Graph, sched: Schedule, alloc: Allocation) -> None:
+        self.graph = graph
+        self.schedule = sched
+        self.alloc = alloc
+        self._alias: dict[Tensor, Tensor] = {}  # tensors of a bound graph -> this plan's
+        self._rev: dict[Tensor, Tensor] = {}
+        self.buffers = {b.name: b.alloc_buffer(alloc.sizes[b.name]) for b in sched.backends if alloc.sizes[b.name]}
+        self._steps: list[tuple[Tensor | None, Backend, Call]] = []
+        for split in sched.splits:
+            be = split.backend
+            for o in split.inputs:
+                src_be = sched.home[o]
+                self._steps.append((None, be, be.copy_from(self.place(o, be), o, src_be, self.place(o, src_be))))
+            for n in split.nodes:
+                if is_empty_op(n):
+                    continue
+                srcs = [None if s is None else self.place(s, be) for s in n.src]
+                self._steps.append((n, be, be.lower(n, self.place(n, be), srcs)))
+        self._calls = [c for _, _, c in self._steps]
+        self._used = list({id(be): be for _, be, _ in self._steps}.values())
+        self._names = {t.name: t for t in graph.tensors() if t.name}
+        self.stats = PlanStats(
+            n_nodes=len(graph.nodes),
+            n_calls=len(self._calls),
+            n_splits=len(sched.splits),
+            n_copies=sum(len(s.inputs) for s in sched.splits),
+            compute_bytes=dict(alloc.sizes),
+            naive_bytes=dict(alloc.naive),
+            inplace=alloc.inplace,
+            refused=list(alloc.refused),
+        )
+
+    # ---- places ----
+    def place(self, t: Tensor, backend: Backend | None = None) -> Place:
+        """Where t's bytes are on `backend` (default: where t lives)."""
+        t = self._alias.get(t, t)
+        owner = storage_of(t)
+        home = self.schedule.home[owner]
+        be = backend or home
+        view_offs = t.view_offs if t.view_src is not None else 0
+        if is_static(owner):
+            base = be.static_place(owner)
+        elif be is home:
+            base = Place(self.buffers[be.name], self.alloc.offsets[owner])
+        else:
+            base = Place(self.buffers[be.name], self.alloc.copy_offsets[(be.name, owner)])
+        return Place(base.buffer, base.offset + view_offs)
+
+    def offset_of(self, t: Tensor) -> int | None:
+        """Byte offset of t in its backend's compute buffer (None for weights/state)."""
+        owner = storage_of(self._alias.get(t, t))
+        if is_static(owner):
+            return None
+        return self.alloc.offsets[owner] + (t.view_offs if t.view_src is not None else 0)
+
+    def backend_of(self, t: Tensor) -> Backend:
+        return self.schedule.backend_of(self._alias.get(t, t))
+
+    # ---- addressing ----
+    def _tensor(self, t: Tensor | str) -> Tensor:
+        if isinstance(t, str):
+            if t not in self._names:
+                raise KeyError(f"[plan] no tensor named {t!r}")
+            return self._names[t]
+        return self._alias.get(t, t)
+
+    def bind(self, graph: Graph) -> Plan:
+        """This plan, addressed through the tensors of `graph` (same key, new objects)."""
+        twin = object.__new__(Plan)
+        twin.__dict__.update(self.__dict__)
+        mine = list(self.graph.tensors())
+        theirs = list(graph.tensors())
+        twin._alias = dict(zip(theirs, mine))
+        twin._rev = dict(zip(mine, theirs))
+        twin._names = {t.name: t for t in mine if t.name}
+        twin.graph = graph
+        return twin
+
+    # ---- data ----
+    def set_input(self, t: Tensor | str, data: np.ndarray) -> None:
+        """Write host data into an input tensor (numpy shape (ne3, ne2, ne1, ne0) or flat)."""
+        t = self._tensor(t)
+        home = self.schedule.home[storage_of(t)]
+        home.set_tensor(self.place(t, home), t, data)
+
+    def get(self, t: Tensor | str) -> np.ndarray:
+        """A host copy of t after a run, numpy shape (ne3, ne2, ne1, ne0)."""
+        t = self._tensor(t)
+        be = self.backend_of(t)
+        be.synchronize()
+        return be.get_tensor(self.place(t, be), t)
+
+    # ---- run ----
+    def run(self, callback: EvalCallback | None = None) -> None:
+        """Run every prepared call in order. With `callback`, it is called as
+        callback(node, value) after each node (value: a host copy), like llama-eval-callback."""
+        if callback is None:
+            for call in self._calls:
+                call()
+        else:
+            for n, be, call in self._steps:
+                call()
+                if n is not None:
+                    be.synchronize()
+                    callback(self._rev.get(n, n), be.get_tensor(self.place(n, be), n))
+        for be in self._used:
+            be.synchronize()

@@ -1,0 +1,36 @@
+"""One distribution, one import namespace: graphir, graphir.backends, graphir.models,
+graphir.tools (top-level folders mapped with package_dir); shaders ship as package data."""
+
+from setuptools import setup
+
+PACKAGES = {
+    "graphir": "graphir",
+    "graphir.compile": "graphir/compile",
+    "graphir.parity": "graphir/parity",
+    "graphir.backends": "backends",
+    "graphir.backends.cpu": "backends/cpu",
+    "graphir.models": "models",
+    "graphir.tools": "tools",
+    "graphir.shaders": "shaders",
+}
+
+setup(
+    name="graphir",
+    version="0.1.0",
+    description="A compiled tensor graph IR mirroring ggml, with Qwen3.5 models from GGUF",
+    python_requires=">=3.11",
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    package_data={
+        "graphir.shaders": ["vulkan/*.comp", "vulkan/*.glsl", "opencl/*.cl", "opencl/*.h", "cuda/*.cu", "cuda/*.cuh"]
+    },
+    install_requires=["numpy>=1.26"],
+    extras_require={
+        "gguf": ["gguf>=0.10"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "gguf>=0.10"],
+        "opencl": ["pyopencl>=2024.1"],
+        "cuda": ["pycuda>=2024.1"],
+        "dev": ["ruff"],
+    },
+    entry_points={"console_scripts": ["graphir=graphir.tools.cli:main"]},
+)
