@@ -1,0 +1,107 @@
+"""The `graphir` console entry point: one subcommand per tool."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from graphir import backends
+from graphir.ops import Op
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    """Print the op x backend support matrix, read from each backend's KERNELS table."""
+    names = backends.names()
+    tables: dict[str, dict | None] = {}
+    notes = []
+    for name in names:
+        try:
+            cls = backends.backend_class(name)
+        except ImportError as e:
+            cls = None
+            notes.append(f"{name}: import failed: {e}")
+        tables[name] = None if cls is None else cls.KERNELS
+        av = backends.availability(name)
+        if not av.ok:
+            notes.append(f"{name}: unavailable here ({av.reason})")
+    width = max(len(op.value) for op in Op)
+    print(f"{'op':<{width}}  " + "  ".join(f"{n:^7}" for n in names))
+    for op in Op:
+        if op is Op.NONE:
+            continue
+        cells = []
+        for name in names:
+            table = tables[name]
+            cells.append("   -   " if table is None else ("  yes  " if op in table else "  no   "))
+        print(f"{op.value:<{width}}  " + "  ".join(cells))
+    counts = {n: (sum(op in t for op in Op if op is not Op.NONE) if t else 0) for n, t in tables.items()}
+    total = len(Op) - 1
+    print("\n" + ", ".join(f"{n}: {c}/{total}" for n, c in counts.items()))
+    for note in notes:
+        print(note)
+    return 0
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    """Build the example graph (or a model's decode graph, once models exist), compile it and dump it."""
+    import graphir as gr
+    from graphir.dump import Filter, dump
+
+    from .example import ExampleConfig, ExampleWeights, build_example, example_inputs
+
+    cfg = ExampleConfig(n_layer=args.layers, n_tokens=args.tokens)
+    graph = build_example(ExampleWeights(cfg))
+    plan = gr.compile(graph, args.backend)
+    if args.run:
+        for name, value in example_inputs(cfg).items():
+            plan.set_input(name, value)
+        plan.run()
+        logits = plan.get("logits")
+        print(f"# ran: logits {list(reversed(logits.shape))}, argmax per token {np.argmax(logits[0, 0], axis=-1).tolist()}",
+              file=sys.stderr)  # fmt: skip
+    keep = Filter(args.name, args.layer) if args.name or args.layer is not None else None
+    text = dump(graph, args.format, plan, keep)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        print(f"wrote {args.format} dump of {len(graph.nodes)} nodes to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="graphir", description="graphir: a compiled tensor graph IR mirroring ggml")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("dump", help="dump a compiled graph (text table, Graphviz DOT or JSON)")
+    d.add_argument("--format", "-f", choices=["text", "dot", "json"], default="text")
+    d.add_argument("--layer", type=int, help="only tensors of this layer (names ending in -LAYER)")
+    d.add_argument("--name", help="only tensors whose name matches this regex")
+    d.add_argument("--layers", type=int, default=2, help="layers of the example graph (default 2)")
+    d.add_argument("--tokens", type=int, default=8, help="tokens in the example batch (default 8)")
+    d.add_argument("--backend", "-b", action="append", help="backend(s) in priority order (default cpu)")
+    d.add_argument("--run", action="store_true", help="also run the plan once on random inputs")
+    d.add_argument("--output", "-o", help="write to this file instead of stdout")
+    d.set_defaults(func=cmd_dump)
+
+    o = sub.add_parser("ops", help="print the op x backend support matrix")
+    o.set_defaults(func=cmd_ops)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "backend", None) is None and hasattr(args, "backend"):
+        args.backend = ["cpu"]
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, backends.BackendUnavailable) as e:
+        print(f"graphir {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
