@@ -135,8 +135,11 @@ class Tensor:
         """Bytes spanned from the first element to one past the last (ggml_nbytes)."""
         if self.nelements == 0:
             return 0
-        blck = TYPE_INFO[self.type].block_elems
-        n = row_size(self.type, self.ne[0]) if blck > 1 else self.ne[0] * self.nb[0]
+        info = TYPE_INFO[self.type]
+        if info.block_elems > 1:
+            n = row_size(self.type, self.ne[0])
+        else:  # nb[0] may differ from the element size (permuted views): count its stride too
+            n = info.block_bytes + (self.ne[0] - 1) * self.nb[0]
         return n + sum((self.ne[i] - 1) * self.nb[i] for i in range(1, MAX_DIMS))
 
     def is_contiguous(self) -> bool:
