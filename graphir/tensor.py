@@ -143,7 +143,9 @@ class Tensor:
         return n + sum((self.ne[i] - 1) * self.nb[i] for i in range(1, MAX_DIMS))
 
     def is_contiguous(self) -> bool:
-        return self.nb == contiguous_strides(self.type, self.ne)
+        """Elements packed densely in ne order; dims of size 1 may have any stride (as ggml)."""
+        dense = contiguous_strides(self.type, self.ne)
+        return all(self.ne[i] == 1 or self.nb[i] == dense[i] for i in range(MAX_DIMS))
 
     def same_layout(self, other: Tensor) -> bool:
         return self.type == other.type and self.ne == other.ne and self.nb == other.nb
