@@ -151,6 +151,7 @@ def from_numpy(arr: np.ndarray, name: str = "", type: DType | str | None = None)
 
 
 def _view(a: Tensor, op: Op, ne: Sequence[int], nb: Sequence[int], offs: int, params=None) -> Tensor:
+    _check(offs >= 0, op.value, f"view of {_s(a)} at negative offset {offs}")
     t = Tensor(a.type, ne, op, (a,), params, nb=tuple(nb), view_src=a, view_offs=offs)
     span = t.nbytes + t.view_offs  # relative to the storage owner
     limit = t.view_src.nbytes
