@@ -505,9 +505,10 @@ def rope_multi(a: Tensor, pos: Tensor, freq_factors: Tensor | None, n_dims: int,
                attn_factor: float = 1.0, beta_fast: float = 32.0, beta_slow: float = 1.0) -> Tensor:  # fmt: skip
     """Multi-section rope: pos is I32 [4 * n_tokens] (component c of token t at c*n_tokens + t).
 
-    Rotation pair i (of n_dims/2) takes its position from one of 4 components. MROPE: by
-    contiguous sections; IMROPE (Qwen3.5): interleaved, component (i % 3) while i is below
-    3 * that section's size, else component 3. Pairs are NEOX-ordered.
+    Rotation pair i (of n_dims/2) takes its position from one of 4 components, chosen by its
+    sector = i % sum(sections) (the sections repeat when n_dims/2 exceeds their sum). MROPE: by
+    contiguous sections; IMROPE (Qwen3.5): interleaved, component c = sector % 3 while sector is
+    below 3 * sections[c], else component 3. Pairs are NEOX-ordered.
     """
     _check(mode in (ROPE_MROPE, ROPE_IMROPE), "rope_multi", f"mode must be MROPE(8) or IMROPE(40), got {mode}")
     _check(len(sections) == 4 and all(s >= 0 for s in sections), "rope_multi",

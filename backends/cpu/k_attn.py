@@ -1,5 +1,80 @@
-"""(being written)"""
+"""Fused attention (Op.FLASH_ATTN_EXT), the reference for ggml_flash_attn_ext.
+
+out = softmax(s + slope * mask) v with s = scale * q k^T, or with a logit softcap
+s = softcap * tanh(scale * q k^T / softcap), per query head h using kv head h // (H / H_kv).
+
+NOTE on numerics (ggml-cpu ops.cpp, flash_attn_ext_f16):
+- ggml's one-row path (used for decode, n_q below its tile size) converts Q to F16 when K is
+  F16 and accumulates V in F16 when V is F16; its tiled path (prefill) converts K/V to F32 and
+  keeps Q in F32. We always compute in float32 (K/V widened, Q kept F32) like the tiled path;
+  the F16 rounding of the other path is well inside the 5e-4 attention parity threshold.
+- Mask entries equal to -inf (after the slope) are skipped outright, so they weigh exactly 0.
+- A fully masked row has no weight at all: ggml keeps sum S = 0 and writes 0 * V = zeros
+  (S_inv = 0), not NaN. We do the same.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphir.tensor import Tensor
+
+from .common import as_f32
+
+F32 = np.float32
 
 
-def flash_attn_ext(node, dst, *src):
-    raise NotImplementedError
+def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
+    """Per-head ALiBi slopes as ggml computes them (all 1 when max_bias == 0), float32 [n_head]."""
+    if max_bias <= 0:
+        return np.ones(n_head, dtype=F32)
+    n_head_log2 = 1 << int(np.floor(np.log2(n_head)))
+    m0 = np.power(F32(2), F32(-max_bias) / F32(n_head_log2))
+    m1 = np.power(F32(2), F32(-max_bias / 2.0) / F32(n_head_log2))
+    h = np.arange(n_head)
+    low = m0 ** (h + 1).astype(F32)  # the first n_head_log2 heads
+    high = m1 ** (2 * (h - n_head_log2) + 1).astype(F32)  # the rest: odd powers of m1
+    return np.where(h < n_head_log2, low, high).astype(F32)
+
+
+def flash_attn_ext(node: Tensor, dst: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                   mask: np.ndarray | None = None) -> None:  # fmt: skip
+    """q (n_seq, H, n_q, D), k (n_seq_kv, H_kv, n_kv, D), v (.., Dv), mask (m3, m2, >=n_q, n_kv)
+    -> dst (n_seq, n_q, H, Dv) (heads before tokens)."""
+    p = node.params
+    scale, softcap = F32(p["scale"]), F32(p["logit_softcap"])
+    n_seq, H, n_q, _ = q.shape
+    H_kv = k.shape[1]
+    rk2, rk3 = H // H_kv, n_seq // k.shape[0]  # broadcast factors: kv index = q index // r (grouped)
+    qf = as_f32(q, node.src[0].type)
+    kf = as_f32(k, node.src[1].type)
+    vf = as_f32(v, node.src[2].type)
+    mf = None if mask is None else as_f32(mask, node.src[3].type)
+    slopes = alibi_slopes(H, p["max_bias"])
+    if softcap != 0:
+        scale = scale / softcap  # as ggml: scale first, then softcap * tanh
+
+    out = np.empty((n_seq, n_q, H, vf.shape[-1]), dtype=F32)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for i3 in range(n_seq):
+            for h in range(H):
+                s = (qf[i3, h] @ kf[i3 // rk3, h // rk2].T) * scale  # [n_q, n_kv]
+                if softcap != 0:
+                    s = softcap * np.tanh(s)
+                if mf is not None:
+                    mv = slopes[h] * mf[i3 % mf.shape[0], h % mf.shape[1], :n_q]
+                    s = np.where(mv == -np.inf, F32(-np.inf), s + mv)  # -inf entries are skipped in ggml
+                out[i3, :, h] = _softmax_v(s.astype(F32), vf[i3 // rk3, h // rk2])
+    dst[...] = out
+
+
+def _softmax_v(s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """softmax(s) v per row, with a fully -inf row giving zeros (ggml's S == 0 rule)."""
+    if s.shape[-1] == 0:
+        return np.zeros((s.shape[0], v.shape[-1]), dtype=F32)
+    m = s.max(axis=-1, keepdims=True)
+    dead = m == -np.inf
+    w = np.exp(s - np.where(dead, F32(0), m))  # exp(-inf) = 0 for skipped entries
+    total = w.sum(axis=-1, keepdims=True)
+    acc = w @ v
+    return np.where(total == 0, F32(0), acc / np.where(total == 0, F32(1), total)).astype(F32)
