@@ -130,6 +130,7 @@ def allocate(graph: Graph, sched: Schedule, reuse: bool = True) -> Allocation:
                     res.offsets[n] = res.offsets[parent]
                     moved.add(parent)
                     res.inplace += 1
+                    res.naive[be] += _align(max(n.nbytes, 1), allocators[be].alignment)  # naive counts every tensor
                 else:
                     res.offsets[n] = new(n, sched.home[n].name)
             for s in n.src:
