@@ -124,6 +124,13 @@ def allocate(graph: Graph, sched: Schedule, reuse: bool = True) -> Allocation:
         for o in split.inputs:
             res.copy_offsets[(be, o)] = new(o, be)
         for n in split.nodes:
+            # a data-less leaf that is not an input (a scratch destination) gets its bytes at
+            # its first use, as in ggml-alloc; placed later, it could share a block with a
+            # tensor that is live while the leaf holds data
+            for s in (*n.src, n.view_src):
+                o = None if s is None else storage_of(s)
+                if o is not None and o.op is Op.NONE and needs_memory(o) and o not in res.offsets:
+                    res.offsets[o] = new(o, sched.home[o].name)
             if needs_memory(n) and n not in res.offsets:
                 parent = _inplace_parent(n, sched, res, children, views, pinned, moved) if reuse else None
                 if parent is not None:
@@ -142,7 +149,7 @@ def allocate(graph: Graph, sched: Schedule, reuse: bool = True) -> Allocation:
             for o in split.inputs:
                 allocators[be].free(res.copy_offsets[(be, o)], o.nbytes)
 
-    # leafs without data that are not inputs (scratch destinations) still need bytes
+    # (leafs that no node reads still get bytes)
     for t in graph.leafs:
         if needs_memory(t) and t not in res.offsets:
             res.offsets[t] = new(t, sched.home[t].name)
