@@ -24,10 +24,12 @@ setup(
     package_data={
         "graphir.shaders": ["vulkan/*.comp", "vulkan/*.glsl", "opencl/*.cl", "opencl/*.h", "cuda/*.cu", "cuda/*.cuh"]
     },
-    install_requires=["numpy>=1.26"],
+    # NOTE: `import graphir` needs only numpy; gguf (GGUF files and the block-format oracle) and
+    # tokenizers (exact BPE from the GGUF vocabulary, see models/tokenizer.py) are imported by
+    # graphir.models only, but the main job (running a GGUF model) needs both.
+    install_requires=["numpy>=1.26", "gguf>=0.10", "tokenizers>=0.20"],
     extras_require={
-        "gguf": ["gguf>=0.10"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "gguf>=0.10"],
+        "test": ["pytest>=8", "hypothesis>=6.100"],
         "opencl": ["pyopencl>=2024.1"],
         "cuda": ["pycuda>=2024.1"],
         "dev": ["ruff"],
