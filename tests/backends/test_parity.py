@@ -1,0 +1,28 @@
+"""Every op case on every registered backend (but the cpu reference) against the cpu.
+
+Unavailable backends are skipped with their reason; a case whose every example the backend
+does not support is skipped as not supported (never counted as a pass). Examples come from
+the profile named by GRAPHIR_PARITY_PROFILE ("ci" by default: fixed seed, few examples).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from graphir.backends import availability, names
+from graphir.parity import CASES, Status, check_examples
+
+BACKENDS = [n for n in names() if n != "cpu"]
+
+
+@pytest.mark.parametrize("case", list(CASES.values()), ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_parity(backend, case):
+    av = availability(backend)
+    if not av.ok:
+        pytest.skip(f"{backend} unavailable: {av.reason}")
+    results = check_examples(case, backend)  # raises on the first FAIL, shrunk by hypothesis
+    supported = [r for _, r in results if r.status is not Status.NOT_SUPPORTED]
+    if not supported:
+        pytest.skip(f"{case.name} not supported on {backend}: {results[0][1].reason}")
+    assert all(r.passed for r in supported)
