@@ -72,6 +72,22 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """GGUF metadata, tensors and the validation verdict."""
+    from .inspect_cmd import run_inspect
+
+    return run_inspect(args.file, args)
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    """Every op case on the chosen backends against the cpu reference."""
+    from graphir.parity.harness import run_all
+
+    table = run_all(args.backend or None, args.profile, args.case or None)
+    print(table.format())
+    return 0 if table.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphir", description="graphir: a compiled tensor graph IR mirroring ggml")
     sub = p.add_subparsers(dest="command", required=True)
@@ -87,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", "-o", help="write to this file instead of stdout")
     d.set_defaults(func=cmd_dump)
 
+    i = sub.add_parser("inspect", help="print a GGUF file's metadata and tensors and validate it")
+    i.add_argument("file", help="path to a .gguf file")
+    from .inspect_cmd import add_inspect_args
+
+    add_inspect_args(i)
+    i.set_defaults(func=cmd_inspect)
+
+    q = sub.add_parser("parity", help="check backends against the cpu reference, op by op")
+    q.add_argument("--backend", "-b", action="append", help="backend(s) to check (default: all but cpu)")
+    q.add_argument("--case", "-c", action="append", help="only these op cases (default: all)")
+    q.add_argument("--profile", choices=["ci", "thorough"], help="examples per case (default ci, fixed seed)")
+    q.set_defaults(func=cmd_parity)
+
     o = sub.add_parser("ops", help="print the op x backend support matrix")
     o.set_defaults(func=cmd_ops)
     return p
@@ -94,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "backend", None) is None and hasattr(args, "backend"):
+    if args.command == "dump" and args.backend is None:
         args.backend = ["cpu"]
     try:
         return args.func(args)
