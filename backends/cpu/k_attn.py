@@ -54,24 +54,26 @@ def flash_attn_ext(node: Tensor, dst: np.ndarray, q: np.ndarray, k: np.ndarray, 
     if softcap != 0:
         scale = scale / softcap  # as ggml: scale first, then softcap * tanh
 
-    out = np.empty((n_seq, n_q, H, vf.shape[-1]), dtype=F32)
+    # gather the kv head (grouped) and kv sequence of every (seq, q head): [n_seq, H, n_kv, D]
+    kf = kf[np.arange(n_seq) // rk3][:, np.arange(H) // rk2]
+    vf = vf[np.arange(n_seq) // rk3][:, np.arange(H) // rk2]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        for i3 in range(n_seq):
-            for h in range(H):
-                s = (qf[i3, h] @ kf[i3 // rk3, h // rk2].T) * scale  # [n_q, n_kv]
-                if softcap != 0:
-                    s = softcap * np.tanh(s)
-                if mf is not None:
-                    mv = slopes[h] * mf[i3 % mf.shape[0], h % mf.shape[1], :n_q]
-                    s = np.where(mv == -np.inf, F32(-np.inf), s + mv)  # -inf entries are skipped in ggml
-                out[i3, :, h] = _softmax_v(s.astype(F32), vf[i3 // rk3, h // rk2])
-    dst[...] = out
+        s = (qf @ kf.swapaxes(-1, -2)) * scale  # [n_seq, H, n_q, n_kv]
+        if softcap != 0:
+            s = softcap * np.tanh(s)
+        if mf is not None:
+            seqs = np.arange(n_seq) % mf.shape[0]
+            heads = np.arange(H) % mf.shape[1]
+            mv = slopes[None, :, None, None] * mf[seqs][:, heads, :n_q]
+            s = np.where(mv == -np.inf, F32(-np.inf), s + mv)  # -inf entries are skipped in ggml
+        out = _softmax_v(s.astype(F32), vf)  # [n_seq, H, n_q, Dv]
+    dst[...] = out.swapaxes(1, 2)
 
 
 def _softmax_v(s: np.ndarray, v: np.ndarray) -> np.ndarray:
     """softmax(s) v per row, with a fully -inf row giving zeros (ggml's S == 0 rule)."""
     if s.shape[-1] == 0:
-        return np.zeros((s.shape[0], v.shape[-1]), dtype=F32)
+        return np.zeros(s.shape[:-1] + (v.shape[-1],), dtype=F32)
     m = s.max(axis=-1, keepdims=True)
     dead = m == -np.inf
     w = np.exp(s - np.where(dead, F32(0), m))  # exp(-inf) = 0 for skipped entries
