@@ -10,6 +10,7 @@ import pytest
 from gguf.quants import dequantize, quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ref_inputs import layouts
 
 import graphir as gr
 
@@ -21,18 +22,6 @@ GGUF_Q = {gr.Q8_0: gguf.GGMLQuantizationType.Q8_0, gr.Q4_0: gguf.GGMLQuantizatio
 # ---- inputs in any layout ---------------------------------------------------------------
 
 ne4 = st.tuples(*(st.integers(1, n) for n in (5, 4, 3, 2)))
-
-
-@st.composite
-def layouts(draw) -> tuple:
-    """("cont",), ("perm", axes) or ("view", pads, offsets): how an op input is laid out."""
-    kind = draw(st.sampled_from(["cont", "perm", "view"]))
-    if kind == "perm":
-        return ("perm", tuple(draw(st.permutations(range(4)))))
-    if kind == "view":
-        pads = draw(st.tuples(*[st.integers(0, 2)] * 4))
-        return ("view", pads, tuple(draw(st.integers(0, p)) for p in pads))
-    return ("cont",)
 
 
 def make_input(type, ne, layout, host: np.ndarray, rng) -> tuple[gr.Tensor, gr.Tensor, np.ndarray]:

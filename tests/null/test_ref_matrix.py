@@ -10,6 +10,7 @@ import pytest
 from gguf.quants import dequantize, quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ref_inputs import layouts, make_input
 
 import graphir as gr
 
@@ -17,36 +18,6 @@ GGUF_Q = {gr.Q8_0: gguf.GGMLQuantizationType.Q8_0, gr.Q4_0: gguf.GGMLQuantizatio
 
 
 # ---- inputs in any layout ---------------------------------------------------------------
-
-
-@st.composite
-def layouts(draw) -> tuple:
-    """("cont",), ("perm", axes) or ("view", pads, offsets): how an op input is laid out."""
-    kind = draw(st.sampled_from(["cont", "perm", "view"]))
-    if kind == "perm":
-        return ("perm", tuple(draw(st.permutations(range(4)))))
-    if kind == "view":
-        pads = draw(st.tuples(*[st.integers(0, 2)] * 4))
-        return ("view", pads, tuple(draw(st.integers(0, p)) for p in pads))
-    return ("cont",)
-
-
-def make_input(type, ne, layout, host: np.ndarray) -> tuple[gr.Tensor, gr.Tensor, np.ndarray]:
-    """An input `base`, the operand `t` (base or a view of it) whose logical value (numpy
-    order) is `host`, and the data to feed base (NaN sentinels around a view)."""
-    if layout[0] == "perm":
-        axes = layout[1]
-        base = gr.new_input(type, [ne[axes[i]] for i in range(4)])
-        return base, gr.permute(base, *axes), np.transpose(host, [3 - axes[3 - k] for k in range(4)])
-    if layout[0] == "view":
-        pads, offs = layout[1], layout[2]
-        base = gr.new_input(type, [n + p for n, p in zip(ne, pads)])
-        feed = np.full(tuple(reversed(base.ne)), np.nan, dtype=host.dtype)  # must never be read
-        feed[tuple(slice(o, o + n) for o, n in zip(reversed(offs), reversed(ne)))] = host
-        offset = sum(o * nb for o, nb in zip(offs, base.nb))
-        return base, gr.view_4d(base, *ne, base.nb[1], base.nb[2], base.nb[3], offset), feed
-    base = gr.new_input(type, ne)
-    return base, base, host
 
 
 def run(out: gr.Tensor, feeds: dict[gr.Tensor, np.ndarray]) -> np.ndarray:
