@@ -7,6 +7,7 @@ an op into a backend.
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,13 +108,14 @@ class Backend(ABC):
 
     def static_place(self, t: Tensor) -> Place:
         """Place of a leaf that carries host data (weight, constant, persistent state),
-        uploaded once per backend and kept while the tensor lives."""
-        cache: dict[int, tuple[Tensor, Place]] = self.__dict__.setdefault("_static", {})
+        uploaded once per backend and dropped when the tensor is garbage collected."""
+        cache: dict[int, tuple[weakref.ref, Place]] = self.__dict__.setdefault("_static", {})
         hit = cache.get(id(t))
-        if hit is not None and hit[0] is t:
+        if hit is not None and hit[0]() is t:
             return hit[1]
         place = self.upload_static(t)
-        cache[id(t)] = (t, place)
+        cache[id(t)] = (weakref.ref(t), place)
+        weakref.finalize(t, cache.pop, id(t), None)
         return place
 
     @abstractmethod

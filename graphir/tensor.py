@@ -56,7 +56,7 @@ class Tensor:
 
     __slots__ = (
         "type", "ne", "nb", "op", "src", "params", "name", "flags",
-        "view_src", "view_offs", "data", "backend",
+        "view_src", "view_offs", "data", "backend", "__weakref__",
     )  # fmt: skip
 
     def __init__(
