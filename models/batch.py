@@ -1,0 +1,247 @@
+"""Batches of tokens and their split into ubatches (llama-batch's equal split).
+
+A `Batch` is what a caller decodes: tokens and/or embedding rows, each with a position, ONE
+sequence id and an output flag. `split` cuts it into `UBatch`es, the unit a graph runs on:
+n_seqs sequences x n_seq_tokens tokens each (equal lengths, since `gated_delta_net` takes
+[.., n_tokens, n_seqs]), rows seq-major: row `g * n_seq_tokens + t` is token t of the g-th
+sequence of the ubatch (ggml's layout for equal splits).
+
+The split keeps the last `1 + n_rs_seq` tokens of every sequence in ONE ubatch, so a verify
+batch of up to `1 + n_rs_seq` tokens is always snapshotted whole and can be rolled back.
+
+NOTE: a token belongs to exactly one sequence (llama.cpp allows several for KV-only caches;
+share a prompt with `seq_cp` instead), so every memory type takes the same ubatches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class BatchError(ValueError):
+    """A malformed batch or an impossible split; the message names the bad index and value."""
+
+
+def _fail(msg: str) -> None:
+    raise BatchError(f"[batch] {msg}")
+
+
+def _int_array(name: str, values, n: int | None) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        _fail(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        _fail(f"{name} must be integers, got dtype {arr.dtype}")
+    if n is not None and arr.shape[0] != n:
+        _fail(f"{name} has {arr.shape[0]} entries, the batch has {n} tokens")
+    return arr.astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """Tokens to decode; arrays are normalized and checked on construction.
+
+    Attributes:
+        tokens: int64 (n,) token ids, or None for an embeddings-only batch.
+        embd: float32 (n, n_embd) input rows, or None (a batch may carry both: the MTP head).
+        pos: int64 (n,) positions, >= 0; consecutive and increasing per sequence in batch order.
+        seq_id: int64 (n,) the one sequence of each token, >= 0 (an int broadcasts).
+        output: bool (n,) which tokens produce outputs; default: the last token of each sequence.
+    """
+
+    tokens: np.ndarray | None
+    embd: np.ndarray | None
+    pos: np.ndarray
+    seq_id: np.ndarray
+    output: np.ndarray
+
+    def __init__(self, tokens=None, embd=None, *, pos, seq_id=0, output=None) -> None:
+        if tokens is None and embd is None:
+            _fail("needs tokens or embd")
+        n = None
+        if tokens is not None:
+            tokens = _int_array("tokens", tokens, None)
+            n = tokens.shape[0]
+        if embd is not None:
+            embd = np.asarray(embd, dtype=np.float32)
+            if embd.ndim != 2:
+                _fail(f"embd must be 2-D (n_tokens, n_embd), got shape {embd.shape}")
+            if n is not None and embd.shape[0] != n:
+                _fail(f"embd has {embd.shape[0]} rows, tokens has {n}")
+            n = embd.shape[0]
+        if n == 0:
+            _fail("is empty (n_tokens == 0)")
+        pos = _int_array("pos", pos, n)
+        seq = np.full(n, seq_id, np.int64) if np.ndim(seq_id) == 0 else _int_array("seq_id", seq_id, n)
+        if output is None:
+            out = np.zeros(n, bool)
+            for s in np.unique(seq):
+                out[np.flatnonzero(seq == s)[-1]] = True
+        else:
+            out = np.asarray(output, dtype=bool)
+            if out.shape != (n,):
+                _fail(f"output must have shape ({n},), got {out.shape}")
+        for name, val in (("tokens", tokens), ("embd", embd), ("pos", pos), ("seq_id", seq), ("output", out)):
+            object.__setattr__(self, name, val)
+        self._check_order()
+
+    @classmethod
+    def simple(cls, tokens: Sequence[int], pos0: int = 0, seq_id: int = 0, all_outputs: bool = False) -> Batch:
+        """One sequence of tokens at positions pos0, pos0+1, ...; outputs for the last (or all)."""
+        n = len(tokens)
+        return cls(
+            tokens, pos=np.arange(pos0, pos0 + n), seq_id=seq_id, output=np.ones(n, bool) if all_outputs else None
+        )
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.pos.shape[0])
+
+    @property
+    def seqs(self) -> list[int]:
+        """Sequence ids in order of first appearance."""
+        _, first = np.unique(self.seq_id, return_index=True)
+        return [int(self.seq_id[i]) for i in sorted(first)]
+
+    def _check_order(self) -> None:
+        bad = np.flatnonzero(self.pos < 0)
+        if bad.size:
+            _fail(f"token {bad[0]} has pos {self.pos[bad[0]]}; positions must be >= 0")
+        bad = np.flatnonzero(self.seq_id < 0)
+        if bad.size:
+            _fail(f"token {bad[0]} has seq_id {self.seq_id[bad[0]]}; sequence ids must be >= 0")
+        for s in self.seqs:
+            idx = np.flatnonzero(self.seq_id == s)
+            step = np.diff(self.pos[idx])
+            bad = np.flatnonzero(step != 1)
+            if bad.size:
+                i = idx[bad[0] + 1]
+                _fail(f"token {i} (seq {s}) has pos {self.pos[i]}, expected {self.pos[idx[bad[0]]] + 1}: "
+                      "positions of a sequence must be consecutive and increasing")  # fmt: skip
+
+    def check(self, n_seq_max: int, n_vocab: int | None = None, n_embd: int | None = None) -> None:
+        """The checks that need the context: seq ids < n_seq_max, token ids < n_vocab, embd width."""
+        bad = np.flatnonzero(self.seq_id >= n_seq_max)
+        if bad.size:
+            _fail(f"token {bad[0]} has seq_id {self.seq_id[bad[0]]}, must be in [0, {n_seq_max}) (n_seq_max)")
+        if n_vocab is not None and self.tokens is not None:
+            bad = np.flatnonzero((self.tokens < 0) | (self.tokens >= n_vocab))
+            if bad.size:
+                _fail(f"token {bad[0]} has id {self.tokens[bad[0]]}, must be in [0, {n_vocab}) (n_vocab)")
+        if n_embd is not None and self.embd is not None and self.embd.shape[1] != n_embd:
+            _fail(f"embd rows have {self.embd.shape[1]} values, the model needs n_embd={n_embd}")
+
+
+@dataclass(frozen=True, eq=False)
+class UBatch:
+    """n_seqs sequences x n_seq_tokens tokens; row `g * n_seq_tokens + t` = token t of sequence g.
+
+    Attributes:
+        seqs: the sequence id of each group g (distinct), len n_seqs.
+        n_seq_tokens: tokens per sequence.
+        idx: int64 (n_tokens,) the batch index of each row (maps outputs back to the batch).
+        tokens / embd / pos / output: the batch's arrays gathered in row order.
+    """
+
+    seqs: tuple[int, ...]
+    n_seq_tokens: int
+    idx: np.ndarray
+    tokens: np.ndarray | None
+    embd: np.ndarray | None
+    pos: np.ndarray
+    output: np.ndarray
+
+    @classmethod
+    def from_batch(cls, batch: Batch, seqs: Sequence[int], rows: np.ndarray) -> UBatch:
+        """The ubatch of `batch` rows `rows` (n_seqs * n_seq_tokens batch indices, seq-major)."""
+        rows = np.asarray(rows, np.int64)
+        n_seq_tokens = rows.shape[0] // len(seqs)
+        return cls(
+            seqs=tuple(int(s) for s in seqs),
+            n_seq_tokens=n_seq_tokens,
+            idx=rows,
+            tokens=None if batch.tokens is None else batch.tokens[rows],
+            embd=None if batch.embd is None else batch.embd[rows],
+            pos=batch.pos[rows],
+            output=batch.output[rows],
+        )
+
+    @classmethod
+    def dummy(cls, n_seqs: int, n_seq_tokens: int) -> UBatch:
+        """A placeholder ubatch of the given shape (token 0, positions 0..), for worst-case graphs."""
+        n = n_seqs * n_seq_tokens
+        return cls(tuple(range(n_seqs)), n_seq_tokens, np.arange(n), np.zeros(n, np.int64), None,
+                   np.tile(np.arange(n_seq_tokens), n_seqs), np.ones(n, bool))  # fmt: skip
+
+    @property
+    def n_seqs(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.idx.shape[0])
+
+    @property
+    def seq_id(self) -> np.ndarray:
+        """int64 (n_tokens,) the sequence of each row."""
+        return np.repeat(np.asarray(self.seqs, np.int64), self.n_seq_tokens)
+
+    @property
+    def out_rows(self) -> np.ndarray:
+        """int32 rows (within the ubatch) whose outputs were asked for: the graph's `out_ids`."""
+        return np.flatnonzero(self.output).astype(np.int32)
+
+    @property
+    def out_idx(self) -> np.ndarray:
+        """int64 batch indices of `out_rows`, in the same order (to scatter outputs back)."""
+        return self.idx[self.output]
+
+    def seq_pos(self, g: int) -> np.ndarray:
+        """Positions of group g's tokens (consecutive)."""
+        return self.pos[g * self.n_seq_tokens : (g + 1) * self.n_seq_tokens]
+
+
+def _allowed(k: int, remaining: int, tail: int) -> bool:
+    """Taking k of a sequence's `remaining` tokens keeps its last `tail` tokens together."""
+    return k == remaining or k <= remaining - tail
+
+
+def split(batch: Batch, n_ubatch: int, n_rs_seq: int = 0) -> list[UBatch]:
+    """Cut `batch` into equal-length ubatches of at most n_ubatch tokens.
+
+    Guarantees: every token in exactly one ubatch; a sequence's tokens keep their order across
+    and within ubatches; the last `min(len, 1 + n_rs_seq)` tokens of each sequence lie in one
+    ubatch. Each step takes the chunk length k (and the sequences that can give k tokens
+    without breaking their tail) that puts the most tokens into the ubatch; ties go to larger k.
+    """
+    if n_ubatch < 1 or n_rs_seq < 0:
+        raise BatchError(f"[split] need n_ubatch >= 1 and n_rs_seq >= 0, got {n_ubatch}, {n_rs_seq}")
+    tail = 1 + n_rs_seq
+    if n_ubatch < tail:
+        raise BatchError(f"[split] n_ubatch ({n_ubatch}) must be >= 1 + n_rs_seq ({tail}): "
+                         "the tokens a rollback may undo must fit one ubatch")  # fmt: skip
+    order = batch.seqs
+    rows = {s: np.flatnonzero(batch.seq_id == s) for s in order}
+    done = dict.fromkeys(order, 0)
+    out: list[UBatch] = []
+    while True:
+        rem = {s: len(rows[s]) - done[s] for s in order if done[s] < len(rows[s])}
+        if not rem:
+            return out
+        # the best k is one of these break points (score is piecewise increasing in k between them)
+        cands = {n_ubatch // n for n in range(1, len(rem) + 1)}
+        for r in rem.values():
+            cands |= {min(r, n_ubatch), min(r - tail, n_ubatch)}
+        best: tuple[int, int, list[int]] = (0, 0, [])
+        for k in sorted((c for c in cands if c >= 1), reverse=True):
+            members = [s for s, r in rem.items() if _allowed(k, r, tail)][: n_ubatch // k]
+            if k * len(members) > best[0]:
+                best = (k * len(members), k, members)
+        _, k, members = best
+        ub_rows = np.concatenate([rows[s][done[s] : done[s] + k] for s in members])
+        for s in members:
+            done[s] += k
+        out.append(UBatch.from_batch(batch, members, ub_rows))
