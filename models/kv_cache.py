@@ -1,0 +1,204 @@
+"""The KV cache of the attention layers: n_ctx cells, each with a position and a set of sequences.
+
+Storage: per attention layer `il` two leaf tensors with writable host data (persistent state,
+not weights): `k_l[il]` and `v_l[il]`, ne [n_embd_k_gqa, n_ctx] and [n_embd_v_gqa, n_ctx]
+(F16 by default, or F32): column c holds cell c's K (V) row, heads contiguous. A ubatch's
+graph writes its rows with `set_rows(k_l[il], k_cur, kv.slots)` and reads the first `kv.n_kv`
+cells through a view, masked by `kv.mask` (see `KVInputs`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import graphir as gr
+from graphir.types import DType, parse_type
+
+from .memory import KVInputs, Memory, MemoryFullError, MemorySizes, check_continuity, norm_range
+
+if TYPE_CHECKING:
+    from .batch import UBatch
+    from .hparams import Qwen35HParams
+
+_NP_TYPES = {DType.F16: np.float16, DType.F32: np.float32}
+
+
+def state_leaf(type: DType, ne: tuple[int, int], name: str) -> gr.Tensor:
+    """A zeroed leaf with host data that graphs may write (set_rows/cpy): state, not a weight."""
+    t = gr.new_weight(type, ne, np.zeros((ne[1], ne[0]), _NP_TYPES[type]), name)
+    t.flags &= ~gr.Flag.PARAM
+    return t
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+class KVCache(Memory):
+    """Cells with a position (-1: empty) and a set of sequences; slot finding and causal masks.
+
+    Args:
+        layers: the attention layers (il) this cache serves.
+        n_embd_k_gqa, n_embd_v_gqa: K and V row widths (head_dim * n_head_kv).
+        n_ctx: cells.
+        n_seq_max: sequence ids are 0..n_seq_max-1.
+        type_k, type_v: F16 (default) or F32.
+        kv_pad: n_kv is the used-cell bound rounded up to this (at most n_ctx).
+        mask_row_pad: mask rows are n_tokens rounded up to this (padding rows are -inf).
+    """
+
+    _field = "kv"
+
+    def __init__(self, layers: Sequence[int], n_embd_k_gqa: int, n_embd_v_gqa: int, n_ctx: int,
+                 n_seq_max: int = 1, type_k: Any = DType.F16, type_v: Any = DType.F16, kv_pad: int = 256,
+                 mask_row_pad: int = 1) -> None:  # fmt: skip
+        super().__init__(n_seq_max)
+        if n_ctx < 1 or kv_pad < 1 or mask_row_pad < 1:
+            raise ValueError(f"[kv_cache] need n_ctx, kv_pad, mask_row_pad >= 1, got {n_ctx}, {kv_pad}, {mask_row_pad}")
+        type_k, type_v = parse_type(type_k), parse_type(type_v)
+        for what, t in (("type_k", type_k), ("type_v", type_v)):
+            if t not in _NP_TYPES:
+                raise ValueError(f"[kv_cache] {what} must be F16 or F32, got {t.name}")
+        self.layers = tuple(layers)
+        self.n_ctx, self.kv_pad, self.mask_row_pad = n_ctx, kv_pad, mask_row_pad
+        self.k_l = {il: state_leaf(type_k, (n_embd_k_gqa, n_ctx), f"cache_k_l{il}") for il in self.layers}
+        self.v_l = {il: state_leaf(type_v, (n_embd_v_gqa, n_ctx), f"cache_v_l{il}") for il in self.layers}
+        self._clear()
+
+    @classmethod
+    def for_model(cls, hp: Qwen35HParams, layers: Sequence[int], n_ctx: int, n_seq_max: int = 1,
+                  type_k: Any = DType.F16, type_v: Any = DType.F16, kv_pad: int = 256) -> KVCache:  # fmt: skip
+        return cls(layers, hp.n_embd_k_gqa, hp.n_embd_v_gqa, n_ctx, n_seq_max, type_k, type_v, kv_pad)
+
+    # ---- cells ----------------------------------------------------------------------------
+    @property
+    def n_used(self) -> int:
+        return int((self.pos >= 0).sum())
+
+    def _free_empty(self) -> None:
+        empty = ~self.seqs.any(axis=1)
+        self.pos[empty] = -1
+        self.shift[empty] = 0
+
+    @staticmethod
+    def _find_slot(free: np.ndarray, n: int) -> np.ndarray | None:
+        """n free cells: the first contiguous run if there is one, else the lowest free cells."""
+        c = np.concatenate([[0], np.cumsum(free)])
+        runs = np.flatnonzero(c[n:] - c[:-n] == n) if n <= free.shape[0] else []
+        if len(runs):
+            return np.arange(runs[0], runs[0] + n)
+        idx = np.flatnonzero(free)
+        return idx[:n] if idx.shape[0] >= n else None
+
+    def n_kv_for(self, bound: int) -> int:
+        """The padded attention span for a used-cell bound."""
+        return min(self.n_ctx, _round_up(max(bound, 1), self.kv_pad))
+
+    # ---- plan / commit --------------------------------------------------------------------
+    def _plan(self, ubatches: Sequence[UBatch]) -> list[np.ndarray]:
+        check_continuity("kv_cache", ubatches, self._seq_pos_max)
+        free = self.pos < 0
+        n_free, need = int(free.sum()), sum(ub.n_tokens for ub in ubatches)
+        plan = []
+        for i, ub in enumerate(ubatches):
+            slots = self._find_slot(free, ub.n_tokens)
+            if slots is None:
+                raise MemoryFullError(f"[kv_cache] context full: need {need} cells, {n_free} free "
+                                      f"(n_ctx={self.n_ctx}; ubatch {i} of {ub.n_tokens} tokens does not fit)")  # fmt: skip
+            free = free.copy()
+            free[slots] = False
+            plan.append(slots.astype(np.int32))
+        return plan
+
+    def _commit(self, ubatch: UBatch, slots: np.ndarray) -> KVInputs:
+        self.pos[slots] = ubatch.pos
+        self.shift[slots] = 0
+        self.seqs[slots] = False
+        self.seqs[slots, ubatch.seq_id] = True
+        k_shift = self.shift.astype(np.int32) if self.has_shift else None
+        self.shift[:] = 0
+        self.has_shift = False
+        bound = int(np.flatnonzero(self.pos >= 0)[-1]) + 1
+        return KVInputs(self.n_kv_for(bound), slots, self.mask(ubatch, self.n_kv_for(bound)), k_shift)
+
+    def mask(self, ubatch: UBatch, n_kv: int) -> np.ndarray:
+        """F32 numpy (n_tokens_pad, n_kv): 0 where row t may see cell c (c holds t's sequence at a
+        position <= t's), -inf elsewhere; rows past n_tokens are padding (-inf)."""
+        n = ubatch.n_tokens
+        out = np.full((_round_up(n, self.mask_row_pad), n_kv), -np.inf, np.float32)
+        see = self.seqs[:n_kv][:, ubatch.seq_id].T & (self.pos[None, :n_kv] <= ubatch.pos[:, None])
+        out[:n][see] = 0.0
+        return out
+
+    def _reserve(self, ubatch: UBatch) -> KVInputs:
+        n = ubatch.n_tokens
+        slots = (np.arange(n) % self.n_ctx).astype(np.int32)
+        return KVInputs(self.n_ctx, slots, np.zeros((_round_up(n, self.mask_row_pad), self.n_ctx), np.float32))
+
+    # ---- sequences ------------------------------------------------------------------------
+    def _in_range(self, p0: int, p1: int) -> np.ndarray:
+        lo, hi = norm_range(p0, p1)
+        return (self.pos >= lo) & (self.pos < hi)
+
+    def _can_seq_rm(self, seq: int, p0: int, p1: int) -> bool:
+        return True
+
+    def _seq_rm(self, seq: int, p0: int, p1: int) -> None:
+        sel = self._in_range(p0, p1)
+        if seq < 0:
+            self.seqs[sel] = False
+        else:
+            self.seqs[sel, seq] = False
+        self._free_empty()
+
+    def _check_seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        return None
+
+    def _seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        self.seqs[self.seqs[:, src] & self._in_range(p0, p1), dst] = True
+
+    def _seq_keep(self, seq: int) -> None:
+        keep = self.seqs[:, seq].copy()
+        self.seqs[:] = False
+        self.seqs[keep, seq] = True
+        self._free_empty()
+
+    def _seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        sel = self.seqs[:, seq] & self._in_range(p0, p1)
+        if not sel.any():
+            return
+        self.pos[sel] += delta
+        self.shift[sel] += delta
+        self.has_shift = True
+        # as llama.cpp: a cell shifted below position 0 is dropped
+        self.seqs[sel & (self.pos < 0)] = False
+        self._free_empty()
+
+    @property
+    def pending_shift(self) -> np.ndarray | None:
+        """Per-cell position deltas recorded by seq_add, not yet handed out by apply()."""
+        return self.shift.copy() if self.has_shift else None
+
+    def _seq_pos_min(self, seq: int) -> int:
+        p = self.pos[self.seqs[:, seq]]
+        return int(p.min()) if p.size else -1
+
+    def _seq_pos_max(self, seq: int) -> int:
+        p = self.pos[self.seqs[:, seq]]
+        return int(p.max()) if p.size else -1
+
+    def _clear(self) -> None:
+        self.pos = np.full(self.n_ctx, -1, np.int64)
+        self.seqs = np.zeros((self.n_ctx, self.n_seq_max), bool)
+        self.shift = np.zeros(self.n_ctx, np.int64)
+        self.has_shift = False
+
+    def _sizes(self) -> MemorySizes:
+        return MemorySizes(kv_bytes=sum(t.nbytes for t in (*self.k_l.values(), *self.v_l.values())))
+
+    def _bookkeeping(self) -> dict[str, Any]:
+        return {"kv.pos": self.pos.copy(), "kv.seqs": self.seqs.copy(), "kv.shift": self.shift.copy(),
+                "kv.has_shift": self.has_shift}  # fmt: skip

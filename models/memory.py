@@ -1,0 +1,336 @@
+"""The memory interface (KV cache + recurrent state), its per-ubatch graph inputs, and the hybrid.
+
+Only `MemoryContext.apply()` mutates what a graph depends on: `init_batch` plans every ubatch
+of a batch on copies (slots, position checks) and raises before anything changes; `apply()`
+then commits one ubatch at a time, in order, and returns the inputs its graph needs. The
+`seq_*` calls mutate directly, but only after all their checks pass (a refusal returns False
+or raises and changes nothing). Any mutation outdates a pending MemoryContext.
+
+Implementations: `KVCache` (models/kv_cache.py, attention layers), `RecurrentMemory`
+(models/recurrent.py, delta-net layers) and `HybridMemory` (one of each, split by layer).
+`make_memory` picks the right one for a model's layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .batch import BatchError, UBatch
+
+if TYPE_CHECKING:
+    from .hparams import Qwen35HParams
+
+
+class MemoryFullError(RuntimeError):
+    """The ubatches of a batch do not fit the memory (nothing was changed)."""
+
+
+@dataclass(frozen=True, eq=False)
+class KVInputs:
+    """What an attention layer's graph needs for one ubatch (shapes in ne order).
+
+    Attributes:
+        n_kv: cells the graph attends over: view K/V caches as [.., n_kv] (cells 0..n_kv-1).
+            Padded (to 256 by default, at most n_ctx) so consecutive decode steps share a plan.
+        slots: I32 (n_tokens,) the cell of each ubatch row: `set_rows(cache, k_cur, slots)`.
+        mask: F32 ne [n_kv, n_tokens_pad] (numpy (n_tokens_pad, n_kv)): 0 where row t may attend
+            cell c (same sequence, cell pos <= token pos), -inf elsewhere (other sequences,
+            empty cells, padding rows).
+        k_shift: I32 (n_ctx,) pending position deltas per cell from `seq_add`, or None. Before
+            this ubatch's graph runs, re-rotate K rows by these deltas (rope with pos = delta).
+    """
+
+    n_kv: int
+    slots: np.ndarray
+    mask: np.ndarray
+    k_shift: np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class RSInputs:
+    """What a delta-net layer's graph needs for one ubatch. Rows index the r/s state tensors.
+
+    Attributes:
+        src_rows: I32 (n_seqs,) rows to read each sequence's initial conv and ssm state from
+            (`get_rows(cache, src_rows)`): plane 0 normally, plane r after a rollback of r tokens,
+            the all-zero row for a fresh sequence.
+        dst_rows: I32 (1 + n_snapshots, n_seqs): `dst_rows[j]` receives the state j tokens before
+            the end of the ubatch (j = 0: final state). Write gated_delta_net's slot j there, and
+            the conv window ending j tokens before the end.
+        n_snapshots: planes 1..n_snapshots to write; 0 when no snapshots are needed (then run
+            gated_delta_net with snapshots=1). Else use snapshots = 1 + n_snapshots.
+        fresh: bool (n_seqs,) which sequences start from the zero state (src_rows points at it).
+        copies: (src_row, dst_row) state-row copies from `seq_cp` to perform, in order, on every
+            r and s tensor before this ubatch's graph runs (empty for later ubatches).
+    """
+
+    src_rows: np.ndarray
+    dst_rows: np.ndarray
+    n_snapshots: int
+    fresh: np.ndarray
+    copies: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def snapshots(self) -> bool:
+        return self.n_snapshots > 0
+
+
+@dataclass(frozen=True, eq=False)
+class UBatchInputs:
+    """The graph inputs of one ubatch: `kv` for attention layers, `rs` for delta-net layers
+    (None where the memory has no such layers). `reserve` marks init_full's placeholders:
+    right shapes, values not meant to be run."""
+
+    ubatch: UBatch
+    kv: KVInputs | None = None
+    rs: RSInputs | None = None
+    reserve: bool = False
+
+
+@dataclass(frozen=True)
+class MemorySizes:
+    """Bytes of persistent state."""
+
+    kv_bytes: int = 0  # K and V caches of every attention layer
+    rs_bytes: int = 0  # conv + ssm states of every delta-net layer, all planes
+    rs_snapshot_bytes: int = 0  # the part of rs_bytes that n_rs_seq > 0 adds (planes 1..n_rs_seq)
+
+    @property
+    def total(self) -> int:
+        return self.kv_bytes + self.rs_bytes
+
+    def __add__(self, other: MemorySizes) -> MemorySizes:
+        return MemorySizes(self.kv_bytes + other.kv_bytes, self.rs_bytes + other.rs_bytes,
+                           self.rs_snapshot_bytes + other.rs_snapshot_bytes)  # fmt: skip
+
+
+def norm_range(p0: int, p1: int) -> tuple[float, float]:
+    """seq_* position ranges: p0 < 0 -> 0, p1 < 0 -> infinity; the range is [p0, p1)."""
+    return (0 if p0 < 0 else p0), (np.inf if p1 < 0 else p1)
+
+
+def check_continuity(name: str, ubatches: Sequence[UBatch], pos_max: Callable[[int], int]) -> None:
+    """Each sequence's tokens must continue its memory: first pos == pos_max + 1 (when non-empty)."""
+    last: dict[int, int] = {}
+    for i, ub in enumerate(ubatches):
+        for g, s in enumerate(ub.seqs):
+            p = ub.seq_pos(g)
+            prev = last.get(s, pos_max(s))
+            if prev >= 0 and p[0] != prev + 1:
+                raise BatchError(f"[{name}] ubatch {i}: seq {s} starts at pos {p[0]} but its memory ends at "
+                                 f"pos {prev}; positions must continue at {prev + 1} (seq_rm first to redo)")  # fmt: skip
+            last[s] = int(p[-1])
+
+
+class Memory:
+    """Base of the memories. Subclasses provide `components` (themselves, or their parts) and,
+    per component, `_plan(ubatches) -> list` (pure; raises) and `_commit(ubatch, plan_item)`.
+
+    The seq_* API, with `seq < 0` meaning every sequence where noted and [p0, p1) ranges
+    normalized by `norm_range`:
+        seq_rm(seq, p0, p1) -> bool; can_seq_rm(...) -> bool (the dry run);
+        seq_cp(src, dst, p0=-1, p1=-1); seq_keep(seq); seq_add(seq, p0, p1, delta);
+        seq_pos_min(seq) / seq_pos_max(seq) -> int (-1 when the sequence is empty).
+    """
+
+    n_seq_max: int
+
+    def __init__(self, n_seq_max: int) -> None:
+        if n_seq_max < 1:
+            raise ValueError(f"[memory] n_seq_max must be >= 1, got {n_seq_max}")
+        self.n_seq_max = n_seq_max
+        self._version = 0
+
+    # ---- planning / applying --------------------------------------------------------------
+    @property
+    def components(self) -> tuple[Memory, ...]:
+        return (self,)
+
+    def init_batch(self, ubatches: Sequence[UBatch]) -> MemoryContext:
+        """Plan all ubatches (no mutation). Raises BatchError (bad seq ids, positions that do not
+        continue the memory) or MemoryFullError (e.g. "context full: need N cells, M free")."""
+        for i, ub in enumerate(ubatches):
+            bad = [s for s in ub.seqs if not 0 <= s < self.n_seq_max]
+            if bad:
+                raise BatchError(f"[memory] ubatch {i}: seq_id {bad[0]} out of range [0, {self.n_seq_max})")
+        plans = [c._plan(ubatches) for c in self.components]
+        return MemoryContext(self, list(ubatches), [list(p) for p in zip(*plans)] if ubatches else [])
+
+    def _plan(self, ubatches: Sequence[UBatch]) -> list[Any]:
+        raise NotImplementedError
+
+    def _commit(self, ubatch: UBatch, plan_item: Any) -> KVInputs | RSInputs:
+        raise NotImplementedError
+
+    def init_full(self, n_seq_tokens: int, n_seqs: int = 1) -> UBatchInputs:
+        """Placeholder inputs of the worst-case shapes (n_kv = n_ctx, snapshots for this
+        ubatch shape) for a ubatch of n_seqs x n_seq_tokens, to compile/reserve the largest
+        graph at creation. No mutation; `reserve=True`: never run a graph on them."""
+        ub = UBatch.dummy(n_seqs, n_seq_tokens)
+        parts = {type(c)._field: c._reserve(ub) for c in self.components}
+        return UBatchInputs(ub, reserve=True, **parts)
+
+    def _reserve(self, ubatch: UBatch) -> KVInputs | RSInputs:
+        raise NotImplementedError
+
+    # ---- versions: a mutation outdates pending contexts ------------------------------------
+    def _touch(self) -> None:
+        self._version += 1
+
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(c._version for c in self.components)
+
+    # ---- sequences ----------------------------------------------------------------------------
+    def _check_seq(self, seq: int, allow_all: bool = False) -> None:
+        lo = -1 if allow_all else 0
+        if not isinstance(seq, (int, np.integer)) or seq < lo or seq >= self.n_seq_max:
+            what = "[-1 (all), " if allow_all else "[0, "
+            raise ValueError(f"[memory] seq_id {seq!r} out of range {what}{self.n_seq_max})")
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        """Remove positions [p0, p1) of `seq` (all sequences if seq < 0). False: refused, nothing changed."""
+        if not self.can_seq_rm(seq, p0, p1):
+            return False
+        for c in self.components:
+            c._seq_rm(seq, p0, p1)
+            c._touch()
+        return True
+
+    def can_seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        """Whether seq_rm(seq, p0, p1) would succeed (no mutation)."""
+        self._check_seq(seq, allow_all=True)
+        return all(c._can_seq_rm(seq, p0, p1) for c in self.components)
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        """Give `dst` the positions [p0, p1) of `src` (KV: cells gain dst, as llama.cpp: seq_rm dst
+        first; recurrent: dst's state becomes src's, so the range must cover all of src)."""
+        self._check_seq(src)
+        self._check_seq(dst)
+        for c in self.components:
+            c._check_seq_cp(src, dst, p0, p1)
+        if src == dst:
+            return
+        for c in self.components:
+            c._seq_cp(src, dst, p0, p1)
+            c._touch()
+
+    def seq_keep(self, seq: int) -> None:
+        """Remove every sequence but `seq`."""
+        self._check_seq(seq)
+        for c in self.components:
+            c._seq_keep(seq)
+            c._touch()
+
+    def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        """Shift the positions [p0, p1) of `seq` by delta (KV: records the K re-rotation)."""
+        self._check_seq(seq)
+        if delta == 0:
+            return
+        for c in self.components:
+            c._seq_add(seq, p0, p1, int(delta))
+            c._touch()
+
+    def seq_pos_min(self, seq: int) -> int:
+        self._check_seq(seq)
+        return max(c._seq_pos_min(seq) for c in self.components)
+
+    def seq_pos_max(self, seq: int) -> int:
+        self._check_seq(seq)
+        return min(c._seq_pos_max(seq) for c in self.components)
+
+    def clear(self) -> None:
+        """Forget every sequence (data stays; masks and the zero row make it unreachable)."""
+        for c in self.components:
+            c._clear()
+            c._touch()
+
+    def sizes(self) -> MemorySizes:
+        return sum((c._sizes() for c in self.components), MemorySizes())
+
+    def bookkeeping(self) -> dict[str, Any]:
+        """A deep copy of all bookkeeping (for tests and debugging)."""
+        return {k: v for c in self.components for k, v in c._bookkeeping().items()}
+
+    # per-component hooks (subclasses)
+    def _seq_rm(self, seq: int, p0: int, p1: int) -> None: ...
+    def _can_seq_rm(self, seq: int, p0: int, p1: int) -> bool: ...
+    def _check_seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None: ...
+    def _seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None: ...
+    def _seq_keep(self, seq: int) -> None: ...
+    def _seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None: ...
+    def _seq_pos_min(self, seq: int) -> int: ...
+    def _seq_pos_max(self, seq: int) -> int: ...
+    def _clear(self) -> None: ...
+    def _sizes(self) -> MemorySizes: ...
+    def _bookkeeping(self) -> dict[str, Any]: ...
+
+
+@dataclass(eq=False)
+class MemoryContext:
+    """The plan of one batch. `apply()` commits the next ubatch and returns its graph inputs;
+    call it once per ubatch, in order (`for ub in ctx.ubatches: inputs = ctx.apply()`)."""
+
+    memory: Memory
+    ubatches: list[UBatch]
+    plans: list[list[Any]]  # per ubatch, one plan item per component
+    next: int = 0
+    _versions: tuple[int, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        self._versions = self.memory._versions()
+
+    @property
+    def done(self) -> bool:
+        return self.next >= len(self.ubatches)
+
+    def apply(self) -> UBatchInputs:
+        if self.done:
+            raise RuntimeError(f"[memory] all {len(self.ubatches)} ubatches were applied already")
+        if self.memory._versions() != self._versions:
+            raise RuntimeError("[memory] the memory changed since init_batch; plan the batch again")
+        ub = self.ubatches[self.next]
+        parts = {}
+        for c, item in zip(self.memory.components, self.plans[self.next]):
+            parts[type(c)._field] = c._commit(ub, item)
+            c._touch()
+        self.next += 1
+        self._versions = self.memory._versions()
+        return UBatchInputs(ub, **parts)
+
+
+class HybridMemory(Memory):
+    """One KV cache (attention layers) and one recurrent memory (delta-net layers). Every call
+    goes to both; `seq_rm` dry-runs both first, so a refusal by either changes neither."""
+
+    def __init__(self, kv: Memory, rs: Memory) -> None:
+        if kv.n_seq_max != rs.n_seq_max:
+            raise ValueError(f"[hybrid] n_seq_max differs: kv {kv.n_seq_max}, recurrent {rs.n_seq_max}")
+        super().__init__(kv.n_seq_max)
+        self.kv, self.rs = kv, rs
+
+    @property
+    def components(self) -> tuple[Memory, ...]:
+        return (self.kv, self.rs)
+
+
+def make_memory(hp: Qwen35HParams, layers: Sequence[int], n_ctx: int, n_seq_max: int = 1, n_rs_seq: int = 0,
+                type_k: Any = "f16", type_v: Any = "f16", kv_pad: int = 256) -> Memory:  # fmt: skip
+    """The memory for `layers` of a model (the trunk for the main context, the nextn blocks for
+    the MTP head): a KVCache if none is recurrent, a RecurrentMemory if all are, else a hybrid."""
+    # NOTE: imported here because kv_cache and recurrent import this module
+    from .kv_cache import KVCache
+    from .recurrent import RecurrentMemory
+
+    attn = [il for il in layers if not hp.is_recurrent(il)]
+    recr = [il for il in layers if hp.is_recurrent(il)]
+    kv = KVCache.for_model(hp, attn, n_ctx, n_seq_max, type_k, type_v, kv_pad) if attn else None
+    rs = RecurrentMemory.for_model(hp, recr, n_seq_max, n_rs_seq) if recr else None
+    if kv is not None and rs is not None:
+        return HybridMemory(kv, rs)
+    if kv is None and rs is None:
+        raise ValueError("[memory] no layers given")
+    return kv or rs
