@@ -1,0 +1,362 @@
+"""Memory bookkeeping: KV slots and masks, seq_* semantics, recurrent snapshot validity and
+rollback, the hybrid's all-or-nothing refusals, and a state machine against a list-based
+reference. (The data reference that recomputes from scratch comes with the model graphs.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphir as gr
+from graphir.models.batch import Batch, BatchError, split
+from graphir.models.hparams import Qwen35HParams
+from graphir.models.kv_cache import KVCache
+from graphir.models.memory import HybridMemory, Memory, MemoryFullError, UBatchInputs, make_memory
+from graphir.models.recurrent import RecurrentMemory
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def decode(mem: Memory, batch: Batch, n_ubatch: int = 8, n_rs_seq: int = 0) -> list[UBatchInputs]:
+    ctx = mem.init_batch(split(batch, n_ubatch, n_rs_seq))
+    return [ctx.apply() for _ in ctx.ubatches]
+
+
+def tokens(pos0: int, n: int, seq: int = 0) -> Batch:
+    return Batch(np.zeros(n, np.int64), pos=np.arange(pos0, pos0 + n), seq_id=seq)
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def hybrid(n_ctx: int = 32, n_seq_max: int = 2, n_rs_seq: int = 2, kv_pad: int = 8) -> HybridMemory:
+    kv = KVCache([3], 4, 4, n_ctx, n_seq_max, kv_pad=kv_pad)
+    return HybridMemory(kv, RecurrentMemory([0, 1, 2], 6, 8, n_seq_max, n_rs_seq))
+
+
+def kv_positions(kv: KVCache, seq: int) -> list[int]:
+    return sorted(kv.pos[kv.seqs[:, seq]].tolist())
+
+
+# ---- KV cache: slots ---------------------------------------------------------------------------
+
+
+def test_kv_slots_contiguous_first_then_any_free() -> None:
+    kv = KVCache([0], 4, 4, n_ctx=8, n_seq_max=2, kv_pad=4)
+    (inp,) = decode(kv, tokens(0, 6))
+    assert inp.kv.slots.tolist() == [0, 1, 2, 3, 4, 5] and inp.kv.slots.dtype == np.int32
+    assert kv.seq_rm(0, 2, 4)  # frees cells 2, 3
+    (inp,) = decode(kv, tokens(0, 2, seq=1))
+    assert inp.kv.slots.tolist() == [2, 3], "the first contiguous run"
+    assert kv.seq_rm(0, 1, 2) and kv.seq_rm(0, 4, 5)  # free: 1, 4, 6, 7
+    (inp,) = decode(kv, tokens(2, 3, seq=1))
+    assert inp.kv.slots.tolist() == [1, 4, 6], "no run of 3: the lowest free cells"
+    assert kv_positions(kv, 1) == [0, 1, 2, 3, 4] and kv_positions(kv, 0) == [0, 5]
+
+
+def test_kv_context_full_leaves_memory_unchanged() -> None:
+    kv = KVCache([0], 4, 4, n_ctx=8, n_seq_max=2)
+    decode(kv, tokens(0, 5))
+    before = kv.bookkeeping()
+    with pytest.raises(MemoryFullError, match=r"context full: need 4 cells, 3 free"):
+        kv.init_batch(split(tokens(0, 4, seq=1), 2))  # 2 ubatches: the first would fit
+    assert same(before, kv.bookkeeping())
+    decode(kv, tokens(0, 3, seq=1))  # exactly fits
+    assert kv.n_used == 8
+
+
+def test_init_batch_plans_without_mutating_and_contexts_go_stale() -> None:
+    mem = hybrid()
+    before = mem.bookkeeping()
+    ctx = mem.init_batch(split(tokens(0, 10), 4))
+    assert same(before, mem.bookkeeping()) and len(ctx.ubatches) == 3
+    ctx.apply()
+    assert not same(before, mem.bookkeeping())
+    mem.seq_rm(1)  # any seq_* call outdates the plan
+    with pytest.raises(RuntimeError, match="changed since init_batch"):
+        ctx.apply()
+    ctx = mem.init_batch(split(tokens(4, 1), 4))
+    ctx.apply()
+    with pytest.raises(RuntimeError, match="all 1 ubatches were applied"):
+        ctx.apply()
+
+
+def test_positions_must_continue_the_memory() -> None:
+    mem = hybrid()
+    decode(mem, tokens(0, 4))
+    before = mem.bookkeeping()
+    for pos0 in (5, 3, 0):
+        with pytest.raises(BatchError, match=f"seq 0 starts at pos {pos0} but its memory ends at pos 3"):
+            mem.init_batch(split(tokens(pos0, 2), 8))
+    with pytest.raises(BatchError, match=r"seq_id 2 out of range \[0, 2\)"):
+        mem.init_batch(split(tokens(0, 2, seq=2), 8))
+    assert same(before, mem.bookkeeping())
+    decode(mem, tokens(7, 2, seq=1))  # a new sequence may start anywhere
+    assert mem.seq_pos_min(1) == 7 and mem.seq_pos_max(1) == 8
+
+
+# ---- KV cache: masks -----------------------------------------------------------------------------
+
+
+def ref_mask(cells: dict[int, tuple[int, int]], seq: np.ndarray, pos: np.ndarray, n_rows: int, n_kv: int):
+    """0 where row t sees cell c (same sequence, pos <= t's), -inf elsewhere, from a cell -> (pos, seq) map."""
+    m = np.full((n_rows, n_kv), -np.inf, np.float32)
+    for t in range(len(seq)):
+        for c, (cp, cs) in cells.items():
+            if c < n_kv and cs == seq[t] and cp <= pos[t]:
+                m[t, c] = 0.0
+    return m
+
+
+def test_kv_masks_causal_per_sequence_and_padded() -> None:
+    kv = KVCache([0], 4, 4, n_ctx=20, n_seq_max=3, kv_pad=8, mask_row_pad=4)
+    cells: dict[int, tuple[int, int]] = {}
+    steps = [
+        Batch(np.zeros(5, np.int64), pos=[0, 1, 2, 0, 1], seq_id=[0, 0, 0, 2, 2]),
+        Batch(np.zeros(4, np.int64), pos=[3, 2, 4, 0], seq_id=[0, 2, 0, 1]),
+        Batch(np.zeros(2, np.int64), pos=[5, 3], seq_id=[0, 2]),  # one ubatch: 2 seqs x 1 token
+        tokens(1, 8, seq=1),
+    ]
+    n_kvs = []
+    for b in steps:
+        for inp in decode(kv, b, n_ubatch=4):
+            ub = inp.ubatch
+            for row, c in enumerate(inp.kv.slots):
+                cells[int(c)] = (int(ub.pos[row]), int(ub.seq_id[row]))
+            n_kv = inp.kv.n_kv
+            assert n_kv == min(20, -(-(max(cells) + 1) // 8) * 8), "used bound padded to kv_pad, at most n_ctx"
+            n_rows = -(-ub.n_tokens // 4) * 4
+            assert inp.kv.mask.shape == (n_rows, n_kv) and inp.kv.mask.dtype == np.float32
+            np.testing.assert_array_equal(inp.kv.mask, ref_mask(cells, ub.seq_id, ub.pos, n_rows, n_kv))
+            n_kvs.append(n_kv)
+    assert n_kvs[0] == 8 and n_kvs[-1] == 20
+
+
+def test_kv_reserve_shapes() -> None:
+    kv = KVCache([0, 1], 4, 4, n_ctx=40, n_seq_max=1)
+    before = kv.bookkeeping()
+    full = kv.init_full(16)
+    assert full.reserve and full.rs is None and full.kv.n_kv == 40 and full.kv.mask.shape == (16, 40)
+    assert full.kv.slots.shape == (16,) and same(before, kv.bookkeeping())
+
+
+# ---- KV cache: seq_* ------------------------------------------------------------------------------
+
+
+def test_kv_seq_rm_cp_keep() -> None:
+    kv = KVCache([0], 4, 4, n_ctx=32, n_seq_max=3)
+    decode(kv, tokens(0, 6, seq=0))
+    decode(kv, tokens(0, 4, seq=1))
+    assert kv.seq_rm(0, 2, 4) and kv_positions(kv, 0) == [0, 1, 4, 5]
+    assert kv.seq_rm(0, 5, -1) and kv_positions(kv, 0) == [0, 1, 4], "p1 < 0: to infinity"
+    assert kv.seq_rm(1, -1, 2) and kv_positions(kv, 1) == [2, 3], "p0 < 0: from 0"
+    kv.seq_cp(0, 2, 1, -1)
+    assert kv_positions(kv, 2) == [1, 4] and kv.n_used == 5, "seq_cp shares cells"
+    assert kv.seq_rm(0) and kv_positions(kv, 2) == [1, 4] and kv.n_used == 4, "shared cells stay for dst"
+    assert kv.seq_pos_min(0) == -1 and kv.seq_pos_max(0) == -1
+    assert kv.seq_rm(-1, 3, 4) and kv_positions(kv, 1) == [2] and kv_positions(kv, 2) == [1, 4]
+    kv.seq_keep(2)
+    assert kv_positions(kv, 1) == [] and kv_positions(kv, 2) == [1, 4] and kv.n_used == 2
+    kv.clear()
+    assert kv.n_used == 0 and kv.seq_pos_max(2) == -1
+
+
+def test_kv_seq_add_records_the_k_shift_once() -> None:
+    kv = KVCache([0], 4, 4, n_ctx=16, n_seq_max=2)
+    decode(kv, tokens(0, 8))
+    assert kv.seq_rm(0, 2, 5)
+    kv.seq_add(0, 5, -1, -3)  # context shift: 5..7 -> 2..4
+    assert kv_positions(kv, 0) == [0, 1, 2, 3, 4]
+    shift = kv.pending_shift
+    assert shift.tolist() == [0, 0, 0, 0, 0, -3, -3, -3] + [0] * 8
+    (inp,) = decode(kv, tokens(5, 1))
+    np.testing.assert_array_equal(inp.kv.k_shift, shift)
+    assert kv.pending_shift is None
+    (inp,) = decode(kv, tokens(6, 1))
+    assert inp.kv.k_shift is None, "handed out once"
+    kv.seq_add(0, 0, 2, -1)  # pos 0 -> -1: dropped, as llama.cpp
+    assert kv_positions(kv, 0) == [0, 2, 3, 4, 5, 6]
+
+
+def test_seq_ids_are_checked() -> None:
+    mem = hybrid(n_seq_max=2)
+    for call in (lambda: mem.seq_rm(2), lambda: mem.seq_cp(0, 2), lambda: mem.seq_keep(-1),
+                 lambda: mem.seq_add(-1, 0, 1, 1), lambda: mem.seq_pos_max(5)):  # fmt: skip
+        with pytest.raises(ValueError, match="seq_id .* out of range"):
+            call()
+    assert mem.seq_rm(-1), "seq < 0: every sequence"
+
+
+# ---- recurrent: planes, rows, rollback -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_rs_seq", [0, 1, 3])
+@pytest.mark.parametrize("n", [1, 2, 4, 5])
+@pytest.mark.parametrize("r", [1, 2, 3, 4, 6])
+def test_rollback_allowed_exactly_within_validity(n_rs_seq: int, n: int, r: int) -> None:
+    rs = RecurrentMemory([0], 2, 3, n_seq_max=2, n_rs_seq=n_rs_seq)
+    P = 1 + n_rs_seq
+    decode(rs, tokens(0, 8), n_rs_seq=n_rs_seq)
+    (inp,) = decode(rs, tokens(8, n), n_rs_seq=n_rs_seq)  # one ubatch of n tokens
+    valid = min(n - 1, n_rs_seq)
+    assert inp.rs.n_snapshots == valid and inp.rs.dst_rows.tolist() == [[j] for j in range(1 + valid)]
+    before = rs.bookkeeping()
+    pos_max = 7 + n
+    ok = rs.seq_rm(0, pos_max - r + 1, -1)
+    assert ok == (r <= valid)
+    if not ok:
+        assert same(before, rs.bookkeeping())
+        return
+    assert rs.seq_pos_max(0) == pos_max - r and rs.seq_pos_min(0) == 0
+    (inp,) = decode(rs, tokens(pos_max - r + 1, 1), n_rs_seq=n_rs_seq)
+    assert inp.rs.src_rows.tolist() == [r], "the next ubatch reads plane r"
+    (inp,) = decode(rs, tokens(pos_max - r + 2, 1), n_rs_seq=n_rs_seq)
+    assert inp.rs.src_rows.tolist() == [0 * P], "then plane 0 again"
+
+
+def test_rollback_refused_while_pending_and_for_cuts_that_keep_the_end() -> None:
+    rs = RecurrentMemory([0], 2, 3, n_seq_max=1, n_rs_seq=3)
+    decode(rs, tokens(0, 6), n_rs_seq=3)  # ubatches of 2 + 4: valid 3
+    before = rs.bookkeeping()
+    assert not rs.seq_rm(0, 1, 3), "a middle range"
+    assert not rs.seq_rm(0, -1, 4), "the head: the state cannot forget early tokens"
+    assert not rs.seq_rm(0, 2, -1), "r = 4 > 3 valid snapshots"
+    assert same(before, rs.bookkeeping())
+    assert rs.seq_rm(0, 6, -1) and rs.seq_rm(0, 3, 3), "ranges that miss the sequence: nothing to do"
+    assert rs.seq_rm(0, 5, -1) and rs.seq_pos_max(0) == 4
+    pending = rs.bookkeeping()
+    assert not rs.seq_rm(0, 4, -1), "a rollback is pending"
+    assert same(pending, rs.bookkeeping())
+    assert rs.seq_rm(0, 0, -1) and rs.needs_zero(0), "removing everything always works"
+    (inp,) = decode(rs, tokens(0, 1), n_rs_seq=3)
+    assert inp.rs.src_rows.tolist() == [rs.zero_row] and inp.rs.fresh.tolist() == [True]
+
+
+def test_no_snapshots_without_n_rs_seq() -> None:
+    rs = RecurrentMemory([0, 1], 6, 8, n_seq_max=3, n_rs_seq=0)
+    assert rs.r_l[0].ne[:2] == (6, 4) and rs.s_l[1].ne[:2] == (8, 4), "one plane per cell + the zero row"
+    (inp,) = decode(rs, tokens(0, 5, seq=2))
+    assert inp.rs.n_snapshots == 0 and not inp.rs.snapshots and inp.rs.dst_rows.tolist() == [[2]]
+    assert not rs.seq_rm(2, 4, -1)
+    assert rs.sizes().rs_snapshot_bytes == 0 and rs.sizes().rs_bytes == 2 * 4 * (6 + 8) * 4
+
+
+def test_recurrent_rows_for_several_sequences() -> None:
+    rs = RecurrentMemory([0], 2, 3, n_seq_max=3, n_rs_seq=3)
+    b = Batch(np.zeros(6, np.int64), pos=[0, 1, 2, 0, 1, 2], seq_id=[2, 2, 2, 0, 0, 0])
+    (inp,) = decode(rs, b, n_rs_seq=3)
+    assert inp.ubatch.seqs == (2, 0) and inp.rs.n_snapshots == 2
+    assert inp.rs.src_rows.tolist() == [12, 12] and inp.rs.src_rows.dtype == np.int32
+    assert inp.rs.dst_rows.tolist() == [[8, 0], [9, 1], [10, 2]], "row = cell * (1 + n_rs_seq) + plane"
+    (inp,) = decode(rs, Batch([0, 0], pos=[3, 3], seq_id=[0, 2]), n_rs_seq=3)
+    assert inp.rs.src_rows.tolist() == [0, 8] and inp.rs.n_snapshots == 0
+
+
+def test_recurrent_seq_cp_records_row_copies() -> None:
+    rs = RecurrentMemory([0], 2, 3, n_seq_max=3, n_rs_seq=2)
+    decode(rs, tokens(0, 4, seq=0), n_rs_seq=2)
+    assert rs.seq_rm(0, 2, -1)  # pending rollback of 2 -> the current state is plane 2
+    before = rs.bookkeeping()
+    with pytest.raises(ValueError, match="copied whole"):
+        rs.seq_cp(0, 1, 1, -1)
+    assert same(before, rs.bookkeeping())
+    rs.seq_cp(0, 1)
+    assert rs.pending_copies == ((2, 3),) and rs.seq_pos_max(1) == 1 and rs.seq_pos_min(1) == 0
+    assert not rs.seq_rm(1, 1, -1), "a copy has no snapshots"
+    rs.seq_cp(2, 1)  # from an empty sequence: dst becomes empty
+    assert rs.needs_zero(1)
+    (inp,) = decode(rs, tokens(2, 1, seq=0), n_rs_seq=2)
+    assert inp.rs.copies == ((2, 3),) and rs.pending_copies == ()
+    (inp,) = decode(rs, tokens(3, 1, seq=0), n_rs_seq=2)
+    assert inp.rs.copies == ()
+    rs.seq_keep(1)
+    assert rs.seq_pos_max(0) == -1
+
+
+def test_recurrent_seq_add_moves_positions_only() -> None:
+    rs = RecurrentMemory([0], 2, 3, n_seq_max=1, n_rs_seq=2)
+    decode(rs, tokens(4, 3), n_rs_seq=2)
+    rs.seq_add(0, -1, -1, 10)
+    assert (rs.seq_pos_min(0), rs.seq_pos_max(0)) == (14, 16) and rs.valid[0] == 2
+    rs.seq_add(0, 0, -1, -20)
+    assert rs.seq_pos_max(0) == -1, "shifted below 0: dropped, like KV cells"
+
+
+# ---- hybrid -----------------------------------------------------------------------------------------
+
+
+def test_hybrid_refusal_changes_neither_side() -> None:
+    mem = hybrid(n_rs_seq=2)
+    decode(mem, tokens(0, 6), n_ubatch=4, n_rs_seq=2)  # ubatches 3 + 3: valid 2
+    before = mem.bookkeeping()
+    assert not mem.can_seq_rm(0, 3, -1) and not mem.seq_rm(0, 3, -1)
+    assert same(before, mem.bookkeeping()) and kv_positions(mem.kv, 0) == list(range(6))
+    assert mem.seq_rm(0, 4, -1)
+    assert kv_positions(mem.kv, 0) == [0, 1, 2, 3] and mem.seq_pos_max(0) == 3 and mem.rs.pending[0] == 2
+
+
+def test_hybrid_context_full_changes_neither_side() -> None:
+    mem = hybrid(n_ctx=8)
+    decode(mem, tokens(0, 6))
+    before = mem.bookkeeping()
+    with pytest.raises(MemoryFullError, match="context full"):
+        mem.init_batch(split(tokens(6, 3), 8))
+    assert same(before, mem.bookkeeping())
+
+
+def test_hybrid_init_full_and_sizes() -> None:
+    mem = hybrid(n_ctx=32, n_seq_max=2, n_rs_seq=2)
+    full = mem.init_full(n_seq_tokens=4, n_seqs=2)
+    assert full.reserve and full.kv.mask.shape == (8, 32) and full.rs.dst_rows.shape == (3, 2)
+    assert mem.seq_pos_max(0) == -1
+    s = mem.sizes()
+    rows = 2 * 3 + 1
+    assert s.kv_bytes == 2 * 4 * 32 * 2, "K and V, F16, one attention layer"
+    assert s.rs_bytes == 3 * rows * (6 + 8) * 4 and s.rs_snapshot_bytes == 3 * 2 * 2 * (6 + 8) * 4
+    assert s.total == s.kv_bytes + s.rs_bytes
+
+
+def tiny_hparams() -> Qwen35HParams:
+    return Qwen35HParams(arch="qwen35", n_vocab=32, n_ctx_train=64, n_embd=16, block_count=5, n_ff=32,
+                         n_head=2, n_head_kv=1, head_dim_k=8, head_dim_v=8, rms_eps=1e-6, n_rot=4,
+                         rope_sections=(1, 1, 0, 0), rope_freq_base=1e4, ssm_d_conv=4, ssm_d_inner=8,
+                         ssm_d_state=4, ssm_dt_rank=2, ssm_n_group=1, nextn_predict_layers=1)  # fmt: skip
+
+
+def test_make_memory_splits_layers_and_creates_state_leaves() -> None:
+    hp = tiny_hparams()
+    mem = make_memory(hp, range(hp.n_layer_trunk), n_ctx=16, n_seq_max=2, n_rs_seq=3)
+    assert isinstance(mem, HybridMemory) and mem.kv.layers == (3,) and mem.rs.layers == (0, 1, 2)
+    k, r, s = mem.kv.k_l[3], mem.rs.r_l[1], mem.rs.s_l[2]
+    assert (k.type, k.ne[:2], k.name) == (gr.F16, (8, 16), "cache_k_l3")
+    assert (r.type, r.ne[:2], r.name) == (gr.F32, (3 * (8 + 2 * 4), 9), "cache_r_l1")
+    assert (s.type, s.ne[:2], s.name) == (gr.F32, (4 * 4 * 2, 9), "cache_s_l2")
+    for t in (k, r, s):
+        assert not t.is_param and t.is_leaf and not t.data.any()
+    mtp = make_memory(hp, [4], n_ctx=16, type_k="f32")
+    assert isinstance(mtp, KVCache) and mtp.k_l[4].type == gr.F32
+
+
+def test_state_leaves_take_set_rows_and_get_rows() -> None:
+    """The inputs fit the graph ops: K rows land in the cache's host data (cpu), states read back by row."""
+    mem = hybrid(n_rs_seq=2)
+    (inp,) = decode(mem, Batch(np.zeros(4, np.int64), pos=[0, 1, 0, 1], seq_id=[0, 0, 1, 1]), n_rs_seq=2)
+    k_cur, slots = gr.new_input(gr.F32, [4, 4]), gr.new_input(gr.I32, [4])
+    new_s, dst = gr.new_input(gr.F32, [8, 2]), gr.new_input(gr.I32, [2])
+    writes = [gr.set_rows(mem.kv.k_l[3], k_cur, slots), gr.set_rows(mem.rs.s_l[0], new_s, dst)]
+    plan = gr.compile(gr.build_graph(*writes), ["cpu"], cache=False)
+    k_val, s_val = np.arange(16, dtype=np.float32).reshape(4, 4), np.ones((2, 8), np.float32)
+    for t, v in ((k_cur, k_val), (slots, inp.kv.slots), (new_s, s_val), (dst, inp.rs.dst_rows[0])):
+        plan.set_input(t, v)
+    plan.run()
+    np.testing.assert_array_equal(mem.kv.k_l[3].data[inp.kv.slots], k_val.astype(np.float16))
+    assert mem.rs.s_l[0].data[[0, 3]].all() and not mem.rs.s_l[0].data[[1, 2, 4, 5, 6]].any()
+    # the next ubatch reads plane 0 of both sequences
+    (nxt,) = decode(mem, Batch([0, 0], pos=[2, 2], seq_id=[0, 1]), n_rs_seq=2)
+    src = gr.new_input(gr.I32, [2])
+    out = gr.get_rows(mem.rs.s_l[0], src).set_output()
+    plan = gr.compile(gr.build_graph(out), ["cpu"], cache=False)
+    plan.set_input(src, nxt.rs.src_rows)
+    plan.run()
+    np.testing.assert_array_equal(plan.get(out).reshape(2, 8), s_val)
