@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import graphir as gr
 from graphir.models.batch import Batch, BatchError, split
@@ -46,13 +49,13 @@ def test_kv_slots_contiguous_first_then_any_free() -> None:
     kv = KVCache([0], 4, 4, n_ctx=8, n_seq_max=2, kv_pad=4)
     (inp,) = decode(kv, tokens(0, 6))
     assert inp.kv.slots.tolist() == [0, 1, 2, 3, 4, 5] and inp.kv.slots.dtype == np.int32
-    assert kv.seq_rm(0, 2, 4)  # frees cells 2, 3
+    assert kv.seq_rm(0, 1, 2) and kv.seq_rm(0, 3, 5)  # free: 1, 3, 4, 6, 7
     (inp,) = decode(kv, tokens(0, 2, seq=1))
-    assert inp.kv.slots.tolist() == [2, 3], "the first contiguous run"
-    assert kv.seq_rm(0, 1, 2) and kv.seq_rm(0, 4, 5)  # free: 1, 4, 6, 7
+    assert inp.kv.slots.tolist() == [3, 4], "the first contiguous run"
     (inp,) = decode(kv, tokens(2, 3, seq=1))
-    assert inp.kv.slots.tolist() == [1, 4, 6], "no run of 3: the lowest free cells"
-    assert kv_positions(kv, 1) == [0, 1, 2, 3, 4] and kv_positions(kv, 0) == [0, 5]
+    assert inp.kv.slots.tolist() == [1, 6, 7], "no run of 3: the lowest free cells"
+    assert kv_positions(kv, 1) == [0, 1, 2, 3, 4] and kv_positions(kv, 0) == [0, 2, 5]
+    assert kv.pos.tolist() == [0, 2, 2, 0, 1, 5, 3, 4]
 
 
 def test_kv_context_full_leaves_memory_unchanged() -> None:
@@ -256,6 +259,7 @@ def test_recurrent_rows_for_several_sequences() -> None:
 def test_recurrent_seq_cp_records_row_copies() -> None:
     rs = RecurrentMemory([0], 2, 3, n_seq_max=3, n_rs_seq=2)
     decode(rs, tokens(0, 4, seq=0), n_rs_seq=2)
+    decode(rs, tokens(0, 3, seq=1), n_rs_seq=2)  # dst has valid snapshots of its own: they go
     assert rs.seq_rm(0, 2, -1)  # pending rollback of 2 -> the current state is plane 2
     before = rs.bookkeeping()
     with pytest.raises(ValueError, match="copied whole"):
@@ -360,3 +364,173 @@ def test_state_leaves_take_set_rows_and_get_rows() -> None:
     plan.set_input(src, nxt.rs.src_rows)
     plan.run()
     np.testing.assert_array_equal(plan.get(out).reshape(2, 8), s_val)
+
+
+# ---- state machine against a list-based reference ---------------------------------------------------
+
+N_CTX, N_SEQ = 24, 3
+
+
+class MemoryMachine(RuleBasedStateMachine):
+    """Random decodes / seq_rm / rollbacks / seq_cp / seq_keep on a hybrid memory, checked against
+    a reference: per sequence a list of positions, the token count of its last ubatch and the
+    pending rollback; KV cells as a list of [pos, seqs] (no slot ids); expected row copies."""
+
+    @initialize(n_rs_seq=st.integers(0, 3))
+    def setup(self, n_rs_seq: int) -> None:
+        self.n_rs_seq, self.P = n_rs_seq, 1 + n_rs_seq
+        self.mem = hybrid(n_ctx=N_CTX, n_seq_max=N_SEQ, n_rs_seq=n_rs_seq)
+        self.positions: dict[int, list[int]] = {s: [] for s in range(N_SEQ)}
+        self.last_n = dict.fromkeys(range(N_SEQ), 0)
+        self.pending = dict.fromkeys(range(N_SEQ), 0)
+        self.cells: list[list] = []  # [pos, set of seqs]
+        self.copies: list[tuple[int, int]] = []
+
+    # ---- reference ----
+    def ref_rm_ok(self, s: int, lo: float, hi: float) -> bool:
+        ps = self.positions[s]
+        cut = [p for p in ps if lo <= p < hi]
+        if not cut:
+            return True
+        if cut[-1] != ps[-1]:
+            return False  # keeps the last token: the state cannot drop earlier ones
+        if cut[0] == ps[0]:
+            return True  # everything
+        return self.pending[s] == 0 and len(cut) <= min(self.last_n[s] - 1, self.n_rs_seq)
+
+    def ref_rm(self, seq: int, lo: float, hi: float) -> None:
+        for s in range(N_SEQ) if seq < 0 else [seq]:
+            ps = self.positions[s]
+            keep = [p for p in ps if not lo <= p < hi]
+            if not keep:
+                self.last_n[s] = self.pending[s] = 0
+            elif len(keep) < len(ps):
+                self.pending[s] = len(ps) - len(keep)
+            self.positions[s] = keep
+        for c in self.cells:
+            if lo <= c[0] < hi:
+                c[1] -= set(range(N_SEQ)) if seq < 0 else {seq}
+        self.cells = [c for c in self.cells if c[1]]
+
+    # ---- rules ----
+    @rule(data=st.data())
+    def decode(self, data) -> None:
+        seqs = data.draw(st.lists(st.integers(0, N_SEQ - 1), min_size=1, max_size=N_SEQ, unique=True))
+        owners, pos = [], []
+        for s in seqs:
+            n = data.draw(st.integers(1, 6))
+            start = self.positions[s][-1] + 1 if self.positions[s] else data.draw(st.integers(0, 3))
+            owners += [s] * n
+            pos += list(range(start, start + n))
+        batch = Batch(np.zeros(len(pos), np.int64), pos=pos, seq_id=owners)
+        ubs = split(batch, data.draw(st.integers(self.P, 10)), self.n_rs_seq)
+        before = self.mem.bookkeeping()
+        if len(pos) > N_CTX - len(self.cells):
+            with pytest.raises(MemoryFullError):
+                self.mem.init_batch(ubs)
+            assert same(before, self.mem.bookkeeping())
+            return
+        ctx = self.mem.init_batch(ubs)
+        assert same(before, self.mem.bookkeeping()), "init_batch does not mutate"
+        for ub in ubs:
+            free_before = self.mem.kv.pos < 0
+            inp = ctx.apply()
+            self.check_rs_inputs(inp)
+            assert free_before[inp.kv.slots].all() and len(set(inp.kv.slots.tolist())) == ub.n_tokens
+            for g, s in enumerate(ub.seqs):
+                self.positions[s] += ub.seq_pos(g).tolist()
+                self.last_n[s], self.pending[s] = ub.n_seq_tokens, 0
+            self.cells += [[int(p), {int(s)}] for p, s in zip(ub.pos, ub.seq_id)]
+            self.check_mask(inp)
+
+    def check_rs_inputs(self, inp: UBatchInputs) -> None:
+        ub, rs = inp.ubatch, inp.rs
+        for g, s in enumerate(ub.seqs):
+            want = self.mem.rs.zero_row if not self.positions[s] else s * self.P + self.pending[s]
+            assert rs.src_rows[g] == want, f"seq {s}: src row {rs.src_rows[g]}, reference {want}"
+        n_snap = min(ub.n_seq_tokens - 1, self.n_rs_seq)
+        assert rs.n_snapshots == n_snap
+        assert rs.dst_rows.tolist() == [[s * self.P + j for s in ub.seqs] for j in range(1 + n_snap)]
+        assert list(rs.copies) == self.copies
+        self.copies = []
+
+    def check_mask(self, inp: UBatchInputs) -> None:
+        kv, ub = inp.kv, inp.ubatch
+        bound = int(np.flatnonzero(self.mem.kv.pos >= 0).max()) + 1
+        assert kv.n_kv == min(N_CTX, -(-bound // 8) * 8)
+        assert (kv.mask[:, bound:] == -np.inf).all()
+        for t in range(ub.n_tokens):
+            s, p = int(ub.seq_id[t]), int(ub.pos[t])
+            seen = sorted(self.mem.kv.pos[: kv.n_kv][kv.mask[t] == 0].tolist())
+            assert seen == sorted(c[0] for c in self.cells if s in c[1] and c[0] <= p)
+
+    @rule(data=st.data())
+    def seq_rm(self, data) -> None:
+        seq = data.draw(st.integers(-1, N_SEQ - 1))
+        top = max((ps[-1] for ps in self.positions.values() if ps), default=0)
+        p0, p1 = data.draw(st.integers(-1, top + 2)), data.draw(st.integers(-1, top + 3))
+        self.do_rm(seq, p0, p1)
+
+    @rule(data=st.data())
+    def rollback(self, data) -> None:
+        live = [s for s, ps in self.positions.items() if ps]
+        if not live:
+            return
+        s = data.draw(st.sampled_from(live))
+        r = data.draw(st.integers(1, self.last_n[s] + 1))
+        ok = self.do_rm(s, self.positions[s][-1] - r + 1, -1)
+        event(f"rollback {'done' if ok else 'refused'}")
+        then = data.draw(st.sampled_from(["again", "copy", "none"]))
+        if ok and then == "again" and self.positions[s]:  # refused while pending (unless it empties s)
+            self.do_rm(s, self.positions[s][-1], -1)
+        elif ok and then == "copy":
+            self.seq_cp(s, (s + 1) % N_SEQ)  # copies the rolled-back plane
+
+    def do_rm(self, seq: int, p0: int, p1: int) -> bool:
+        lo, hi = (0 if p0 < 0 else p0), (np.inf if p1 < 0 else p1)
+        want = all(self.ref_rm_ok(s, lo, hi) for s in (range(N_SEQ) if seq < 0 else [seq]))
+        before = self.mem.bookkeeping()
+        assert self.mem.seq_rm(seq, p0, p1) == want, f"seq_rm({seq}, {p0}, {p1})"
+        if want:
+            self.ref_rm(seq, lo, hi)
+        else:
+            assert same(before, self.mem.bookkeeping()), "a refusal changes nothing"
+        return want
+
+    @rule(src=st.integers(0, N_SEQ - 1), dst=st.integers(0, N_SEQ - 1))
+    def seq_cp(self, src: int, dst: int) -> None:
+        if src == dst:
+            return
+        assert self.mem.seq_rm(dst)
+        self.ref_rm(dst, 0, np.inf)
+        self.mem.seq_cp(src, dst)
+        if self.positions[src]:
+            self.copies.append((src * self.P + self.pending[src], dst * self.P))
+        self.positions[dst] = list(self.positions[src])
+        for c in self.cells:
+            if src in c[1]:
+                c[1].add(dst)
+
+    @rule(seq=st.integers(0, N_SEQ - 1))
+    def seq_keep(self, seq: int) -> None:
+        self.mem.seq_keep(seq)
+        for s in range(N_SEQ):
+            if s != seq:
+                self.ref_rm(s, 0, np.inf)
+
+    @invariant()
+    def positions_agree(self) -> None:
+        if not hasattr(self, "mem"):
+            return
+        for s, ps in self.positions.items():
+            lo, hi = (ps[0], ps[-1]) if ps else (-1, -1)
+            for m in (self.mem, self.mem.kv, self.mem.rs):
+                assert (m.seq_pos_min(s), m.seq_pos_max(s)) == (lo, hi), f"seq {s} in {type(m).__name__}"
+            assert kv_positions(self.mem.kv, s) == ps
+            assert self.mem.rs.needs_zero(s) == (not ps)
+        assert self.mem.kv.n_used == len(self.cells)
+        assert list(self.mem.rs.pending_copies) == self.copies
+
+
+MemoryMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+test_memory_machine = MemoryMachine.TestCase
