@@ -56,16 +56,17 @@ class RSInputs:
 
     Attributes:
         src_rows: I32 (n_seqs,) rows to read each sequence's initial conv and ssm state from
-            (`get_rows(cache, src_rows)`): plane 0 normally, plane r after a rollback of r tokens,
-            the all-zero row for a fresh sequence.
+            (`get_rows(cache, src_rows)`): plane 0 normally, plane r after a rollback of r tokens.
         dst_rows: I32 (1 + n_snapshots, n_seqs): `dst_rows[j]` receives the state j tokens before
             the end of the ubatch (j = 0: final state). Write gated_delta_net's slot j there, and
             the conv window ending j tokens before the end.
         n_snapshots: planes 1..n_snapshots to write; 0 when no snapshots are needed (then run
             gated_delta_net with snapshots=1). Else use snapshots = 1 + n_snapshots.
-        fresh: bool (n_seqs,) which sequences start from the zero state (src_rows points at it).
+        fresh: bool (n_seqs,) which sequences start from the zero state.
         copies: (src_row, dst_row) state-row copies from `seq_cp` to perform, in order, on every
             r and s tensor before this ubatch's graph runs (empty for later ubatches).
+        zero_rows: rows to set to zero on every r and s tensor before this ubatch's graph runs,
+            after the copies: the src rows of the fresh sequences.
     """
 
     src_rows: np.ndarray
@@ -73,6 +74,7 @@ class RSInputs:
     n_snapshots: int
     fresh: np.ndarray
     copies: tuple[tuple[int, int], ...] = ()
+    zero_rows: tuple[int, ...] = ()
 
     @property
     def snapshots(self) -> bool:
@@ -243,7 +245,7 @@ class Memory:
         return min(c._seq_pos_max(seq) for c in self.components)
 
     def clear(self) -> None:
-        """Forget every sequence (data stays; masks and the zero row make it unreachable)."""
+        """Forget every sequence (data stays: masks hide KV cells, fresh states are zeroed on use)."""
         for c in self.components:
             c._clear()
             c._touch()

@@ -9,9 +9,12 @@ Row layout of the state tensors (per delta-net layer `il`, leaves with writable 
              as ne [d_conv - 1, conv_channels] (time innermost, the `ssm_conv` sx layout);
     s_l[il]: F32 [n_embd_s, n_rows], n_embd_s = S_v * S_v * H_v, each row the gated_delta_net
              state [S_v, S_v, H_v] of one sequence;
-    row(cell, plane) = cell * P + plane, and the last row, `zero_row` = n_seq_max * P, is all
-    zeros and never written: a fresh sequence reads its initial state from there.
+    row(cell, plane) = cell * P + plane, n_rows = n_seq_max * P.
 With n_rs_seq = 0 there is one plane (P = 1): no extra rows, no snapshot writes.
+
+A fresh sequence (empty: never decoded, or removed) must start from the zero state: its first
+ubatch reads plane 0 as usual and hands out that row in `RSInputs.zero_rows`, which the
+Context clears (every r and s tensor) before the graph runs; no row is reserved for it.
 
 Rollback: seq_rm of the last r tokens (0 < p0 <= pos_max < p1, r = pos_max - p0 + 1) is allowed
 when 1 <= r <= valid (the snapshot planes the last ubatch wrote) and no rollback is pending;
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
 
 
 class RecurrentMemory(Memory):
-    """Per-sequence bookkeeping: pos_min/pos_max (-1: empty, the state is zero), `valid`
+    """Per-sequence bookkeeping: pos_min/pos_max (-1: empty, the state must be zeroed), `valid`
     snapshot planes, `pending` rollback plane (0: none), and pending `seq_cp` row copies.
 
     Args:
@@ -57,8 +60,7 @@ class RecurrentMemory(Memory):
         self.layers = tuple(layers)
         self.n_rs_seq = n_rs_seq
         self.n_planes = 1 + n_rs_seq
-        self.zero_row = n_seq_max * self.n_planes
-        n_rows = self.zero_row + 1
+        n_rows = n_seq_max * self.n_planes
         self.n_embd_r, self.n_embd_s = n_embd_r, n_embd_s
         self.r_l = {il: state_leaf(DType.F32, (n_embd_r, n_rows), f"cache_r_l{il}") for il in self.layers}
         self.s_l = {il: state_leaf(DType.F32, (n_embd_s, n_rows), f"cache_s_l{il}") for il in self.layers}
@@ -75,7 +77,7 @@ class RecurrentMemory(Memory):
         return seq * self.n_planes + plane
 
     def needs_zero(self, seq: int) -> bool:
-        """Whether the sequence's next ubatch starts from the zero state."""
+        """Whether the sequence's next ubatch starts from the zero state (its row is zeroed first)."""
         return bool(self.pos_max[seq] < 0)
 
     # ---- plan / commit --------------------------------------------------------------------
@@ -89,7 +91,7 @@ class RecurrentMemory(Memory):
     def _commit(self, ubatch: UBatch, _plan: None) -> RSInputs:
         seqs = np.asarray(ubatch.seqs, np.int64)
         fresh = self.pos_max[seqs] < 0
-        src = np.where(fresh, self.zero_row, seqs * self.n_planes + self.pending[seqs])
+        src = seqs * self.n_planes + self.pending[seqs]  # pending is 0 for a fresh sequence
         n_snap = self._snapshots(ubatch.n_seq_tokens)
         dst = seqs[None, :] * self.n_planes + np.arange(1 + n_snap)[:, None]
         for g, s in enumerate(ubatch.seqs):
@@ -100,13 +102,14 @@ class RecurrentMemory(Memory):
             self.valid[s] = n_snap
             self.pending[s] = 0
         copies, self.copies = tuple(self.copies), []
-        return RSInputs(src.astype(np.int32), dst.astype(np.int32), n_snap, fresh, copies)
+        zero_rows = tuple(int(r) for r in src[fresh])
+        return RSInputs(src.astype(np.int32), dst.astype(np.int32), n_snap, fresh, copies, zero_rows)
 
     def _reserve(self, ubatch: UBatch) -> RSInputs:
         n_snap = self._snapshots(ubatch.n_seq_tokens)
         seqs = np.arange(ubatch.n_seqs) % self.n_seq_max
-        src = np.full(ubatch.n_seqs, self.zero_row, np.int32)
         dst = (seqs[None, :] * self.n_planes + np.arange(1 + n_snap)[:, None]).astype(np.int32)
+        src = dst[0].copy()
         return RSInputs(src, dst, n_snap, np.ones(ubatch.n_seqs, bool))
 
     # ---- sequences ------------------------------------------------------------------------

@@ -233,16 +233,16 @@ def test_rollback_refused_while_pending_and_for_cuts_that_keep_the_end() -> None
     assert same(pending, rs.bookkeeping())
     assert rs.seq_rm(0, 0, -1) and rs.needs_zero(0), "removing everything always works"
     (inp,) = decode(rs, tokens(0, 1), n_rs_seq=3)
-    assert inp.rs.src_rows.tolist() == [rs.zero_row] and inp.rs.fresh.tolist() == [True]
+    assert inp.rs.src_rows.tolist() == [0] and inp.rs.fresh.tolist() == [True] and inp.rs.zero_rows == (0,)
 
 
 def test_no_snapshots_without_n_rs_seq() -> None:
     rs = RecurrentMemory([0, 1], 6, 8, n_seq_max=3, n_rs_seq=0)
-    assert rs.r_l[0].ne[:2] == (6, 4) and rs.s_l[1].ne[:2] == (8, 4), "one plane per cell + the zero row"
+    assert rs.r_l[0].ne[:2] == (6, 3) and rs.s_l[1].ne[:2] == (8, 3), "one plane per cell, nothing else"
     (inp,) = decode(rs, tokens(0, 5, seq=2))
     assert inp.rs.n_snapshots == 0 and not inp.rs.snapshots and inp.rs.dst_rows.tolist() == [[2]]
     assert not rs.seq_rm(2, 4, -1)
-    assert rs.sizes().rs_snapshot_bytes == 0 and rs.sizes().rs_bytes == 2 * 4 * (6 + 8) * 4
+    assert rs.sizes().rs_snapshot_bytes == 0 and rs.sizes().rs_bytes == 2 * 3 * (6 + 8) * 4
 
 
 def test_recurrent_rows_for_several_sequences() -> None:
@@ -250,10 +250,11 @@ def test_recurrent_rows_for_several_sequences() -> None:
     b = Batch(np.zeros(6, np.int64), pos=[0, 1, 2, 0, 1, 2], seq_id=[2, 2, 2, 0, 0, 0])
     (inp,) = decode(rs, b, n_rs_seq=3)
     assert inp.ubatch.seqs == (2, 0) and inp.rs.n_snapshots == 2
-    assert inp.rs.src_rows.tolist() == [12, 12] and inp.rs.src_rows.dtype == np.int32
+    assert inp.rs.src_rows.tolist() == [8, 0] and inp.rs.src_rows.dtype == np.int32
+    assert inp.rs.fresh.all() and inp.rs.zero_rows == (8, 0), "fresh sequences: their rows are zeroed first"
     assert inp.rs.dst_rows.tolist() == [[8, 0], [9, 1], [10, 2]], "row = cell * (1 + n_rs_seq) + plane"
     (inp,) = decode(rs, Batch([0, 0], pos=[3, 3], seq_id=[0, 2]), n_rs_seq=3)
-    assert inp.rs.src_rows.tolist() == [0, 8] and inp.rs.n_snapshots == 0
+    assert inp.rs.src_rows.tolist() == [0, 8] and inp.rs.n_snapshots == 0 and inp.rs.zero_rows == ()
 
 
 def test_recurrent_seq_cp_records_row_copies() -> None:
@@ -315,7 +316,7 @@ def test_hybrid_init_full_and_sizes() -> None:
     assert full.reserve and full.kv.mask.shape == (8, 32) and full.rs.dst_rows.shape == (3, 2)
     assert mem.seq_pos_max(0) == -1
     s = mem.sizes()
-    rows = 2 * 3 + 1
+    rows = 2 * 3
     assert s.kv_bytes == 2 * 4 * 32 * 2, "K and V, F16, one attention layer"
     assert s.rs_bytes == 3 * rows * (6 + 8) * 4 and s.rs_snapshot_bytes == 3 * 2 * 2 * (6 + 8) * 4
     assert s.total == s.kv_bytes + s.rs_bytes
@@ -334,8 +335,8 @@ def test_make_memory_splits_layers_and_creates_state_leaves() -> None:
     assert isinstance(mem, HybridMemory) and mem.kv.layers == (3,) and mem.rs.layers == (0, 1, 2)
     k, r, s = mem.kv.k_l[3], mem.rs.r_l[1], mem.rs.s_l[2]
     assert (k.type, k.ne[:2], k.name) == (gr.F16, (8, 16), "cache_k_l3")
-    assert (r.type, r.ne[:2], r.name) == (gr.F32, (3 * (8 + 2 * 4), 9), "cache_r_l1")
-    assert (s.type, s.ne[:2], s.name) == (gr.F32, (4 * 4 * 2, 9), "cache_s_l2")
+    assert (r.type, r.ne[:2], r.name) == (gr.F32, (3 * (8 + 2 * 4), 8), "cache_r_l1")
+    assert (s.type, s.ne[:2], s.name) == (gr.F32, (4 * 4 * 2, 8), "cache_s_l2")
     for t in (k, r, s):
         assert not t.is_param and t.is_leaf and not t.data.any()
     mtp = make_memory(hp, [4], n_ctx=16, type_k="f32")
@@ -355,7 +356,7 @@ def test_state_leaves_take_set_rows_and_get_rows() -> None:
         plan.set_input(t, v)
     plan.run()
     np.testing.assert_array_equal(mem.kv.k_l[3].data[inp.kv.slots], k_val.astype(np.float16))
-    assert mem.rs.s_l[0].data[[0, 3]].all() and not mem.rs.s_l[0].data[[1, 2, 4, 5, 6]].any()
+    assert mem.rs.s_l[0].data[[0, 3]].all() and not mem.rs.s_l[0].data[[1, 2, 4, 5]].any()
     # the next ubatch reads plane 0 of both sequences
     (nxt,) = decode(mem, Batch([0, 0], pos=[2, 2], seq_id=[0, 1]), n_rs_seq=2)
     src = gr.new_input(gr.I32, [2])
@@ -446,8 +447,9 @@ class MemoryMachine(RuleBasedStateMachine):
     def check_rs_inputs(self, inp: UBatchInputs) -> None:
         ub, rs = inp.ubatch, inp.rs
         for g, s in enumerate(ub.seqs):
-            want = self.mem.rs.zero_row if not self.positions[s] else s * self.P + self.pending[s]
+            want = s * self.P + self.pending[s]
             assert rs.src_rows[g] == want, f"seq {s}: src row {rs.src_rows[g]}, reference {want}"
+        assert list(rs.zero_rows) == [s * self.P for s in ub.seqs if not self.positions[s]]
         n_snap = min(ub.n_seq_tokens - 1, self.n_rs_seq)
         assert rs.n_snapshots == n_snap
         assert rs.dst_rows.tolist() == [[s * self.P + j for s in ub.seqs] for j in range(1 + n_snap)]
