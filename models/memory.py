@@ -9,6 +9,18 @@ or raises and changes nothing). Any mutation outdates a pending MemoryContext.
 Implementations: `KVCache` (models/kv_cache.py, attention layers), `RecurrentMemory`
 (models/recurrent.py, delta-net layers) and `HybridMemory` (one of each, split by layer).
 `make_memory` picks the right one for a model's layers.
+
+A decode, as the Context drives it:
+
+    ubs = split(batch, n_ubatch, n_rs_seq)            # models/batch.py
+    mctx = memory.init_batch(ubs)                     # raises: nothing changed
+    for ub in ubs:
+        inp = mctx.apply()                            # UBatchInputs
+        # before the graph runs, on the state tensors (through their backend):
+        #   inp.kv.k_shift: re-rotate K of every attention layer by these per-cell deltas
+        #   inp.rs.copies:  copy rows src -> dst of every r_l / s_l, in order
+        #   inp.rs.zero_rows: then zero these rows of every r_l / s_l
+        # then set the graph inputs (kv.slots, kv.mask, rs.src_rows, rs.dst_rows) and run
 """
 
 from __future__ import annotations
@@ -188,10 +200,10 @@ class Memory:
 
     # ---- sequences ----------------------------------------------------------------------------
     def _check_seq(self, seq: int, allow_all: bool = False) -> None:
-        lo = -1 if allow_all else 0
-        if not isinstance(seq, (int, np.integer)) or seq < lo or seq >= self.n_seq_max:
-            what = "[-1 (all), " if allow_all else "[0, "
-            raise ValueError(f"[memory] seq_id {seq!r} out of range {what}{self.n_seq_max})")
+        """seq must be in [0, n_seq_max); with allow_all any negative seq (= every sequence) too."""
+        if not isinstance(seq, (int, np.integer)) or seq >= self.n_seq_max or (seq < 0 and not allow_all):
+            what = "< 0 (all) or in " if allow_all else ""
+            raise ValueError(f"[memory] seq_id {seq!r} out of range: must be {what}[0, {self.n_seq_max})")
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         """Remove positions [p0, p1) of `seq` (all sequences if seq < 0). False: refused, nothing changed."""

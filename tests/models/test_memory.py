@@ -188,7 +188,9 @@ def test_seq_ids_are_checked() -> None:
                  lambda: mem.seq_add(-1, 0, 1, 1), lambda: mem.seq_pos_max(5)):  # fmt: skip
         with pytest.raises(ValueError, match="seq_id .* out of range"):
             call()
-    assert mem.seq_rm(-1), "seq < 0: every sequence"
+    with pytest.raises(ValueError, match=r"must be < 0 \(all\) or in \[0, 2\)"):
+        mem.can_seq_rm(2)
+    assert mem.seq_rm(-1) and mem.seq_rm(-5), "seq < 0: every sequence"
 
 
 # ---- recurrent: planes, rows, rollback -----------------------------------------------------------
