@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 
 import graphir as gr
+from graphir.models.batch import Batch, split
 from graphir.models.gguf_write import random_qwen35, write_qwen35
-from graphir.models.graph_context import StateTensors, UBatchShape, model_graph
+from graphir.models.graph_context import StateTensors, UBatchShape, build_state_update, model_graph
 from graphir.models.hparams import Qwen35HParams
+from graphir.models.memory import make_memory
 from graphir.models.weights import Qwen35Weights
 from graphir.types import DType
 
@@ -408,3 +410,80 @@ def test_weights_are_mapped_named_and_shared(dense) -> None:
     nextn = w.layer(DENSE.n_layer_trunk).nextn
     assert nextn is not None and nextn.eh_proj.name == "blk.4.nextn.eh_proj.weight" and nextn.embed_tokens is None
     assert w.output.name == "output.weight"
+
+
+def decode(w: Qwen35Weights, mem, batch, n_ubatch: int) -> np.ndarray:
+    """A minimal decode loop on the memory module: split, plan, then per ubatch apply, run the
+    pending state updates, build, fill and run the graph. Returns the logits of the output rows."""
+    ubatches = split(batch, n_ubatch, mem.rs.n_rs_seq)
+    mctx, state, out = mem.init_batch(ubatches), StateTensors.of(mem), {}
+    for ub in ubatches:
+        ubi = mctx.apply()
+        update = build_state_update(
+            w.hp, state, copies=ubi.rs.copies, zero_rows=ubi.rs.zero_rows, k_shift=ubi.kv.k_shift
+        )
+        if update is not None:
+            gr.compile(update, ["cpu"]).run()
+        res = model_graph(w.hp.arch)(w, UBatchShape.of(ubi), state)
+        plan = gr.compile(res.graph, ["cpu"])
+        res.inputs.set_from(plan, ubi)
+        plan.run()
+        logits = plan.get(res.logits).reshape(len(ub.out_idx), -1)
+        out.update(zip(ub.out_idx.tolist(), logits))
+    return np.array([out[i] for i in sorted(out)])
+
+
+def test_decode_through_the_memory_module(dense) -> None:
+    """The graph inputs as the memory hands them out: ubatch split, rollback of a tail (snapshot
+    planes), seq_cp (state-row copies), seq_add (K-shift: relative positions, so the logits stay)
+    and clear (fresh rows zeroed)."""
+    w, ref, _ = dense
+    mem = make_memory(DENSE, range(DENSE.n_layer_trunk), n_ctx=N_CTX, n_seq_max=2, n_rs_seq=2,
+                      type_k="f32", type_v="f32", kv_pad=16)  # fmt: skip
+    full = ref.forward(PROMPT + [88, 21, 5])[0]
+    got = decode(w, mem, Batch.simple(PROMPT[:7], all_outputs=True), n_ubatch=4)
+    assert nmse(got, full[:7]) <= 1e-6
+    assert mem.seq_rm(0, 5, -1)  # roll back 2 tokens: the next ubatch starts from plane 2
+    got = decode(w, mem, Batch.simple(PROMPT[5:], pos0=5, all_outputs=True), n_ubatch=4)
+    assert nmse(got, full[5:10]) <= 1e-6
+    mem.seq_cp(0, 1)
+    got = decode(w, mem, Batch.simple([88, 21], pos0=10, seq_id=1, all_outputs=True), n_ubatch=4)
+    assert nmse(got, full[10:12]) <= 1e-6
+    mem.seq_keep(1)
+    mem.seq_add(1, 0, -1, 3)
+    got = decode(w, mem, Batch.simple([5], pos0=15, seq_id=1), n_ubatch=4)
+    assert nmse(got, full[12:]) <= 1e-6
+    mem.clear()
+    got = decode(w, mem, Batch.simple([9, 8, 7], all_outputs=True), n_ubatch=4)
+    assert nmse(got, ref.forward([9, 8, 7])[0]) <= 1e-6
+
+
+def test_same_shape_reuses_the_compiled_plan(dense) -> None:
+    """Two decode steps of one shape: the rebuilt graph hits the plan cache, and the bound plan
+    addresses the new graph's inputs and state (the second step sees the first one's cache)."""
+    w, ref, _ = dense
+    r = Runner(w)
+    first, _ = r.run([PROMPT[:1]], [0], [0], np.array([0]), [ZERO], [0])
+    hits = gr.plan_cache.hits
+    second, _ = r.run([PROMPT[1:2]], [1], [0], np.array([1]), [0], [0])
+    assert gr.plan_cache.hits == hits + 1
+    assert nmse(np.concatenate([first, second]), ref.forward(PROMPT[:2])[0]) <= 1e-6
+
+
+def test_embeddings_input(dense) -> None:
+    """shape.embd: the rows come in as embeddings (here the token embeddings themselves)."""
+    w, ref, tensors = dense
+    r = Runner(w)
+    shape = UBatchShape(1, 4, 4, n_kv=N_KV, embd=True)
+    res = model_graph("qwen35")(w, shape, r.state)
+    plan = gr.compile(res.graph, ["cpu"])
+    mask = np.where(np.arange(N_KV)[None, :] <= np.arange(4)[:, None], 0, -np.inf).astype(np.float32)
+    embd = tensors["token_embd.weight"][1][PROMPT[:4]]
+    res.inputs.set(plan, pos=np.arange(4), embd=embd, kv_slots=np.arange(4), kq_mask=mask, rs_src=[ZERO], rs_dst=[[0]])
+    plan.run()
+    assert res.inputs.tokens is None
+    assert nmse(plan.get(res.logits).reshape(4, -1), ref.forward(PROMPT[:4])[0]) <= 1e-6
+    with pytest.raises(ValueError, match="kq_mask"):
+        res.inputs.set(
+            plan, pos=np.arange(4), embd=embd, kv_slots=np.arange(4), kq_mask=mask[:2], rs_src=[0], rs_dst=[[0]]
+        )
