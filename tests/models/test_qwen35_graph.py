@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType, dequantize
 
 import graphir as gr
 from graphir.models.batch import Batch, split
@@ -487,3 +488,20 @@ def test_embeddings_input(dense) -> None:
         res.inputs.set(
             plan, pos=np.arange(4), embd=embd, kv_slots=np.arange(4), kq_mask=mask[:2], rs_src=[0], rs_dst=[[0]]
         )
+
+
+@pytest.mark.parametrize(
+    "hp, dtype", [(DENSE, DType.BF16), (DENSE, DType.Q8_0), (DENSE, DType.Q4_0), (MOE, DType.Q8_0)], ids=str
+)
+def test_quantized_weights_match_the_dequantized_forward(tmp_path, hp, dtype) -> None:
+    """Weights stay in their GGUF type in the graph; the oracle runs on gguf's dequantization."""
+    tensors = random_qwen35(hp, 3, dtype=dtype)
+    w = write(tmp_path, hp, tensors, "q")
+    assert w.layer(0).ssm_out.type == dtype and w.token_embd.type == dtype
+    deq = {}
+    for name, (t, _) in tensors.items():
+        info = w.file.tensors[name]
+        values = dequantize(info.data, GGMLQuantizationType(int(t))) if t != DType.F32 else info.array()
+        deq[name] = (DType.F32, np.asarray(values).reshape(tuple(reversed(info.ne))))
+    logits, _ = Runner(w).run([PROMPT], [0], [0], np.arange(10), [ZERO], [0])
+    assert nmse(logits, RefModel(hp, deq).forward(PROMPT)[0]) <= 1e-6
