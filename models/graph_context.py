@@ -161,8 +161,8 @@ class GraphInputs:
             plan.set_input(t, arr.reshape(-1))
 
     def set_from(self, plan: gr.Plan, ubi: UBatchInputs) -> None:
-        """Write the values of the memory's inputs for one ubatch (ubi.kv.k_shift and ubi.rs.copies
-        are not graph inputs: the caller applies them before running)."""
+        """Write the values of the memory's inputs for one ubatch. ubi.kv.k_shift, ubi.rs.copies and
+        ubi.rs.zero_rows are not graph inputs: run `build_state_update` with them first."""
         ub, kv, rs = ubi.ubatch, ubi.kv, ubi.rs
         out_rows = ub.out_rows if self.out_ids is not None else None
         self.set(plan, pos=ub.pos, tokens=ub.tokens, embd=ub.embd, out_ids=out_rows,
@@ -316,8 +316,10 @@ class GraphContext:
             qkv = self.cb(gr.mul_mat(L.attn_qkv, x), "QKVcur", il)  # [2 * hd * H + 2 * hd * H_kv, n]
             es, q2 = qkv.nb[0], 2 * hp.n_embd_q
             qg = self.cb(gr.view_2d(qkv, q2, n, qkv.nb[1], 0), "Qcur_full", il)  # [2 * hd * H, n]
-            k = self.cb(gr.cont(gr.view_2d(qkv, hp.n_embd_k_gqa, n, qkv.nb[1], q2 * es)), "Kcur", il)
-            v = self.cb(gr.view_2d(qkv, hp.n_embd_v_gqa, n, qkv.nb[1], (q2 + hp.n_embd_k_gqa) * es), "Vcur", il)
+            k = self.cb(gr.view_2d(qkv, hp.n_embd_k_gqa, n, qkv.nb[1], q2 * es), "Kcur_view", il)  # [hd * H_kv, n]
+            k = self.cb(gr.cont(k), "Kcur", il)
+            v = gr.view_2d(qkv, hp.n_embd_v_gqa, n, qkv.nb[1], (q2 + hp.n_embd_k_gqa) * es)
+            v = self.cb(v, "Vcur", il)  # [hd * H_kv, n]
         es = qg.nb[0]
         q = self.cb(gr.view_3d(qg, hd, H, n, 2 * hd * es, qg.nb[1], 0), "Qcur_view", il)  # [hd, H, n]
         gate = self.cb(gr.view_3d(qg, hd, H, n, 2 * hd * es, qg.nb[1], hd * es), "gate_view", il)  # [hd, H, n]
@@ -325,17 +327,14 @@ class GraphContext:
         q = self.build_norm(q, L.attn_q_norm, "Qcur_normed", il)
         k = self.cb(gr.reshape(k, hd, H_kv, n), "Kcur_3d", il)  # [hd, H_kv, n]
         k = self.build_norm(k, L.attn_k_norm, "Kcur_normed", il)
-        q = self.cb(self.rope(q, pos), "Qcur_rope", il)
-        k = self.cb(self.rope(k, pos), "Kcur_rope", il)
+        q = self.cb(rope(hp, q, pos), "Qcur_rope", il)
+        k = self.cb(rope(hp, k, pos), "Kcur_rope", il)
 
         cur = self.build_attn_mha(q, k, v, il)  # [hd * H, n]
         cur = self.cb(cur, "attn_pregate", il)
         gate = self.cb(gr.sigmoid(gate), "gate_sigmoid", il)
         cur = self.cb(gr.mul(cur, gate), "attn_gated", il)
         return self.cb(gr.mul_mat(L.attn_output, cur), "attn_output", il)
-
-    def rope(self, x: gr.Tensor, pos: gr.Tensor) -> gr.Tensor:
-        return rope(self.hp, x, pos)
 
     def build_attn_mha(self, q: gr.Tensor, k: gr.Tensor, v: gr.Tensor, il: int) -> gr.Tensor:
         """Write this ubatch's K/V rows into the layer's cache (set_rows at kv_slots), then attend

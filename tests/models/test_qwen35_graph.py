@@ -267,6 +267,7 @@ class Runner:
         res.inputs.set(plan, pos=pos, tokens=tokens.reshape(-1), out_ids=out_rows, kv_slots=slots,
                        kq_mask=mask, rs_src=src, rs_dst=dst)  # fmt: skip
         plan.run()
+        self.last = res
         logits = plan.get(res.logits).reshape(n_out, -1)
         return logits, (plan.get(res.h_nextn).reshape(n_out, -1) if h_nextn else None)
 
@@ -371,7 +372,9 @@ def test_fused_tensor_options_give_the_same_logits(tmp_path, dense, moe) -> None
         wf = write(tmp_path, hp, fused, hp.arch)
         assert wf.layer(3).attn_q is None and wf.layer(3).attn_qkv is not None
         expect, _ = Runner(w).run([PROMPT], [0], [0], np.arange(10), [ZERO], [0])
-        got, _ = Runner(wf).run([PROMPT], [0], [0], np.arange(10), [ZERO], [0])
+        runner = Runner(wf)
+        got, _ = runner.run([PROMPT], [0], [0], np.arange(10), [ZERO], [0])
+        assert_named_by_layer(runner.last.graph, hp.n_layer_trunk)
         assert nmse(got, expect) <= 1e-12
 
 
@@ -381,21 +384,26 @@ def test_f16_kv_cache_is_close(dense) -> None:
     assert nmse(logits, ref.forward(PROMPT)[0]) <= 1e-5
 
 
-def test_every_intermediate_is_named_by_layer(dense) -> None:
-    w, _, _ = dense
-    r = Runner(w)
-    shape = UBatchShape(2, 3, 2, n_kv=N_KV, n_snapshots=2)
-    res = model_graph("qwen35")(w, shape, r.state, want_h_nextn=True)
+def assert_named_by_layer(graph: gr.Graph, n_layer: int) -> None:
+    """Every node is `name-il` with il a trunk layer (all of them seen), or a model-level tensor."""
     model_level = {"inp_embd", "result_norm_rms", "result_norm", "result_output"}
     seen = set()
-    for t in res.graph.nodes:
+    for t in graph.nodes:
         m = re.fullmatch(r"[A-Za-z_0-9]+-(\d+)", t.name)
         assert m or t.name in model_level, f"unnamed or badly named node {t!r}"
         if m:
-            assert int(m.group(1)) < DENSE.n_layer_trunk
+            assert int(m.group(1)) < n_layer
             seen.add(int(m.group(1)))
-    assert seen == set(range(DENSE.n_layer_trunk))
-    assert {t.name for t in res.graph.nodes} >= model_level
+    assert seen == set(range(n_layer))
+    assert {t.name for t in graph.nodes} >= model_level
+
+
+@pytest.mark.parametrize("model", ["dense", "moe"])
+def test_every_intermediate_is_named_by_layer(model, request) -> None:
+    w = request.getfixturevalue(model)[0]
+    shape = UBatchShape(2, 3, 2, n_kv=N_KV, n_snapshots=2)
+    res = model_graph(w.hp.arch)(w, shape, Runner(w).state, want_h_nextn=True)
+    assert_named_by_layer(res.graph, w.hp.n_layer_trunk)
     inputs = {t.name for t in res.graph.leafs if t.is_input}
     assert inputs == {"inp_tokens", "inp_pos", "inp_out_ids", "kv_slots", "kq_mask", "rs_src", "rs_dst"}
 
