@@ -480,13 +480,15 @@ def test_same_shape_reuses_the_compiled_plan(dense) -> None:
 
 
 def test_embeddings_input(dense) -> None:
-    """shape.embd: the rows come in as embeddings (here the token embeddings themselves)."""
+    """shape.embd: the rows come in as embeddings (here the token embeddings themselves); the
+    mask has padding rows past n_tokens."""
     w, ref, tensors = dense
     r = Runner(w)
-    shape = UBatchShape(1, 4, 4, n_kv=N_KV, embd=True)
+    shape = UBatchShape(1, 4, 4, n_kv=N_KV, n_mask_rows=8, embd=True)
     res = model_graph("qwen35")(w, shape, r.state)
     plan = gr.compile(res.graph, ["cpu"])
-    mask = np.where(np.arange(N_KV)[None, :] <= np.arange(4)[:, None], 0, -np.inf).astype(np.float32)
+    mask = np.where(np.arange(N_KV)[None, :] <= np.arange(8)[:, None], 0, -np.inf).astype(np.float32)
+    mask[4:] = -np.inf
     embd = tensors["token_embd.weight"][1][PROMPT[:4]]
     res.inputs.set(plan, pos=np.arange(4), embd=embd, kv_slots=np.arange(4), kq_mask=mask, rs_src=[ZERO], rs_dst=[[0]])
     plan.run()
