@@ -1,0 +1,280 @@
+"""The decoding context: memory + cached compiled plans over a loaded `Model` (DESIGN section 8).
+
+    ctx = Context(Model.load(path), n_ctx=512, n_ubatch=128)
+    out = ctx.decode(Batch.simple(prompt))           # logits of the last prompt token
+    out = ctx.decode(Batch.simple([tok], len(prompt)))
+
+`decode(batch)` validates the batch against the context (token ids, sequence ids, size) and the
+memory (positions continue each sequence, the context has room) BEFORE anything changes: a
+refused batch raises (BatchError / MemoryFullError) with the memory untouched. It then splits
+the batch into ubatches (`models.batch.split`, keeping the last 1 + n_rs_seq tokens of every
+sequence together), and per ubatch applies the memory, runs the pending state updates
+(seq_cp row copies, fresh-row zeroing, K-shift) and the model graph.
+
+Plan reuse: the built graph and its compiled plan are cached per `UBatchShape` (the dims that
+fix the topology, with n_kv padded to 256 cells by the memory), so decode steps of the same
+shape only set inputs and run: no graph building, no compiling. `stats` counts builds, runs
+and cache hits.
+
+The worst-case graph (n_ubatch tokens, every row an output, n_kv = n_ctx, the most snapshots)
+is built and compiled at creation, so a context too large to run fails there, and its compute
+buffer is what `compute_buffer_bytes()` reports.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+import graphir as gr
+from graphir.compile import PlanStats
+from graphir.compile.schedule import resolve_backends
+
+from .batch import Batch, BatchError, split
+from .graph_context import GraphResult, StateTensors, UBatchShape, build_state_update
+from .memory import MemorySizes, UBatchInputs, make_memory
+from .model import Model
+
+
+@dataclass(frozen=True, eq=False)
+class DecodeResult:
+    """The outputs of one decode, for the tokens the batch flagged as outputs, in batch order.
+
+    Attributes:
+        logits: float32 (n_outputs, n_vocab).
+        h_nextn: float32 (n_outputs, n_embd), the post-output-norm hidden state the MTP head reads;
+            only when the context was created with `embeddings_nextn=True`, else None.
+        out_idx: int64 (n_outputs,) the batch index of each row.
+    """
+
+    logits: np.ndarray
+    h_nextn: np.ndarray | None
+    out_idx: np.ndarray
+
+
+@dataclass
+class ContextStats:
+    """Counters since creation (the worst-case reservation counts as one build and compile)."""
+
+    decodes: int = 0  # successful decode calls
+    tokens: int = 0  # tokens they decoded
+    ubatches: int = 0
+    t_decode: float = 0.0  # seconds spent in decode (successful or not)
+    graph_builds: int = 0  # model graphs built (a cache miss builds and compiles one)
+    plan_compiles: int = 0  # model plans compiled
+    plan_hits: int = 0  # ubatches that reused a cached graph + plan
+    plan_runs: int = 0  # model plan runs
+    state_updates: int = 0  # state-update graphs run (seq_cp copies, fresh-row zeroing, K-shift)
+
+
+@dataclass(eq=False)
+class _Entry:
+    result: GraphResult
+    plan: gr.Plan
+
+
+class Context:
+    """Runs a model's trunk on batches of tokens, with a KV cache + recurrent state memory.
+
+    Args:
+        model: the loaded model (shared; a context owns only its memory and plans).
+        n_ctx: KV cells (the most positions all sequences together can hold).
+        n_batch: the most tokens one `decode` call accepts.
+        n_ubatch: the most tokens one graph run takes; clamped to n_batch (as llama.cpp does).
+            Must be >= 1 + n_rs_seq (a rollback-able tail is decoded in one ubatch).
+        n_seq_max: sequence ids are 0 .. n_seq_max-1.
+        n_rs_seq: recurrent snapshot planes per sequence: how many tokens `seq_rm` can roll
+            back after a multi-token ubatch (0: no rollback, no extra memory).
+        backends: backend names in priority order (the cpu backend is the fallback).
+        type_k, type_v: KV cache types, "f16" (default) or "f32".
+        embeddings_nextn: also return each output row's post-norm hidden state (`h_nextn`).
+        plan_cache_size: how many (shape -> graph + plan) entries to keep (least recently used
+            are dropped; each holds a compute buffer).
+    Raises:
+        ValueError on bad sizes or types, BackendUnavailable for a backend that cannot run,
+        MemoryError when the memory or the worst-case compute buffer cannot be allocated.
+    """
+
+    def __init__(self, model: Model, n_ctx: int = 512, n_batch: int = 512, n_ubatch: int = 512, n_seq_max: int = 1,
+                 n_rs_seq: int = 0, backends: Sequence[str] = ("cpu",), type_k: str = "f16", type_v: str = "f16",
+                 *, embeddings_nextn: bool = False, plan_cache_size: int = 16) -> None:  # fmt: skip
+        for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch), ("n_seq_max", n_seq_max),
+                        ("plan_cache_size", plan_cache_size)):  # fmt: skip
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"[context] {name} must be an integer >= 1, got {v!r}")
+        if not isinstance(n_rs_seq, (int, np.integer)) or n_rs_seq < 0:
+            raise ValueError(f"[context] n_rs_seq must be an integer >= 0, got {n_rs_seq!r}")
+        n_ubatch = min(n_ubatch, n_batch)
+        if n_ubatch < 1 + n_rs_seq:
+            raise ValueError(f"[context] n_ubatch ({n_ubatch}, after clamping to n_batch) must be >= 1 + n_rs_seq "
+                             f"({1 + n_rs_seq}): a verify batch that may be rolled back runs in one ubatch")  # fmt: skip
+        self.model = model
+        self.hp = model.hp
+        self.n_ctx, self.n_batch, self.n_ubatch = int(n_ctx), int(n_batch), int(n_ubatch)
+        self.n_seq_max, self.n_rs_seq = int(n_seq_max), int(n_rs_seq)
+        self.embeddings_nextn = bool(embeddings_nextn)
+        self.backends = [b.name for b in resolve_backends(backends)]
+        self.stats = ContextStats()
+        self._plans: OrderedDict[UBatchShape, _Entry] = OrderedDict()
+        self._plan_cache_size = int(plan_cache_size)
+        try:
+            self.memory = make_memory(self.hp, model.trunk_layers, self.n_ctx, self.n_seq_max, self.n_rs_seq,
+                                      type_k, type_v)  # fmt: skip
+            self.state = StateTensors.of(self.memory)
+            self._reserve = self._entry(UBatchShape.of(self.memory.init_full(self.n_ubatch)))
+        except MemoryError as e:
+            raise MemoryError(f"[context] cannot allocate a context of n_ctx={n_ctx}, n_ubatch={n_ubatch}, "
+                              f"n_seq_max={n_seq_max}, n_rs_seq={n_rs_seq}: {e}") from e  # fmt: skip
+
+    # ---- sizes --------------------------------------------------------------------------------
+    def memory_sizes(self) -> MemorySizes:
+        """Bytes of persistent state: KV caches and recurrent states (snapshot planes included)."""
+        return self.memory.sizes()
+
+    def compute_buffer_bytes(self) -> int:
+        """Compute-buffer bytes of the worst-case plan (all backends together)."""
+        return sum(self._reserve.plan.stats.compute_bytes.values())
+
+    @property
+    def reserve_stats(self) -> PlanStats:
+        """The worst-case plan's statistics (nodes, calls, per-backend compute and naive bytes)."""
+        return self._reserve.plan.stats
+
+    # ---- decoding -----------------------------------------------------------------------------
+    def check(self, batch: Batch) -> None:
+        """The context's checks of a batch (what `decode` refuses before touching memory);
+        memory-side checks (positions, room) come from `memory.init_batch`."""
+        if not isinstance(batch, Batch):
+            raise TypeError(f"[context] decode takes a models.batch.Batch, got {type(batch).__name__}")
+        batch.check(self.n_seq_max, self.hp.n_vocab, self.hp.n_embd)
+        if batch.n_tokens > self.n_batch:
+            raise BatchError(f"[context] batch has {batch.n_tokens} tokens, more than n_batch={self.n_batch}")
+
+    def decode(self, batch: Batch) -> DecodeResult:
+        """Decode `batch`: tokens (or embedding rows) with positions, one sequence id each and
+        output flags. Returns the outputs of the flagged tokens in batch order.
+
+        Raises (memory unchanged): TypeError / BatchError for a bad batch (token id, sequence
+        id, n_embd, more than n_batch tokens, positions that do not continue a sequence),
+        MemoryFullError when the KV cache has no room. An exception from a graph run itself
+        (a bug, out of memory) cannot leave half-written state behind silently: the sequences
+        of the failing ubatch are removed (their state may be half written; earlier ubatches
+        of the batch stay decoded, later ones were never applied, so seq_pos_max says where
+        each sequence stands), or, when the state-update graph failed (its row copies and
+        K-shift may touch any sequence), the whole memory is cleared.
+        """
+        t0 = time.perf_counter()
+        try:
+            self.check(batch)
+            ubatches = split(batch, self.n_ubatch, self.n_rs_seq)
+            mctx = self.memory.init_batch(ubatches)  # raises before any change
+            out_idx = np.flatnonzero(batch.output)
+            logits = np.empty((out_idx.shape[0], self.hp.n_vocab), np.float32)
+            h = np.empty((out_idx.shape[0], self.hp.n_embd), np.float32) if self.embeddings_nextn else None
+            for _ in ubatches:
+                ubi = mctx.apply()
+                self._run_ubatch(ubi, np.searchsorted(out_idx, ubi.ubatch.out_idx), logits, h)
+            self.stats.decodes += 1
+            self.stats.tokens += batch.n_tokens
+            self.stats.ubatches += len(ubatches)
+            return DecodeResult(logits, h, out_idx)
+        finally:
+            self.stats.t_decode += time.perf_counter() - t0
+
+    def _run_ubatch(self, ubi: UBatchInputs, rows: np.ndarray, logits: np.ndarray, h: np.ndarray | None) -> None:
+        """State updates, then the model graph; outputs land in logits[rows] / h[rows]."""
+        try:
+            self._update_state(ubi)
+        except BaseException as e:
+            self.memory.clear()
+            e.add_note("[context] the state update failed: the memory was cleared")
+            raise
+        try:
+            entry = self._entry(UBatchShape.of(ubi))
+            res, plan = entry.result, entry.plan
+            res.inputs.set_from(plan, ubi)
+            plan.run()
+            self.stats.plan_runs += 1
+            if res.logits is not None:
+                logits[rows] = plan.get(res.logits).reshape(len(rows), -1)
+                if h is not None:
+                    h[rows] = plan.get(res.h_nextn).reshape(len(rows), -1)
+        except BaseException as e:
+            for s in ubi.ubatch.seqs:
+                self.memory.seq_rm(s, -1, -1)
+            e.add_note(f"[context] the graph run failed: sequences {list(ubi.ubatch.seqs)} were removed from memory")
+            raise
+
+    def _update_state(self, ubi: UBatchInputs) -> None:
+        """Run the memory's pending updates (values baked into a one-off graph: rare events)."""
+        rs, kv = ubi.rs, ubi.kv
+        gf = build_state_update(self.hp, self.state, copies=rs.copies if rs else (),
+                                zero_rows=rs.zero_rows if rs else (), k_shift=kv.k_shift if kv else None)  # fmt: skip
+        if gf is not None:
+            gr.compile(gf, self.backends, cache=False).run()
+            self.stats.state_updates += 1
+
+    def _entry(self, shape: UBatchShape) -> _Entry:
+        """The cached graph + plan of a ubatch shape, built and compiled on a miss."""
+        entry = self._plans.get(shape)
+        if entry is not None:
+            self._plans.move_to_end(shape)
+            self.stats.plan_hits += 1
+            return entry
+        res = self.model.build_graph(self.model.weights, shape, self.state, want_h_nextn=self.embeddings_nextn)
+        self.stats.graph_builds += 1
+        # NOTE: not through the global plan cache: this context keys and holds its own plans
+        plan = gr.compile(res.graph, self.backends, cache=False)
+        self.stats.plan_compiles += 1
+        entry = self._plans[shape] = _Entry(res, plan)
+        while len(self._plans) > self._plan_cache_size:
+            self._plans.popitem(last=False)
+        return entry
+
+    @property
+    def n_cached_plans(self) -> int:
+        return len(self._plans)
+
+    # ---- sequences (memory passthroughs; see models/memory.py) --------------------------------
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        """Remove positions [p0, p1) of `seq` (every sequence if seq < 0; p0 < 0 -> 0, p1 < 0 -> end).
+        On recurrent state only whole sequences, or a tail of at most the snapshots the sequence's
+        last ubatch wrote (partial rollback, one pending at a time), can be removed: otherwise
+        False, and nothing changed."""
+        return self.memory.seq_rm(seq, p0, p1)
+
+    def can_seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        """Whether seq_rm(seq, p0, p1) would succeed (changes nothing)."""
+        return self.memory.can_seq_rm(seq, p0, p1)
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        """Give `dst` the positions [p0, p1) of `src` (recurrent state: all of src); seq_rm dst first."""
+        self.memory.seq_cp(src, dst, p0, p1)
+
+    def seq_keep(self, seq: int) -> None:
+        """Remove every sequence but `seq`."""
+        self.memory.seq_keep(seq)
+
+    def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        """Shift positions [p0, p1) of `seq` by delta (K is re-rotated before the next ubatch)."""
+        self.memory.seq_add(seq, p0, p1, delta)
+
+    def seq_pos_min(self, seq: int) -> int:
+        """The smallest position of `seq` in memory, -1 when empty."""
+        return self.memory.seq_pos_min(seq)
+
+    def seq_pos_max(self, seq: int) -> int:
+        """The largest position of `seq` in memory, -1 when empty."""
+        return self.memory.seq_pos_max(seq)
+
+    def clear(self) -> None:
+        """Forget every sequence (cached plans stay)."""
+        self.memory.clear()
+
+    def __repr__(self) -> str:
+        return (f"Context({self.model.arch}, n_ctx={self.n_ctx}, n_batch={self.n_batch}, n_ubatch={self.n_ubatch}, "
+                f"n_seq_max={self.n_seq_max}, n_rs_seq={self.n_rs_seq}, backends={self.backends})")  # fmt: skip
