@@ -72,6 +72,27 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Stream a continuation of a prompt from a GGUF model (default: the embedded tiny model)."""
+    from .generate import run_generate
+
+    return run_generate(args)
+
+
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    """Write the small deterministic random-weight Qwen3.5 GGUF used for tests and the default model."""
+    from graphir.models.tiny import make_tiny_main
+
+    return make_tiny_main(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Prefill/decode tokens per second and memory, with llama.cpp side by side when installed."""
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """GGUF metadata, tensors and the validation verdict."""
     from .inspect_cmd import run_inspect
@@ -102,6 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--run", action="store_true", help="also run the plan once on random inputs")
     d.add_argument("--output", "-o", help="write to this file instead of stdout")
     d.set_defaults(func=cmd_dump)
+
+    from .generate import add_generate_args
+
+    g = sub.add_parser("generate", help="generate text from a GGUF model (default: the embedded tiny model)")
+    add_generate_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    m = sub.add_parser("make-tiny", help="write the tiny deterministic qwen35 / qwen35moe GGUF")
+    from graphir.models.tiny import add_make_tiny_args
+
+    add_make_tiny_args(m)
+    m.set_defaults(func=cmd_make_tiny)
+
+    from .bench import add_bench_args
+
+    b = sub.add_parser("bench", help="prefill/decode tokens per second and memory (llama.cpp side by side)")
+    add_bench_args(b)
+    b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("inspect", help="print a GGUF file's metadata and tensors and validate it")
     i.add_argument("file", help="path to a .gguf file")
