@@ -235,6 +235,13 @@ class Context:
             self._plans.popitem(last=False)
         return entry
 
+    def last_graph(self) -> tuple[GraphResult, gr.Plan]:
+        """The graph and compiled plan of the most recently run ubatch shape (for dumps)."""
+        if not self._plans:
+            raise RuntimeError("[context] no graph has been built yet")
+        entry = next(reversed(self._plans.values()))
+        return entry.result, entry.plan
+
     @property
     def n_cached_plans(self) -> int:
         return len(self._plans)

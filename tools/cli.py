@@ -51,10 +51,13 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
     from .example import ExampleConfig, ExampleWeights, build_example, example_inputs
 
-    cfg = ExampleConfig(n_layer=args.layers, n_tokens=args.tokens)
-    graph = build_example(ExampleWeights(cfg))
-    plan = gr.compile(graph, args.backend)
-    if args.run:
+    if args.model:
+        graph, plan = _model_decode_graph(args.model, args.tokens, args.backend)
+    else:
+        cfg = ExampleConfig(n_layer=args.layers, n_tokens=args.tokens)
+        graph = build_example(ExampleWeights(cfg))
+        plan = gr.compile(graph, args.backend)
+    if args.run and not args.model:
         for name, value in example_inputs(cfg).items():
             plan.set_input(name, value)
         plan.run()
@@ -109,6 +112,19 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 0 if table.ok else 1
 
 
+def _model_decode_graph(path: str, n_tokens: int, backends: list[str]):
+    """The graph and plan a Context runs for a ubatch of n_tokens tokens of a GGUF model."""
+    from graphir.models.batch import Batch
+    from graphir.models.context import Context
+    from graphir.models.model import Model
+
+    model = Model.load(path)
+    ctx = Context(model, n_ctx=max(256, n_tokens), n_batch=n_tokens, n_ubatch=n_tokens, backends=tuple(backends))
+    ctx.decode(Batch.simple([0] * n_tokens, 0))
+    result, plan = ctx.last_graph()
+    return result.graph, plan
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphir", description="graphir: a compiled tensor graph IR mirroring ggml")
     sub = p.add_subparsers(dest="command", required=True)
@@ -117,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--format", "-f", choices=["text", "dot", "json"], default="text")
     d.add_argument("--layer", type=int, help="only tensors of this layer (names ending in -LAYER)")
     d.add_argument("--name", help="only tensors whose name matches this regex")
+    d.add_argument("--model", "-m", help="dump the decode graph of this GGUF model (default: the example graph)")
     d.add_argument("--layers", type=int, default=2, help="layers of the example graph (default 2)")
-    d.add_argument("--tokens", type=int, default=8, help="tokens in the example batch (default 8)")
+    d.add_argument("--tokens", type=int, default=8, help="tokens in the batch (default 8; 1 = a decode step)")
     d.add_argument("--backend", "-b", action="append", help="backend(s) in priority order (default cpu)")
     d.add_argument("--run", action="store_true", help="also run the plan once on random inputs")
     d.add_argument("--output", "-o", help="write to this file instead of stdout")

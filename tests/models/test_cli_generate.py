@@ -67,3 +67,15 @@ def test_bench_reports_rates_and_memory(capsys):
     prefill, decode = (float(x) for x in row.split()[1:3])
     assert prefill > 0 and decode > 0
     assert "recurrent state" in out and "compute buffer" in out
+
+
+def test_dump_of_a_model_decode_graph(capsys):
+    import json
+
+    assert (
+        main(["dump", "--model", str(default_model_path()), "--tokens", "1", "--format", "json", "--layer", "3"]) == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    names = {t["name"] for t in doc["tensors"]}
+    assert {"attn_norm-3", "k_cache_store-3"} <= names  # layer 3 is the full-attention layer of the tiny model
+    assert all(n.endswith("-3") for n in names)
