@@ -76,6 +76,11 @@ def build_mtp_graph(w: Qwen35Weights, shape: UBatchShape, state: StateTensors, *
     inpSA = cur
     cur = ctx.build_norm(cur, L.attn_norm, "attn_norm", il)
     cur = ctx.build_attn(cur, L, inp_pos, il)
+    if shape.n_outputs == 0:
+        # NOTE: only the K/V writes matter; the attention output is kept so that every input
+        # (kq_mask included) is read by the graph and can be set
+        ctx.expand(cur)
+        return GraphResult(ctx.gf, ctx.inputs, None, None)
     if out_ids is not None:  # only the output rows go on
         cur = cb(gr.get_rows(cur, out_ids), "attn_out_rows", il)
         inpSA = cb(gr.get_rows(inpSA, out_ids), "inp_out_rows", il)

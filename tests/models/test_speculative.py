@@ -1,0 +1,174 @@
+"""Self-speculative decoding with the MTP head (models/speculative.py) on the tiny random models.
+
+LOSSLESS: greedy output with MTP equals an independent plain greedy loop (single-token decodes
+on a Context) token for token. Kernels need not be batch-invariant (a verify batch of k+1 rows
+vs one row): a divergence is accepted only where the plain run's top-2 logits are within 1e-4,
+and the comparison stops there. Random-weight heads almost never agree with the target, so the
+full/partial acceptance paths are forced by patching the draft choice with the target's tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from graphir.models import tiny
+from graphir.models.batch import Batch
+from graphir.models.context import Context
+from graphir.models.gguf_write import random_qwen35, write_qwen35
+from graphir.models.model import Model
+from graphir.models.mtp import MtpContext, NoMtpHeadError
+from graphir.models.sampling import Sampler, SamplerConfig
+from graphir.models.speculative import Generator
+
+TIE = 1e-4
+# longer than the n_ubatch=8 used below: the prompt runs in several ubatches
+PROMPT = [5, 17, 230, 42, 99, 7, 281, 3, 64, 150, 11, 400, 12, 300, 8, 77, 190, 3, 9, 501]
+
+
+@pytest.fixture(scope="module", params=["qwen35", "qwen35moe"])
+def model(request) -> Model:
+    return Model.load(tiny.cached_tiny_path(request.param))
+
+
+_PLAIN: dict = {}
+
+
+def plain_greedy(model: Model, n: int) -> tuple[list[int], list[float]]:
+    """Greedy tokens of PROMPT by single-token decodes, and the top-2 logit gap at each step."""
+    key = (model.path, n)
+    if key not in _PLAIN:
+        ctx = Context(model, n_ctx=320, n_batch=64, n_ubatch=8)
+        logits = ctx.decode(Batch.simple(PROMPT, all_outputs=True)).logits[-1]  # see speculative.py
+        toks, gaps = [], []
+        for i in range(n):
+            top2 = np.sort(logits)[-2:]
+            toks.append(int(np.argmax(logits)))
+            gaps.append(float(top2[1] - top2[0]))
+            if i + 1 < n:
+                logits = ctx.decode(Batch.simple([toks[-1]], len(PROMPT) + i)).logits[-1]
+        _PLAIN[key] = (toks, gaps)
+    return _PLAIN[key]
+
+
+def assert_lossless(got: list[int], model: Model, n: int) -> None:
+    ref, gaps = plain_greedy(model, n)
+    assert len(got) == n
+    for i, (a, b) in enumerate(zip(got, ref)):
+        if a != b:  # only a near-tie may flip between a batched and a single-row decode
+            assert gaps[i] < TIE, f"token {i}: {a} != plain {b} with a top-2 gap of {gaps[i]:.3g}"
+            return
+
+
+def generator(model: Model, **kw) -> Generator:
+    return Generator(model, **{"spec": "mtp", "n_ctx": 320, "n_ubatch": 8, **kw})
+
+
+@pytest.mark.parametrize("draft_max", [1, 2, 3, 4])
+def test_greedy_mtp_equals_plain_greedy(model, draft_max) -> None:
+    n = 200 if draft_max == 3 else 40  # one long generation per model
+    g = generator(model, draft_max=draft_max)
+    out = list(g.generate(PROMPT, n))
+    assert_lossless(out, model, n)
+    st = g.stats
+    assert st.n_generated == n and st.rounds >= 1 and st.drafted >= st.accepted >= 0
+    assert len(st.acceptance_at) == draft_max and 0.0 <= st.acceptance_rate <= 1.0
+    assert g.tokens == PROMPT + out
+
+
+def test_seeded_sampler_gives_the_same_tokens(model) -> None:
+    cfg = SamplerConfig(temperature=1.0, top_k=0, top_p=1.0, seed=11)
+    plain = list(Generator(model, spec=None, n_ctx=320, n_ubatch=8, sampler=Sampler(cfg)).generate(PROMPT, 60))
+    spec = list(generator(model, draft_max=3, sampler=Sampler(cfg)).generate(PROMPT, 60))
+    assert spec == plain
+    assert len(set(plain)) > 5  # really sampled
+
+
+def patch_drafts(monkeypatch, seq: list[int], wrong_every: int = 0) -> None:
+    """Drafts = the target's own tokens (seq = prompt + plain greedy output); with wrong_every=m
+    the draft for every position divisible by m is wrong (partial acceptance)."""
+
+    def pick(self, logits, pos):
+        tok = seq[pos + 1]
+        if wrong_every and (pos + 1) % wrong_every == 0:
+            tok = (tok + 1) % self.model.n_vocab
+        return tok, 1.0
+
+    monkeypatch.setattr(Generator, "_pick_draft", pick)
+
+
+def mtp_reference_logits(model: Model, seq: list[int]) -> np.ndarray:
+    """The MTP head's logits at the last position of seq fed once: x_p = seq[p] with the target's
+    h_{p-1} from a fresh one-shot decode of seq[:-1]."""
+    n = len(seq)
+    tgt = Context(model, n_ctx=320, n_batch=320, n_ubatch=64, embeddings_nextn=True)
+    h = tgt.decode(Batch.simple(seq[:-1], all_outputs=True)).h_nextn
+    mtp = MtpContext(model, n_ctx=320, n_batch=320, n_ubatch=64)
+    return mtp.decode(Batch(seq[1:], embd=h, pos=np.arange(1, n))).logits[-1]
+
+
+def next_draft_logits(g: Generator) -> np.ndarray:
+    """The MTP head's logits for the next first draft step (feeds the pending rows)."""
+    n = len(g._pend_tok)
+    assert g.mtp.seq_pos_max(0) == g._pend_pos0 - 1  # no draft-time entries left behind
+    b = Batch(g._pend_tok, embd=np.stack(g._pend_h), pos=np.arange(g._pend_pos0, g._pend_pos0 + n))
+    return g.mtp.decode(b).logits[-1]
+
+
+def assert_close(got, ref, what=""):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    err, scale = float(np.abs(got - ref).max()), max(1.0, float(np.abs(ref).max()))
+    assert err <= 1e-3 * scale, f"{what}: max abs diff {err:.3g} (scale {scale:.3g})"
+
+
+@pytest.mark.parametrize("wrong_every", [0, 3])
+def test_forced_full_and_partial_acceptance(model, monkeypatch, wrong_every) -> None:
+    n, k = 30, 3
+    ref, _ = plain_greedy(model, n)
+    patch_drafts(monkeypatch, PROMPT + ref, wrong_every)
+    g = generator(model, draft_max=k)
+    out = list(g.generate(PROMPT, n))
+    assert_lossless(out, model, n)
+    st = g.stats
+    if out != ref:
+        pytest.fail("forced drafts are the plain tokens: a near-tie divergence would not be forced")
+    if wrong_every == 0:  # every draft accepted: k + 1 tokens per round
+        assert st.accepted == st.drafted > 0 and st.rounds == -(-(n - 1) // (k + 1))
+    else:  # some accepted, some rejected (rollback of 1..k tokens on the target)
+        assert 0 < st.accepted < st.drafted and st.accepted_at[0] > 0
+    # the MTP cache holds exactly the entries of the accepted sequence fed once
+    assert_close(next_draft_logits(g), mtp_reference_logits(model, g.tokens), "next draft logits")
+
+
+def test_mtp_cache_invariant_with_real_drafts(model) -> None:
+    g = generator(model, draft_max=4)
+    list(g.generate(PROMPT, 25))
+    assert g.stats.drafted > 0 and g.stats.accepted < g.stats.drafted  # rejections happened
+    assert_close(next_draft_logits(g), mtp_reference_logits(model, g.tokens), "next draft logits")
+
+
+def test_p_min_stops_drafting(model) -> None:
+    g = generator(model, draft_max=3, p_min=1.0)  # a random head is never certain
+    out = list(g.generate(PROMPT, 12))
+    assert_lossless(out, model, 12)
+    assert g.stats.drafted == 0 and g.stats.rounds == 11
+
+
+def test_bad_input(tmp_path, model) -> None:
+    with pytest.raises(ValueError, match="draft_max .* n_rs_seq"):
+        Generator(model, spec="mtp", draft_max=4, n_rs_seq=2)
+    with pytest.raises(ValueError, match="unknown speculative"):
+        Generator(model, spec="eagle")
+    with pytest.raises(ValueError, match="draft_max"):
+        Generator(model, draft_max=0)
+    with pytest.raises(ValueError, match="exceed n_ctx"):
+        list(Generator(model, n_ctx=32).generate(PROMPT, 20))
+    hp = tiny.tiny_hparams("qwen35")
+    hp = dataclasses.replace(hp, block_count=hp.n_layer_trunk, nextn_predict_layers=0)
+    path = tmp_path / "no_mtp.gguf"
+    write_qwen35(path, hp, random_qwen35(hp, 0), tiny.tiny_tokenizer_fields())
+    with pytest.raises(NoMtpHeadError, match="no MTP head"):
+        Generator(Model.load(path), spec="mtp")
+    assert list(Generator(Model.load(path), spec=None, n_ctx=64).generate([1, 2, 3], 3))  # plain still works
