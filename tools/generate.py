@@ -24,6 +24,9 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus cut (default 0.95; 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--quiet", "-q", action="store_true", help="no timing lines on stderr")
+    p.add_argument("--spec", choices=["mtp"], help="self-speculative decoding with the model's MTP head")
+    p.add_argument("--draft-max", type=int, default=3, help="--spec: the most drafts per round (default 3)")
+    p.add_argument("--p-min", type=float, default=0.0, help="--spec: stop drafting below this probability")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -51,6 +54,8 @@ def run_generate(args: argparse.Namespace) -> int:
             f"prompt ({len(prompt)} tokens) + --n-predict {args.n_predict} exceed --ctx-size {args.ctx_size}"
         )
     n_ubatch = min(args.ubatch, args.ctx_size)
+    if args.spec:
+        return _run_spec(args, model, prompt, sampler, n_ubatch)
     ctx = Context(model, n_ctx=args.ctx_size, n_batch=max(len(prompt), n_ubatch), n_ubatch=n_ubatch,
                   backends=tuple(args.backend or ["cpu"]))  # fmt: skip
 
@@ -79,5 +84,29 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"\n[graphir] {args.model}", file=sys.stderr)
         print(f"[graphir] prefill: {len(prompt)} tokens in {t_prefill:.3f} s ({len(prompt) / t_prefill:.1f} tok/s); "
               f"decode: {n_gen} tokens in {t_decode:.3f} s ({n_gen / max(t_decode, 1e-9):.1f} tok/s)",
+              file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _run_spec(args: argparse.Namespace, model, prompt: list[int], sampler, n_ubatch: int) -> int:
+    """--spec mtp: the same streaming output through models.speculative.Generator, then its stats."""
+    from graphir.models.speculative import Generator
+
+    gen = Generator(model, spec=args.spec, draft_max=args.draft_max, p_min=args.p_min, sampler=sampler,
+                    n_ctx=args.ctx_size, n_ubatch=n_ubatch, backends=tuple(args.backend or ["cpu"]))  # fmt: skip
+    tok = model.tokenizer
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    stream = tok.stream()
+    for tid in gen.generate(prompt, args.n_predict, stop_at_eog=True):
+        if tok.is_eog(tid):
+            break
+        sys.stdout.write(stream.push(tid))
+        sys.stdout.flush()
+    sys.stdout.write(stream.flush() + "\n")
+    st = gen.stats
+    if not args.quiet:
+        print(f"\n[graphir] {args.model}", file=sys.stderr)
+        print(f"[graphir] prefill: {st.n_prompt} tokens in {st.t_prompt:.3f} s; spec {args.spec}: {st.summary()}",
               file=sys.stderr)  # fmt: skip
     return 0

@@ -172,3 +172,24 @@ def test_bad_input(tmp_path, model) -> None:
     with pytest.raises(NoMtpHeadError, match="no MTP head"):
         Generator(Model.load(path), spec="mtp")
     assert list(Generator(Model.load(path), spec=None, n_ctx=64).generate([1, 2, 3], 3))  # plain still works
+
+
+# --------------------------------------------------------------------------------------------
+# graphir generate --spec mtp
+# --------------------------------------------------------------------------------------------
+
+
+def test_cli_spec_mtp_prints_the_plain_greedy_text_and_stats(tmp_path, monkeypatch, capsys) -> None:
+    from graphir.tools.cli import main
+
+    monkeypatch.setenv("GRAPHIR_CACHE", str(tmp_path / "cache"))
+    argv = ["generate", "-p", "def add(a, b):", "-n", "40", "--greedy"]
+    assert main(argv) == 0
+    plain = capsys.readouterr()
+    assert main([*argv, "--spec", "mtp", "--draft-max", "3"]) == 0
+    spec = capsys.readouterr()
+    assert spec.out == plain.out and len(spec.out) > len("def add(a, b):\n")
+    assert "spec mtp: rounds" in spec.err and "accepted" in spec.err and "tok/s" in spec.err
+    assert "spec mtp" not in plain.err
+    assert main([*argv, "--spec", "mtp", "--draft-max", "0"]) == 2
+    assert "draft_max" in capsys.readouterr().err
