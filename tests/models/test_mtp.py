@@ -172,3 +172,57 @@ def test_no_nextn_block_is_a_clear_error(tmp_path) -> None:
     write_qwen35(path, hp, random_qwen35(hp, 0), tiny.tiny_tokenizer_fields())
     with pytest.raises(NoMtpHeadError, match="no MTP head"):
         MtpContext(Model.load(path), n_ctx=32)
+
+
+def llama_cpp_mtp_logits(path: str, tokens: list[int], h_prev: np.ndarray) -> np.ndarray:
+    """llama.cpp's MTP context (ctx_type MTP, model loaded with load_mtp) on rows x_p = tokens[i],
+    h_{p-1} = h_prev[i] at positions 1..n: one batch carrying tokens AND embd, as the MTP draft
+    loop builds it. F32 KV cache."""
+    L = pytest.importorskip("llama_cpp", reason="llama_cpp is not installed")
+    if not hasattr(L, "LLAMA_CONTEXT_TYPE_MTP") or not hasattr(L.llama_model_default_params(), "load_mtp"):
+        pytest.skip("this llama-cpp-python has no MTP context (ctx_type MTP / load_mtp)")
+    import ctypes
+
+    n, n_embd = len(tokens), h_prev.shape[1]
+    L.llama_backend_init()
+    mp = L.llama_model_default_params()
+    mp.load_mtp = True
+    lm = L.llama_model_load_from_file(path.encode(), mp)
+    assert lm, "llama.cpp did not load the model with its MTP block"
+    cp = L.llama_context_default_params()
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.type_k, cp.type_v = 128, 64, 64, 0, 0  # 0: F32 KV
+    cp.n_threads = cp.n_threads_batch = 2
+    cp.ctx_type = L.LLAMA_CONTEXT_TYPE_MTP
+    lctx = L.llama_init_from_model(lm, cp)
+    assert lctx, "llama.cpp could not create an MTP context"
+    try:
+        b = L.llama_batch_init(n, n_embd, 1)  # embd rows allocated; the token array is ours
+        tok = (ctypes.c_int32 * n)(*tokens)
+        b.token = ctypes.cast(tok, ctypes.POINTER(ctypes.c_int32))
+        b.n_tokens = n
+        rows = np.ascontiguousarray(h_prev, np.float32).reshape(-1)
+        ctypes.memmove(b.embd, rows.ctypes.data, rows.nbytes)
+        for i in range(n):
+            b.pos[i], b.n_seq_id[i], b.logits[i] = i + 1, 1, 1
+            b.seq_id[i][0] = 0
+        assert L.llama_decode(lctx, b) == 0
+        n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(lm))
+        out = np.array([np.ctypeslib.as_array(L.llama_get_logits_ith(lctx, i), (n_vocab,)) for i in range(n)])
+        b.token = None  # not llama.cpp's to free
+        L.llama_batch_free(b)
+        return out
+    finally:
+        L.llama_free(lctx)
+        L.llama_model_free(lm)
+
+
+def test_mtp_logits_match_llama_cpp(model) -> None:
+    h = trunk_h(model, TOKENS)
+    n = len(TOKENS) - 1
+    ref = llama_cpp_mtp_logits(model.path, TOKENS[1:], h[:n])
+    mtp = MtpContext(model, n_ctx=64, n_batch=64, n_ubatch=64, type_k="f32", type_v="f32")
+    ours = mtp.decode(Batch(TOKENS[1:], embd=h[:n], pos=np.arange(1, n + 1), output=np.ones(n, bool))).logits
+    err = float(((ours - ref) ** 2).sum() / (ref**2).sum())
+    print(f"\n{model.arch}: MTP logits NMSE vs llama.cpp {err:.3g}")
+    assert err <= 1e-5, f"MTP logits NMSE vs llama.cpp {err:.3g}"
+    assert float(((ours[1:] - ref[:-1]) ** 2).sum() / (ref**2).sum()) > 1e-2  # the comparison has teeth
