@@ -1,6 +1,7 @@
 """Every op case on every registered backend (but the cpu reference) against the cpu.
 
-Unavailable backends are skipped with their reason; a case whose every example the backend
+Unavailable backends are skipped with their reason; an op missing from the backend's KERNELS
+is skipped as "<backend>: <op> not implemented yet", and a case whose every example the backend
 does not support is skipped as not supported (never counted as a pass). Examples come from
 the profile named by GRAPHIR_PARITY_PROFILE ("ci" by default: fixed seed, few examples).
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from graphir.backends import availability, names
+from graphir.backends import availability, backend_class, names
 from graphir.parity import CASES, Status, check_examples
 
 BACKENDS = [n for n in names() if n != "cpu"]
@@ -21,6 +22,8 @@ def test_parity(backend, case):
     av = availability(backend)
     if not av.ok:
         pytest.skip(f"{backend} unavailable: {av.reason}")
+    if case.op is not None and case.op not in backend_class(backend).KERNELS:
+        pytest.skip(f"{backend}: {case.op.value} not implemented yet")
     results = check_examples(case, backend)  # raises on the first FAIL, shrunk by hypothesis
     supported = [r for _, r in results if r.status is not Status.NOT_SUPPORTED]
     if not supported:

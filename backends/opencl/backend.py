@@ -1,0 +1,97 @@
+"""OpenCL buffers are cl.Buffer objects on one context with one in-order queue; a prepared
+call is a kernel with every argument (buffers, offsets, ne/nb) and its launch size set at
+lower time, so running it only enqueues."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphir.layout import host_array, np_view
+from graphir.tensor import Tensor
+
+from ..base import Availability, Backend, Buffer, Call, Place
+from . import runtime
+from .kernels import KERNELS
+from .runtime import cl
+
+
+class OpenCLBackend(Backend):
+    name = "opencl"
+    KERNELS = KERNELS
+
+    @classmethod
+    def availability(cls) -> Availability:
+        dev = runtime.select_device()
+        if isinstance(dev, str):
+            return Availability(False, dev)
+        return Availability(True)
+
+    def __init__(self) -> None:
+        dev = runtime.select_device()
+        if isinstance(dev, str):
+            raise RuntimeError(f"[opencl] unavailable: {dev}")
+        self.device = dev
+        self.ctx = cl.Context([dev])
+        self.queue = cl.CommandQueue(self.ctx)  # in order
+        self.programs = runtime.Programs(self.ctx)
+
+    def describe(self) -> str:
+        return f"opencl ({self.device.name.strip()}, {self.device.platform.name.strip()})"
+
+    # ---- memory ----
+    def alloc_buffer(self, nbytes: int) -> Buffer:
+        return Buffer(self, nbytes, cl.Buffer(self.ctx, cl.mem_flags.READ_WRITE, max(nbytes, 4)))
+
+    def write_bytes(self, buffer: Buffer, offset: int, data: np.ndarray) -> None:
+        raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        if raw.size:
+            cl.enqueue_copy(self.queue, buffer.handle, raw, dst_offset=offset, is_blocking=True)
+
+    def read_bytes(self, buffer: Buffer, offset: int, nbytes: int) -> np.ndarray:
+        out = np.empty(nbytes, dtype=np.uint8)
+        if nbytes:
+            cl.enqueue_copy(self.queue, out, buffer.handle, src_offset=offset, is_blocking=True)
+        return out
+
+    def set_tensor(self, place: Place, t: Tensor, data: np.ndarray) -> None:
+        host = host_array(data, t)
+        if t.is_contiguous():
+            self.write_bytes(place.buffer, place.offset, host)
+            return
+        # a strided view: read-modify-write its whole storage span, so bytes between its
+        # elements keep their values
+        raw = self.read_bytes(place.buffer, place.offset, t.nbytes)
+        np_view(raw, 0, t)[...] = host
+        self.write_bytes(place.buffer, place.offset, raw)
+
+    def get_tensor(self, place: Place, t: Tensor) -> np.ndarray:
+        raw = self.read_bytes(place.buffer, place.offset, t.nbytes)
+        return np_view(raw, 0, t).copy()
+
+    def upload_static(self, t: Tensor) -> Place:
+        if t.data is None:
+            raise ValueError(f"[opencl] static tensor {t.name!r} has no host data")
+        buf = self.alloc_buffer(t.data.nbytes)
+        self.write_bytes(buf, 0, t.data)
+        return Place(buf, 0)
+
+    # ---- execution ----
+    def lower(self, node: Tensor, dst: Place, srcs: list[Place | None]) -> Call:
+        return self.KERNELS[node.op](self, node, dst, srcs)
+
+    def launch(self, kernel, global_size: int, local_size: int | None = None, keep: tuple = ()) -> Call:
+        """A prepared call enqueueing `kernel` (arguments already set) over a 1-d range.
+        `keep`: objects the call must keep alive (set_arg holds no reference to buffers)."""
+        queue = self.queue
+        if global_size == 0:
+            return lambda: None
+        gs, ls = (global_size,), None if local_size is None else (local_size,)
+
+        def run() -> None:
+            cl.enqueue_nd_range_kernel(queue, kernel, gs, ls)
+
+        run.keep = keep
+        return run
+
+    def synchronize(self) -> None:
+        self.queue.finish()

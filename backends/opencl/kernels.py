@@ -1,0 +1,153 @@
+"""The opencl dispatch table: `KERNELS[op] = lower(backend, node, dst, srcs) -> Call`.
+
+Each lowering picks a program of shaders/opencl/ by its defines, sets every kernel argument
+(buffers, byte offsets, ne/nb) once and returns the prepared launch. Ops absent here (or
+refused by a lowering's `supports`) run on the cpu through the scheduler.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphir.ops import BINARY_OPS, UNARY_OPS, Op
+from graphir.tensor import Tensor
+from graphir.types import DType
+
+from ..base import Call, Place
+from ..cpu.k_reduce import alibi_slopes
+from .runtime import cl
+
+WG = 64  # work-group size of the row-reduction kernels (the WG define of common.h)
+TYPE = {DType.F32: "F32", DType.F16: "F16", DType.BF16: "BF16"}  # float-convertible types
+RAW = {DType.F32: "uint", DType.F16: "ushort", DType.BF16: "ushort", DType.I32: "int"}
+
+
+def tensor_args(place: Place, t: Tensor) -> list:
+    """The four kernel arguments of a tensor (TENSOR(T) in common.h)."""
+    return [place.buffer.handle, np.uint64(place.offset),
+            cl.cltypes.make_int4(*t.ne), cl.cltypes.make_ulong4(*t.nb)]  # fmt: skip
+
+
+def _set(kernel, *args) -> object:
+    for i, a in enumerate(args):
+        kernel.set_arg(i, a)
+    return kernel
+
+
+def _noop(be, node: Tensor, dst: Place, srcs: list) -> Call:  # views compute nothing
+    return lambda: None
+
+
+# ---- copies -------------------------------------------------------------------------
+
+
+def _copy(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    """cont / dup / cpy: src[0] in logical order into dst (converted to node.type)."""
+    s, ts, td = node.src[0], node.src[0].type, node.type
+    defines = {"RAW": RAW[ts]} if ts == td else {"TS": TYPE[ts], "TD": TYPE[td]}
+    k = _set(be.programs.kernel("copy.cl", "copy", defines), *tensor_args(srcs[0], s), *tensor_args(dst, node))
+    return be.launch(k, node.nelements)
+
+
+def _copy_supports(node: Tensor) -> bool:
+    ts, td = node.src[0].type, node.type
+    return (ts == td and ts in RAW) or (ts in TYPE and td in TYPE)
+
+
+_copy.supports = _copy_supports
+
+# ---- elementwise --------------------------------------------------------------------
+
+
+def _binary(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    a, b = node.src
+    defines = {f"OP_{node.op.name}": None, "TA": TYPE[a.type], "TB": TYPE[b.type], "TD": TYPE[node.type]}
+    args = tensor_args(srcs[0], a) + tensor_args(srcs[1], b) + tensor_args(dst, node)
+    return be.launch(_set(be.programs.kernel("binary.cl", "binary", defines), *args), node.nelements)
+
+
+def _unary(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    p = node.params or {}
+    p0, p1 = {Op.SCALE: ("s", "b"), Op.CLAMP: ("min", "max")}.get(node.op, (None, None))
+    v0, v1 = (np.float32(p[p0]), np.float32(p[p1])) if p0 else (np.float32(0), np.float32(0))
+    k = be.programs.kernel("unary.cl", "unary", {f"OP_{node.op.name}": None, "T": TYPE[node.type]})
+    _set(k, *tensor_args(srcs[0], node.src[0]), *tensor_args(dst, node), v0, v1)
+    return be.launch(k, node.nelements)
+
+
+# ---- rows ---------------------------------------------------------------------------
+
+
+def _norm(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    op = "OP_RMS" if node.op is Op.RMS_NORM else "OP_L2"
+    k = be.programs.kernel("norm.cl", "norm", {op: None, "WG": WG})
+    _set(k, *tensor_args(srcs[0], node.src[0]), *tensor_args(dst, node), np.float32(node.params["eps"]))
+    return be.launch(k, node.nrows * WG, WG)
+
+
+_norm.supports = lambda node: node.src[0].type == DType.F32
+
+
+def _soft_max(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    a = node.src[0]
+    mask = node.src[1] if len(node.src) > 1 else None
+    defines: dict = {"WG": WG}
+    if mask is not None:
+        defines.update(HAS_MASK=None, TM=TYPE[mask.type])
+    slopes = alibi_slopes(a.ne[2], node.params["max_bias"]).astype(np.float32)
+    sbuf = cl.Buffer(be.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=slopes)
+    m_args = tensor_args(srcs[1], mask) if mask is not None else tensor_args(srcs[0], a)  # unused without a mask
+    k = be.programs.kernel("soft_max.cl", "soft_max", defines)
+    _set(k, *tensor_args(srcs[0], a), *m_args, sbuf, *tensor_args(dst, node), np.float32(node.params["scale"]))
+    return be.launch(k, node.nrows * WG, WG, keep=(sbuf,))
+
+
+_soft_max.supports = lambda node: node.src[0].type == DType.F32
+
+
+def _get_rows(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    a, b = node.src
+    if a.type == DType.Q8_0:
+        defines = {"Q8_0": None}
+    elif a.type == DType.I32:
+        defines = {"RAW": "int"}
+    else:
+        defines = {"TA": TYPE[a.type]}
+    args = tensor_args(srcs[0], a) + tensor_args(srcs[1], b) + tensor_args(dst, node)
+    return be.launch(_set(be.programs.kernel("get_rows.cl", "get_rows", defines), *args), node.nelements)
+
+
+_get_rows.supports = lambda node: node.src[0].type in (DType.F32, DType.F16, DType.BF16, DType.Q8_0, DType.I32)
+
+# ---- matrix -------------------------------------------------------------------------
+
+
+def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    a, b = node.src
+    defines = {"WG": WG, "TB": TYPE[b.type]}
+    defines.update({"Q8_0": None, "TA": "F32"} if a.type == DType.Q8_0 else {"TA": TYPE[a.type]})
+    args = tensor_args(srcs[0], a) + tensor_args(srcs[1], b) + tensor_args(dst, node)
+    k = _set(be.programs.kernel("mul_mat.cl", "mul_mat", defines), *args)
+    return be.launch(k, node.nelements * WG, WG)
+
+
+_mul_mat.supports = lambda node: node.src[0].type in (DType.F32, DType.F16, DType.BF16, DType.Q8_0)
+
+
+KERNELS = {
+    Op.VIEW: _noop,
+    Op.RESHAPE: _noop,
+    Op.PERMUTE: _noop,
+    Op.TRANSPOSE: _noop,
+    Op.CONT: _copy,
+    Op.DUP: _copy,
+    Op.CPY: _copy,
+    **{op: _binary for op in BINARY_OPS},
+    **{op: _unary for op in UNARY_OPS},
+    Op.SCALE: _unary,
+    Op.RMS_NORM: _norm,
+    Op.L2_NORM: _norm,
+    Op.SOFT_MAX: _soft_max,
+    Op.GET_ROWS: _get_rows,
+    Op.MUL_MAT: _mul_mat,
+}

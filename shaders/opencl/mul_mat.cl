@@ -1,0 +1,30 @@
+// mul_mat: d[m, n, i2, i3] = sum_k a[k, m, i2 / r2, i3 / r3] * b[k, n, i2, i3].
+// One work-group of WG items per output element (a row-pair dot product), float accumulation.
+// -DTA=F32|F16|BF16 or -DQ8_0 (blocks of 32: f16 scale, 32 int8); -DTB=F32|F16.
+#include "common.h"
+
+__kernel void mul_mat(TENSOR(a), TENSOR(b), TENSOR(d)) {
+    int o = get_group_id(0), l = get_local_id(0);
+    int m = o % d_ne.s0, n = (o / d_ne.s0) % d_ne.s1;
+    int i2 = (o / (d_ne.s0 * d_ne.s1)) % d_ne.s2, i3 = o / (d_ne.s0 * d_ne.s1 * d_ne.s2);
+    int a2 = i2 / (b_ne.s2 / a_ne.s2), a3 = i3 / (b_ne.s3 / a_ne.s3);
+    __local float tmp[WG];
+    __global const char *arow = AT(a, 0, m, a2, a3);
+    float acc = 0.0f;
+    for (int k = l; k < a_ne.s0; k += WG) {
+#ifdef Q8_0
+        __global const char *blk = arow + (k / 32) * 34;
+        float w = vload_half(0, (__global const half *)blk) * (float)blk[2 + k % 32];
+#else
+        float w = LD(TA, arow + (ulong)k * a_nb.s0);
+#endif
+        acc += w * LD(TB, AT(b, k, n, i2, i3));
+    }
+    tmp[l] = acc;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = WG / 2; s > 0; s >>= 1) {
+        if (l < s) tmp[l] += tmp[l + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (l == 0) ST_F32(AT(d, m, n, i2, i3), tmp[0]);
+}
