@@ -94,12 +94,13 @@ class Generator:
         sampler: the user's sampler (default: greedy).
         n_ctx, n_ubatch, backends, type_k, type_v: the target context's (and the head's) sizes.
         n_rs_seq: rollback snapshots of the target (default draft_max); must be >= draft_max.
+        n_seq: the most sequences `generate_batch` runs together.
     """
 
     def __init__(self, model: Model, spec: str | None = "mtp", draft_max: int = 3, p_min: float = 0.0,
                  sampler: Sampler | None = None, n_ctx: int = 512, n_ubatch: int = 128,
                  n_rs_seq: int | None = None, backends: Sequence[str] = ("cpu",), type_k: str = "f16",
-                 type_v: str = "f16") -> None:  # fmt: skip
+                 type_v: str = "f16", n_seq: int = 1) -> None:  # fmt: skip
         if spec not in (None, "mtp"):
             raise ValueError(f"[spec] unknown speculative mode {spec!r} (None or 'mtp')")
         if not isinstance(draft_max, (int, np.integer)) or draft_max < 1:
@@ -119,9 +120,9 @@ class Generator:
         self.sampler = sampler or Sampler(SamplerConfig(greedy=True))
         n_ubatch = max(min(n_ubatch, n_ctx), 1 + n_rs)
         self.target = Context(model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ubatch, n_rs_seq=n_rs, backends=backends,
-                              type_k=type_k, type_v=type_v, embeddings_nextn=spec == "mtp")  # fmt: skip
+                              type_k=type_k, type_v=type_v, embeddings_nextn=spec == "mtp", n_seq_max=n_seq)  # fmt: skip
         self.mtp = (MtpContext(model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ubatch, backends=backends,
-                               type_k=type_k, type_v=type_v) if spec == "mtp" else None)  # fmt: skip
+                               type_k=type_k, type_v=type_v, n_seq_max=n_seq) if spec == "mtp" else None)  # fmt: skip
         self.stats = SpecStats()
         self.tokens: list[int] = []  # the sequence so far: prompt + generated
         # MTP rows waiting to be fed (true entries: token x_p with the target's h_{p-1})
@@ -130,8 +131,9 @@ class Generator:
         self._pend_pos0 = 0
 
     # ---- drafting ---------------------------------------------------------------------------
-    def _pick_draft(self, logits: np.ndarray, pos: int) -> tuple[int, float]:
-        """The head's draft for position pos + 1 from its logits at pos: (argmax, its probability)."""
+    def _pick_draft(self, logits: np.ndarray, pos: int, seq: int = 0) -> tuple[int, float]:
+        """The head's draft for position pos + 1 (of sequence seq) from its logits at pos:
+        (argmax, its probability)."""
         x = np.asarray(logits, np.float64)
         tok = int(np.argmax(x))
         return tok, float(1.0 / np.exp(x - x[tok]).sum())
@@ -257,3 +259,126 @@ class Generator:
                 last = emitted[-1]
         finally:
             st.t_generate = time.perf_counter() - t_gen0
+
+    # ---- several sequences ------------------------------------------------------------------
+    def generate_batch(self, prompts: Sequence[Sequence[int]], n_predict: int,
+                       samplers: Sequence[Sampler] | None = None) -> list[list[int]]:  # fmt: skip
+        """n_predict tokens for each prompt (sequence s continues prompts[s]); every round runs the
+        drafting steps of all sequences in one MTP batch per step and all their verify rows in one
+        target batch, then accepts and rolls back per sequence. samplers: one per sequence
+        (default greedy). Not streaming; `self.stats` counts all sequences together."""
+        S = len(prompts)
+        if not 1 <= S <= self.target.n_seq_max:
+            raise ValueError(f"[spec] {S} prompts: need 1 .. n_seq ({self.target.n_seq_max})")
+        prompts = [[int(t) for t in p] for p in prompts]
+        if any(not p for p in prompts):
+            raise ValueError("[spec] a prompt is empty")
+        if n_predict < 0:
+            raise ValueError(f"[spec] n_predict must be >= 0, got {n_predict}")
+        if sum(len(p) + n_predict for p in prompts) > self.target.n_ctx:
+            raise ValueError(f"[spec] the prompts + n_predict each exceed n_ctx ({self.target.n_ctx})")
+        samplers = list(samplers) if samplers is not None else [Sampler(SamplerConfig(greedy=True))] * S
+        if len(samplers) != S:
+            raise ValueError(f"[spec] {len(samplers)} samplers for {S} prompts")
+        self.target.clear()
+        if self.mtp is not None:
+            self.mtp.clear()
+        st = self.stats = SpecStats(n_prompt=sum(map(len, prompts)), drafted_at=[0] * self.draft_max,
+                                    accepted_at=[0] * self.draft_max)  # fmt: skip
+        out: list[list[int]] = [[] for _ in range(S)]
+        if n_predict == 0:
+            return out
+        spec = self.mtp is not None
+        t0 = time.perf_counter()
+        seq_ids = np.concatenate([np.full(len(p), s) for s, p in enumerate(prompts)])
+        res = self.target.decode(Batch(np.concatenate(prompts), pos=np.concatenate([np.arange(len(p)) for p in prompts]),
+                                       seq_id=seq_ids, output=np.ones(len(seq_ids), bool)))  # fmt: skip
+        st.t_prompt = time.perf_counter() - t0
+        t_gen0 = time.perf_counter()
+        ends = np.cumsum([len(p) for p in prompts])
+        last = [samplers[s].sample(res.logits[ends[s] - 1]) for s in range(S)]
+        n_past = [len(p) for p in prompts]
+        pend: dict[int, tuple[list[int], list[np.ndarray], int]] = {}
+        for s in range(S):
+            out[s].append(last[s])
+            if spec:
+                pend[s] = (prompts[s][1:] + [last[s]], list(res.h_nextn[ends[s] - len(prompts[s]) : ends[s]]), 1)
+        while True:
+            active = [s for s in range(S) if len(out[s]) < n_predict]
+            if not active:
+                break
+            drafts: dict[int, list[int]] = {s: [] for s in active}
+            if spec:
+                t = time.perf_counter()
+                drafts = self._draft_batch(active, pend, {s: min(self.draft_max, n_predict - len(out[s]) - 1)
+                                                          for s in active})  # fmt: skip
+                st.t_draft += time.perf_counter() - t
+            t = time.perf_counter()
+            rows = [(s, [last[s], *drafts[s]]) for s in active]
+            res = self.target.decode(Batch(np.concatenate([r for _, r in rows]),
+                                           pos=np.concatenate([np.arange(n_past[s], n_past[s] + len(r)) for s, r in rows]),
+                                           seq_id=np.concatenate([np.full(len(r), s) for s, r in rows]),
+                                           output=np.ones(sum(len(r) for _, r in rows), bool)))  # fmt: skip
+            st.t_verify += time.perf_counter() - t
+            st.rounds += 1
+            t = time.perf_counter()
+            row0 = 0
+            for s, r in rows:
+                k, ds = len(r) - 1, drafts[s]
+                emitted: list[int] = []
+                for i in range(k + 1):
+                    emitted.append(samplers[s].sample(res.logits[row0 + i]))
+                    if i == k or emitted[-1] != ds[i]:
+                        break
+                n_acc = len(emitted) - 1
+                st.drafted += k
+                st.accepted += n_acc
+                for i in range(k):
+                    st.drafted_at[i] += 1
+                    st.accepted_at[i] += int(i < n_acc)
+                keep = n_past[s] + n_acc + 1
+                if n_acc < k and not self.target.seq_rm(s, keep, -1):
+                    raise RuntimeError(f"[spec] the target refused to roll back {k - n_acc} tokens of seq {s}")
+                if spec:
+                    self.mtp.seq_rm(s, n_past[s] + 1, -1)
+                    pend[s] = ([*ds[:n_acc], emitted[-1]], list(res.h_nextn[row0 : row0 + n_acc + 1]), n_past[s] + 1)
+                out[s].extend(emitted)
+                n_past[s], last[s] = keep, emitted[-1]
+                row0 += len(r)
+            st.t_draft += time.perf_counter() - t
+        st.n_generated = sum(map(len, out))
+        st.t_generate = time.perf_counter() - t_gen0
+        return out
+
+    def _draft_batch(self, active: list[int], pend: dict, k_max: dict[int, int]) -> dict[int, list[int]]:
+        """Feed every active sequence's pending rows in one MTP batch, then chain drafts of all the
+        sequences still drafting, one MTP batch per step."""
+        assert self.mtp is not None
+        toks, embd, pos, seq, outp = [], [], [], [], []
+        for s in active:
+            t, h, p0 = pend.pop(s)
+            toks += t
+            embd += h
+            pos += range(p0, p0 + len(t))
+            seq += [s] * len(t)
+            outp += [False] * (len(t) - 1) + [k_max[s] >= 1]
+        res = self.mtp.decode(Batch(toks, embd=np.stack(embd), pos=pos, seq_id=seq, output=outp))
+        flagged = [s for s in active if k_max[s] >= 1]
+        last_pos = {s: p for s, p in zip(seq, pos)}
+        cur = {s: (res.logits[i], res.hidden[i], last_pos[s]) for i, s in enumerate(flagged)}
+        drafts: dict[int, list[int]] = {s: [] for s in active}
+        while cur:
+            step = []
+            for s, (lg, hid, p) in cur.items():
+                tok, prob = self._pick_draft(lg, p, s)
+                if prob < self.p_min:
+                    continue
+                drafts[s].append(tok)
+                if len(drafts[s]) < k_max[s]:
+                    step.append((s, tok, hid, p + 1))
+            if not step:
+                break
+            res = self.mtp.decode(Batch([x[1] for x in step], embd=np.stack([x[2] for x in step]),
+                                        pos=[x[3] for x in step], seq_id=[x[0] for x in step]))  # fmt: skip
+            cur = {x[0]: (res.logits[i], res.hidden[i], x[3]) for i, x in enumerate(step)}
+        return drafts

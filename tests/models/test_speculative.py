@@ -68,7 +68,7 @@ def generator(model: Model, **kw) -> Generator:
 
 @pytest.mark.parametrize("draft_max", [1, 2, 3, 4])
 def test_greedy_mtp_equals_plain_greedy(model, draft_max) -> None:
-    n = 200 if draft_max == 3 else 40  # one long generation per model
+    n = 200 if draft_max == 3 else 30  # one long generation per model
     g = generator(model, draft_max=draft_max)
     out = list(g.generate(PROMPT, n))
     assert_lossless(out, model, n)
@@ -90,7 +90,7 @@ def patch_drafts(monkeypatch, seq: list[int], wrong_every: int = 0) -> None:
     """Drafts = the target's own tokens (seq = prompt + plain greedy output); with wrong_every=m
     the draft for every position divisible by m is wrong (partial acceptance)."""
 
-    def pick(self, logits, pos):
+    def pick(self, logits, pos, seq_id=0):
         tok = seq[pos + 1]
         if wrong_every and (pos + 1) % wrong_every == 0:
             tok = (tok + 1) % self.model.n_vocab
@@ -172,6 +172,51 @@ def test_bad_input(tmp_path, model) -> None:
     with pytest.raises(NoMtpHeadError, match="no MTP head"):
         Generator(Model.load(path), spec="mtp")
     assert list(Generator(Model.load(path), spec=None, n_ctx=64).generate([1, 2, 3], 3))  # plain still works
+
+
+OTHERS = [[300, 8, 77], [42, 99, 7, 281, 3, 64, 150, 11, 400, 12, 5, 17, 230, 501]]
+
+
+def plain_greedy_of(model: Model, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
+    """plain_greedy for any prompt (single-token decodes, one sequence)."""
+    ctx = Context(model, n_ctx=320, n_batch=64, n_ubatch=8)
+    logits = ctx.decode(Batch.simple(prompt, all_outputs=True)).logits[-1]
+    toks, gaps = [], []
+    for i in range(n):
+        top2 = np.sort(logits)[-2:]
+        toks.append(int(np.argmax(logits)))
+        gaps.append(float(top2[1] - top2[0]))
+        if i + 1 < n:
+            logits = ctx.decode(Batch.simple([toks[-1]], len(prompt) + i)).logits[-1]
+    return toks, gaps
+
+
+@pytest.mark.parametrize("draft_max", [2, 4])
+def test_several_sequences_equal_their_plain_greedy(model, draft_max, monkeypatch) -> None:
+    prompts, n = [PROMPT, *OTHERS], 24
+    refs = [plain_greedy_of(model, p, n) for p in prompts]
+    if draft_max == 4:  # force partial acceptance: drafts are the target's tokens, every 3rd wrong
+        seqs = [p + r[0] for p, r in zip(prompts, refs)]
+
+        def pick(self, logits, pos, seq_id=0):
+            tok = seqs[seq_id][pos + 1]
+            return ((tok + 1) % self.model.n_vocab if (pos + 1) % 3 == 0 else tok), 1.0
+
+        monkeypatch.setattr(Generator, "_pick_draft", pick)
+    g = generator(model, draft_max=draft_max, n_seq=3)
+    outs = g.generate_batch(prompts, n)
+    for s, (got, (ref, gaps)) in enumerate(zip(outs, refs)):
+        assert len(got) == n
+        for i, (a, b) in enumerate(zip(got, ref)):
+            if a != b:
+                assert gaps[i] < TIE, f"seq {s} token {i}: {a} != plain {b} (top-2 gap {gaps[i]:.3g})"
+                break
+    st = g.stats
+    assert st.n_generated == 3 * n and st.drafted > 0
+    if draft_max == 4:
+        assert 0 < st.accepted < st.drafted
+    with pytest.raises(ValueError, match="n_seq"):
+        g.generate_batch([PROMPT] * 4, 2)
 
 
 # --------------------------------------------------------------------------------------------
