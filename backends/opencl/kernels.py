@@ -119,6 +119,40 @@ def _get_rows(be, node: Tensor, dst: Place, srcs: list) -> Call:
 
 _get_rows.supports = lambda node: node.src[0].type in (DType.F32, DType.F16, DType.BF16, DType.Q8_0, DType.I32)
 
+
+def _rows(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    """sum_rows / mean / argmax: one work-group per row."""
+    op = {Op.SUM_ROWS: "OP_SUM", Op.MEAN: "OP_MEAN", Op.ARGMAX: "OP_ARGMAX"}[node.op]
+    k = _set(be.programs.kernel("rows.cl", "rows", {op: None, "WG": WG}),
+             *tensor_args(srcs[0], node.src[0]), *tensor_args(dst, node))  # fmt: skip
+    return be.launch(k, node.src[0].nrows * WG, WG)
+
+
+def _set_rows(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    _, b, c = node.src
+    args = tensor_args(srcs[1], b) + tensor_args(srcs[2], c) + tensor_args(dst, node)
+    k = _set(be.programs.kernel("set_rows.cl", "set_rows", {"TD": TYPE[node.type]}), *args)
+    return be.launch(k, b.ne[0] * b.ne[2] * b.ne[3])
+
+
+_set_rows.supports = lambda node: node.type in TYPE
+
+
+def _concat(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    """concat, and repeat (the same kernel reading a modulo its shape)."""
+    a = node.src[0]
+    if node.op is Op.REPEAT:
+        defines, args = {"REPEAT": None, "RAW": RAW[a.type]}, tensor_args(srcs[0], a) * 2
+    else:
+        defines, args = {"DIM": node.params["dim"], "RAW": RAW[a.type]}, tensor_args(srcs[0], a)
+        args += tensor_args(srcs[1], node.src[1])
+    k = _set(be.programs.kernel("concat.cl", "concat", defines), *args, *tensor_args(dst, node))
+    return be.launch(k, node.nelements)
+
+
+_concat.supports = lambda node: node.src[0].type in RAW
+
+
 # ---- matrix -------------------------------------------------------------------------
 
 
@@ -150,4 +184,10 @@ KERNELS = {
     Op.SOFT_MAX: _soft_max,
     Op.GET_ROWS: _get_rows,
     Op.MUL_MAT: _mul_mat,
+    Op.SUM_ROWS: _rows,
+    Op.MEAN: _rows,
+    Op.ARGMAX: _rows,
+    Op.SET_ROWS: _set_rows,
+    Op.CONCAT: _concat,
+    Op.REPEAT: _concat,
 }
