@@ -174,10 +174,11 @@ def test_no_nextn_block_is_a_clear_error(tmp_path) -> None:
         MtpContext(Model.load(path), n_ctx=32)
 
 
-def llama_cpp_mtp_logits(path: str, tokens: list[int], h_prev: np.ndarray) -> np.ndarray:
+def llama_cpp_mtp_outputs(path: str, tokens: list[int], h_prev: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """llama.cpp's MTP context (ctx_type MTP, model loaded with load_mtp) on rows x_p = tokens[i],
     h_{p-1} = h_prev[i] at positions 1..n: one batch carrying tokens AND embd, as the MTP draft
-    loop builds it. F32 KV cache."""
+    loop builds it. F32 KV cache. Returns the logits and, where the binding exposes it
+    (llama_cpp_ext embeddings_nextn), the head's hidden state for chaining."""
     L = pytest.importorskip("llama_cpp", reason="llama_cpp is not installed")
     if not hasattr(L, "LLAMA_CONTEXT_TYPE_MTP") or not hasattr(L.llama_model_default_params(), "load_mtp"):
         pytest.skip("this llama-cpp-python has no MTP context (ctx_type MTP / load_mtp)")
@@ -196,6 +197,12 @@ def llama_cpp_mtp_logits(path: str, tokens: list[int], h_prev: np.ndarray) -> np
     lctx = L.llama_init_from_model(lm, cp)
     assert lctx, "llama.cpp could not create an MTP context"
     try:
+        try:
+            from llama_cpp import llama_cpp_ext as ext
+
+            ext.llama_set_embeddings_nextn(lctx, True, False)
+        except (ImportError, AttributeError):
+            ext = None
         b = L.llama_batch_init(n, n_embd, 1)  # embd rows allocated; the token array is ours
         tok = (ctypes.c_int32 * n)(*tokens)
         b.token = ctypes.cast(tok, ctypes.POINTER(ctypes.c_int32))
@@ -208,9 +215,13 @@ def llama_cpp_mtp_logits(path: str, tokens: list[int], h_prev: np.ndarray) -> np
         assert L.llama_decode(lctx, b) == 0
         n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(lm))
         out = np.array([np.ctypeslib.as_array(L.llama_get_logits_ith(lctx, i), (n_vocab,)) for i in range(n)])
+        hidden = None
+        if ext is not None:
+            hidden = np.array([np.ctypeslib.as_array(ext.llama_get_embeddings_nextn_ith(lctx, i), (n_embd,))
+                               for i in range(n)])  # fmt: skip
         b.token = None  # not llama.cpp's to free
         L.llama_batch_free(b)
-        return out
+        return out, hidden
     finally:
         L.llama_free(lctx)
         L.llama_model_free(lm)
@@ -219,9 +230,13 @@ def llama_cpp_mtp_logits(path: str, tokens: list[int], h_prev: np.ndarray) -> np
 def test_mtp_logits_match_llama_cpp(model) -> None:
     h = trunk_h(model, TOKENS)
     n = len(TOKENS) - 1
-    ref = llama_cpp_mtp_logits(model.path, TOKENS[1:], h[:n])
+    ref, ref_hidden = llama_cpp_mtp_outputs(model.path, TOKENS[1:], h[:n])
     mtp = MtpContext(model, n_ctx=64, n_batch=64, n_ubatch=64, type_k="f32", type_v="f32")
-    ours = mtp.decode(Batch(TOKENS[1:], embd=h[:n], pos=np.arange(1, n + 1), output=np.ones(n, bool))).logits
+    res = mtp.decode(Batch(TOKENS[1:], embd=h[:n], pos=np.arange(1, n + 1), output=np.ones(n, bool)))
+    ours = res.logits
+    if ref_hidden is not None:  # the chained state is llama.cpp's post-shared_head_norm row too
+        err_h = float(((res.hidden - ref_hidden) ** 2).sum() / (ref_hidden**2).sum())
+        assert err_h <= 1e-5, f"MTP hidden NMSE vs llama.cpp {err_h:.3g}"
     err = float(((ours - ref) ** 2).sum() / (ref**2).sum())
     print(f"\n{model.arch}: MTP logits NMSE vs llama.cpp {err:.3g}")
     assert err <= 1e-5, f"MTP logits NMSE vs llama.cpp {err:.3g}"
