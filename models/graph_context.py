@@ -455,6 +455,10 @@ class GraphContext:
                 h.set_output()
         if not self.gf.nodes:
             raise ValueError("[graph] nothing to compute")
+        for name in ("tokens", "embd", "pos", "out_ids", "kv_slots", "kq_mask", "rs_src", "rs_dst"):
+            t = getattr(self.inputs, name)
+            if t is not None and t not in self.gf:  # e.g. the mask when no row reaches attention
+                setattr(self.inputs, name, None)
         return GraphResult(self.gf, self.inputs, logits, h if want_h_nextn else None)
 
 

@@ -491,3 +491,13 @@ def test_decode_state_machine(dense) -> None:
                             plan_cache_size=64)  # fmt: skip
 
     run_state_machine_as_test(Machine, settings=settings(max_examples=30, stateful_step_count=15, deadline=None))
+
+
+def test_ubatches_without_outputs_still_write_state(tmp_path) -> None:
+    """A ubatch with no output rows where the only attention layer is the last trunk layer: the
+    attention output (and its mask) is unused, the K/V and recurrent writes must still happen."""
+    hp = dataclasses.replace(DENSE, block_count=4, full_attention_interval=4, nextn_predict_layers=0)
+    model = write_model(tmp_path / "last_attn.gguf", hp, 3)[0]
+    tokens = list(range(3, 23))
+    chunked = context(model, n_ubatch=8).decode(Batch.simple(tokens, 0)).logits  # outputs only in the last ubatch
+    assert_close(chunked, one_shot(model, tokens)[-1:], "chunked prompt, last-layer attention")
