@@ -15,6 +15,7 @@ from graphir.types import DType
 
 from ..base import Call, Place
 from ..cpu.k_reduce import alibi_slopes
+from ..cpu.k_rope import yarn_corr_dims
 from .runtime import cl
 
 WG = 64  # work-group size of the row-reduction kernels (the WG define of common.h)
@@ -168,6 +169,49 @@ def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> Call:
 _mul_mat.supports = lambda node: node.src[0].type in (DType.F32, DType.F16, DType.BF16, DType.Q8_0)
 
 
+# ---- position / state space ------------------------------------------------------
+
+
+def _rope(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    p, a, pos = node.params, node.src[0], node.src[1]
+    ff = node.src[2] if len(node.src) > 2 else None
+    f32 = np.float32
+    theta_scale = np.power(f32(p["freq_base"]), f32(-2.0) / f32(p["n_dims"]))  # as the reference, in float32
+    low = high = f32(0)
+    mscale = f32(p["attn_factor"])
+    if p["ext_factor"] != 0:
+        low, high = yarn_corr_dims(p["n_dims"], p["n_ctx_orig"], p["freq_base"], p["beta_fast"], p["beta_slow"])
+        mscale = mscale * (f32(1) + f32(0.1) * np.log(f32(1) / f32(p["freq_scale"])))
+    defines = {"MODE": p["mode"]} | ({"HAS_FF": None} if ff is not None else {})
+    sections = cl.cltypes.make_int4(*(p["sections"] or (0, 0, 0, 0)))
+    ff_args = tensor_args(srcs[2], ff) if ff is not None else tensor_args(srcs[1], pos)  # unused without ff
+    k = _set(be.programs.kernel("rope.cl", "rope", defines),
+             *tensor_args(srcs[0], a), *tensor_args(srcs[1], pos), *ff_args, *tensor_args(dst, node),
+             np.int32(p["n_dims"]), sections, f32(theta_scale), f32(p["freq_scale"]), f32(p["ext_factor"]),
+             f32(low), f32(high), f32(mscale))  # fmt: skip
+    return be.launch(k, a.nrows)
+
+
+def _ssm_conv(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    sx, c = node.src
+    args = tensor_args(srcs[0], sx) + tensor_args(srcs[1], c) + tensor_args(dst, node)
+    return be.launch(_set(be.programs.kernel("ssm_conv.cl", "ssm_conv"), *args), node.nelements)
+
+
+def _gated_delta_net(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    q, k, v, g = node.src[:4]
+    S_v, H_v, _, n_seqs = v.ne
+    defines = {"S_V": S_v} | ({"G_PER_CHANNEL": None} if g.ne[0] > 1 else {})
+    args = [a for pl, t in zip(srcs, node.src) for a in tensor_args(pl, t)] + tensor_args(dst, node)
+    kern = _set(be.programs.kernel("gated_delta_net.cl", "gated_delta_net", defines), *args,
+                np.int32(node.params["snapshots"]))  # fmt: skip
+    return be.launch(kern, S_v * H_v * n_seqs)
+
+
+# NOTE: the state column lives in private memory; very large states would spill
+_gated_delta_net.supports = lambda node: node.src[2].ne[0] <= 256
+
+
 KERNELS = {
     Op.VIEW: _noop,
     Op.RESHAPE: _noop,
@@ -190,4 +234,7 @@ KERNELS = {
     Op.SET_ROWS: _set_rows,
     Op.CONCAT: _concat,
     Op.REPEAT: _concat,
+    Op.ROPE: _rope,
+    Op.SSM_CONV: _ssm_conv,
+    Op.GATED_DELTA_NET: _gated_delta_net,
 }

@@ -7,6 +7,9 @@
 #ifndef GRAPHIR_COMMON_H
 #define GRAPHIR_COMMON_H
 
+// no fused multiply-add: results match the float32 reference operation by operation
+#pragma OPENCL FP_CONTRACT OFF
+
 #define TENSOR(T) __global char *T##_d, ulong T##_o, int4 T##_ne, ulong4 T##_nb
 
 // byte address of element (i0, i1, i2, i3) of T
