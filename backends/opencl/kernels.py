@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphir.builders import SORT_DESC
 from graphir.ops import BINARY_OPS, UNARY_OPS, Op
 from graphir.tensor import Tensor
 from graphir.types import DType
 
 from ..base import Call, Place
+from ..cpu.k_attn import alibi_slopes as attn_slopes
 from ..cpu.k_reduce import alibi_slopes
 from ..cpu.k_rope import yarn_corr_dims
 from .runtime import cl
@@ -154,6 +156,14 @@ def _concat(be, node: Tensor, dst: Place, srcs: list) -> Call:
 _concat.supports = lambda node: node.src[0].type in RAW
 
 
+def _argsort(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    """argsort and top_k (the first k of the stable descending order)."""
+    desc = node.op is Op.TOP_K or node.params["order"] == SORT_DESC
+    k = be.programs.kernel("argsort.cl", "argsort", {"DESC": None} if desc else {})
+    _set(k, *tensor_args(srcs[0], node.src[0]), *tensor_args(dst, node))
+    return be.launch(k, node.src[0].nelements)
+
+
 # ---- matrix -------------------------------------------------------------------------
 
 
@@ -167,6 +177,27 @@ def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> Call:
 
 
 _mul_mat.supports = lambda node: node.src[0].type in (DType.F32, DType.F16, DType.BF16, DType.Q8_0)
+
+
+def _flash_attn_ext(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    q, k, v = node.src[:3]
+    mask = node.src[3] if len(node.src) > 3 else None
+    p = node.params
+    scale, softcap = np.float32(p["scale"]), np.float32(p["logit_softcap"])
+    if softcap != 0:
+        scale = scale / softcap  # as ggml: scale first, then softcap * tanh
+    defines = {"WG": WG, "TK": TYPE[k.type], "TV": TYPE[v.type], "DV_PER": -(-v.ne[0] // WG)}
+    if mask is not None:
+        defines.update(HAS_MASK=None, TM=TYPE[mask.type])
+    if softcap != 0:
+        defines["SOFTCAP"] = None
+    slopes = attn_slopes(q.ne[2], p["max_bias"]).astype(np.float32)
+    sbuf = cl.Buffer(be.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=slopes)
+    m_args = tensor_args(srcs[3], mask) if mask is not None else tensor_args(srcs[0], q)  # unused without a mask
+    kern = _set(be.programs.kernel("flash_attn_ext.cl", "flash_attn_ext", defines),
+                *tensor_args(srcs[0], q), *tensor_args(srcs[1], k), *tensor_args(srcs[2], v), *m_args, sbuf,
+                *tensor_args(dst, node), np.float32(scale), softcap)  # fmt: skip
+    return be.launch(kern, q.ne[1] * q.ne[2] * q.ne[3] * WG, WG, keep=(sbuf,))
 
 
 # ---- position / state space ------------------------------------------------------
@@ -234,6 +265,9 @@ KERNELS = {
     Op.SET_ROWS: _set_rows,
     Op.CONCAT: _concat,
     Op.REPEAT: _concat,
+    Op.ARGSORT: _argsort,
+    Op.TOP_K: _argsort,
+    Op.FLASH_ATTN_EXT: _flash_attn_ext,
     Op.ROPE: _rope,
     Op.SSM_CONV: _ssm_conv,
     Op.GATED_DELTA_NET: _gated_delta_net,

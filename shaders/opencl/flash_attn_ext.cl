@@ -1,0 +1,67 @@
+// flash_attn_ext: d[:, h, iq, s] = softmax(scale * q k^T (softcapped) + slope * mask) v for one
+// query row per work-group of WG items. Pass 1 finds the row max; pass 2 walks the kv cells in
+// chunks of WG: each item scores one cell into local memory, then each item accumulates its
+// DV_PER output channels over the chunk. -inf mask entries weigh exactly 0; a fully masked row
+// gives zeros (ggml's S == 0 rule). -DTK, -DTV (F32/F16), -DHAS_MASK with -DTM, -DSOFTCAP.
+#include "common.h"
+
+inline float score(__global char *q_d, ulong q_o, int4 q_ne, ulong4 q_nb, __global char *k_d, ulong k_o,
+                   int4 k_ne, ulong4 k_nb, __global char *m_d, ulong m_o, int4 m_ne, ulong4 m_nb,
+                   int j, int iq, int h, int s, int hk, int sk, float scale, float softcap, float slope) {
+    float dot = 0.0f;
+    for (int i = 0; i < q_ne.s0; i++) dot += LD_F32(AT(q, i, iq, h, s)) * LD(TK, AT(k, i, j, hk, sk));
+    float x = dot * scale;
+#ifdef SOFTCAP
+    x = softcap * tanh(x);
+#endif
+#ifdef HAS_MASK
+    float mv = slope * LD(TM, AT(m, j, iq, h % m_ne.s2, s % m_ne.s3));
+    x = mv == -INFINITY ? -INFINITY : x + mv;
+#endif
+    return x;
+}
+
+__kernel void flash_attn_ext(TENSOR(q), TENSOR(k), TENSOR(v), TENSOR(m), __global const float *slopes,
+                             TENSOR(d), float scale, float softcap) {
+    int grp = get_group_id(0), l = get_local_id(0);
+    int n_q = q_ne.s1, H = q_ne.s2, n_kv = k_ne.s1, Dv = v_ne.s0;
+    int iq = grp % n_q, h = (grp / n_q) % H, s = grp / (n_q * H);
+    int hk = h / (H / k_ne.s2), sk = s / (q_ne.s3 / k_ne.s3);
+    float slope = slopes[h];
+    __local float tmpf[WG];
+    __local double tmp[WG];
+    __local float w[WG];
+
+    float mx = -INFINITY;
+    for (int j = l; j < n_kv; j += WG)
+        mx = fmax(mx, score(q_d, q_o, q_ne, q_nb, k_d, k_o, k_ne, k_nb, m_d, m_o, m_ne, m_nb,
+                            j, iq, h, s, hk, sk, scale, softcap, slope));
+    mx = wg_max(mx, tmpf);
+    float off = mx == -INFINITY ? 0.0f : mx;
+
+    float acc[DV_PER];
+    for (int t = 0; t < DV_PER; t++) acc[t] = 0.0f;
+    double total = 0.0;
+    for (int c0 = 0; c0 < n_kv; c0 += WG) {
+        int j = c0 + l;
+        float e = 0.0f;
+        if (j < n_kv)
+            e = exp(score(q_d, q_o, q_ne, q_nb, k_d, k_o, k_ne, k_nb, m_d, m_o, m_ne, m_nb,
+                          j, iq, h, s, hk, sk, scale, softcap, slope) - off);
+        w[l] = e;
+        total += (double)e;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        int n = min(WG, n_kv - c0);
+        for (int t = 0; t < DV_PER; t++) {
+            int dv = l + t * WG;
+            if (dv < Dv)
+                for (int jj = 0; jj < n; jj++) acc[t] += w[jj] * LD(TV, AT(v, dv, c0 + jj, hk, sk));
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    float sum = (float)wg_sum(total, tmp);
+    for (int t = 0; t < DV_PER; t++) {
+        int dv = l + t * WG;
+        if (dv < Dv) ST_F32(AT(d, dv, h, iq, s), sum == 0.0f ? 0.0f : acc[t] / sum);
+    }
+}
