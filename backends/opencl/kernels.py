@@ -176,7 +176,17 @@ def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> Call:
     return be.launch(k, node.nelements * WG, WG)
 
 
+def _mul_mat_id(be, node: Tensor, dst: Place, srcs: list) -> Call:
+    a, b, ids = node.src
+    defines = {"WG": WG, "TB": TYPE[b.type]}
+    defines.update({"Q8_0": None, "TA": "F32"} if a.type == DType.Q8_0 else {"TA": TYPE[a.type]})
+    args = tensor_args(srcs[0], a) + tensor_args(srcs[1], b) + tensor_args(srcs[2], ids) + tensor_args(dst, node)
+    k = _set(be.programs.kernel("mul_mat.cl", "mul_mat_id", defines), *args)
+    return be.launch(k, node.nelements * WG, WG)
+
+
 _mul_mat.supports = lambda node: node.src[0].type in (DType.F32, DType.F16, DType.BF16, DType.Q8_0)
+_mul_mat_id.supports = _mul_mat.supports
 
 
 def _flash_attn_ext(be, node: Tensor, dst: Place, srcs: list) -> Call:
@@ -259,6 +269,7 @@ KERNELS = {
     Op.SOFT_MAX: _soft_max,
     Op.GET_ROWS: _get_rows,
     Op.MUL_MAT: _mul_mat,
+    Op.MUL_MAT_ID: _mul_mat_id,
     Op.SUM_ROWS: _rows,
     Op.MEAN: _rows,
     Op.ARGMAX: _rows,

@@ -1,24 +1,22 @@
-// mul_mat: d[m, n, i2, i3] = sum_k a[k, m, i2 / r2, i3 / r3] * b[k, n, i2, i3].
+// mul_mat: d[m, n, i2, i3] = sum_k a[k, m, i2 / r2, i3 / r3] * b[k, n, i2, i3], and
+// mul_mat_id: d[m, e, t] = sum_k as[k, m, ids[e, t]] * b[k, e % b.ne1, t].
 // One work-group of WG items per output element (a row-pair dot product), float accumulation.
 // -DTA=F32|F16|BF16 or -DQ8_0 (blocks of 32: f16 scale, 32 int8); -DTB=F32|F16.
 #include "common.h"
 
-__kernel void mul_mat(TENSOR(a), TENSOR(b), TENSOR(d)) {
-    int o = get_group_id(0), l = get_local_id(0);
-    int m = o % d_ne.s0, n = (o / d_ne.s0) % d_ne.s1;
-    int i2 = (o / (d_ne.s0 * d_ne.s1)) % d_ne.s2, i3 = o / (d_ne.s0 * d_ne.s1 * d_ne.s2);
-    int a2 = i2 / (b_ne.s2 / a_ne.s2), a3 = i3 / (b_ne.s3 / a_ne.s3);
-    __local float tmp[WG];
-    __global const char *arow = AT(a, 0, m, a2, a3);
+// the WG-item dot product of row arow of a (stride a_nb0) and row brow of b (stride b_nb0)
+inline float row_dot(__global const char *arow, ulong a_nb0, __global const char *brow, ulong b_nb0, int K,
+                     __local float *tmp) {
+    int l = get_local_id(0);
     float acc = 0.0f;
-    for (int k = l; k < a_ne.s0; k += WG) {
+    for (int k = l; k < K; k += WG) {
 #ifdef Q8_0
         __global const char *blk = arow + (k / 32) * 34;
         float w = vload_half(0, (__global const half *)blk) * (float)blk[2 + k % 32];
 #else
-        float w = LD(TA, arow + (ulong)k * a_nb.s0);
+        float w = LD(TA, arow + (ulong)k * a_nb0);
 #endif
-        acc += w * LD(TB, AT(b, k, n, i2, i3));
+        acc += w * LD(TB, brow + (ulong)k * b_nb0);
     }
     tmp[l] = acc;
     barrier(CLK_LOCAL_MEM_FENCE);
@@ -26,5 +24,25 @@ __kernel void mul_mat(TENSOR(a), TENSOR(b), TENSOR(d)) {
         if (l < s) tmp[l] += tmp[l + s];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    if (l == 0) ST_F32(AT(d, m, n, i2, i3), tmp[0]);
+    return tmp[0];
+}
+
+__kernel void mul_mat(TENSOR(a), TENSOR(b), TENSOR(d)) {
+    int o = get_group_id(0);
+    int m = o % d_ne.s0, n = (o / d_ne.s0) % d_ne.s1;
+    int i2 = (o / (d_ne.s0 * d_ne.s1)) % d_ne.s2, i3 = o / (d_ne.s0 * d_ne.s1 * d_ne.s2);
+    int a2 = i2 / (b_ne.s2 / a_ne.s2), a3 = i3 / (b_ne.s3 / a_ne.s3);
+    __local float tmp[WG];
+    float r = row_dot(AT(a, 0, m, a2, a3), a_nb.s0, AT(b, 0, n, i2, i3), b_nb.s0, a_ne.s0, tmp);
+    if (get_local_id(0) == 0) ST_F32(AT(d, m, n, i2, i3), r);
+}
+
+__kernel void mul_mat_id(TENSOR(a), TENSOR(b), TENSOR(ids), TENSOR(d)) {
+    int o = get_group_id(0);
+    int m = o % d_ne.s0, e = (o / d_ne.s0) % d_ne.s1, t = o / (d_ne.s0 * d_ne.s1);
+    int ex = *(__global const int *)AT(ids, e, t, 0, 0);
+    if (ex < 0 || ex >= a_ne.s2) return;  // the cpu reference raises; leave the row unwritten
+    __local float tmp[WG];
+    float r = row_dot(AT(a, 0, m, ex, 0), a_nb.s0, AT(b, 0, e % b_ne.s1, t, 0), b_nb.s0, a_ne.s0, tmp);
+    if (get_local_id(0) == 0) ST_F32(AT(d, m, e, t, 0), r);
 }
