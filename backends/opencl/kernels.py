@@ -22,6 +22,7 @@ from .runtime import cl
 
 WG = 64  # work-group size of the row-reduction kernels (the WG define of common.h)
 TYPE = {DType.F32: "F32", DType.F16: "F16", DType.BF16: "BF16"}  # float-convertible types
+DEQ = {DType.Q8_0: "deq_q8_0", DType.Q4_0: "deq_q4_0"}  # block types the kernels dequantize
 RAW = {DType.F32: "uint", DType.F16: "ushort", DType.BF16: "ushort", DType.I32: "int"}
 
 
@@ -110,8 +111,8 @@ _soft_max.supports = lambda node: node.src[0].type == DType.F32
 
 def _get_rows(be, node: Tensor, dst: Place, srcs: list) -> Call:
     a, b = node.src
-    if a.type == DType.Q8_0:
-        defines = {"Q8_0": None}
+    if a.type in DEQ:
+        defines = {"DEQ": DEQ[a.type]}
     elif a.type == DType.I32:
         defines = {"RAW": "int"}
     else:
@@ -120,7 +121,7 @@ def _get_rows(be, node: Tensor, dst: Place, srcs: list) -> Call:
     return be.launch(_set(be.programs.kernel("get_rows.cl", "get_rows", defines), *args), node.nelements)
 
 
-_get_rows.supports = lambda node: node.src[0].type in (DType.F32, DType.F16, DType.BF16, DType.Q8_0, DType.I32)
+_get_rows.supports = lambda node: node.src[0].type in TYPE or node.src[0].type in DEQ or node.src[0].type == DType.I32
 
 
 def _rows(be, node: Tensor, dst: Place, srcs: list) -> Call:
@@ -170,7 +171,7 @@ def _argsort(be, node: Tensor, dst: Place, srcs: list) -> Call:
 def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> Call:
     a, b = node.src
     defines = {"WG": WG, "TB": TYPE[b.type]}
-    defines.update({"Q8_0": None, "TA": "F32"} if a.type == DType.Q8_0 else {"TA": TYPE[a.type]})
+    defines.update({"DEQ": DEQ[a.type], "TA": "F32"} if a.type in DEQ else {"TA": TYPE[a.type]})
     args = tensor_args(srcs[0], a) + tensor_args(srcs[1], b) + tensor_args(dst, node)
     k = _set(be.programs.kernel("mul_mat.cl", "mul_mat", defines), *args)
     return be.launch(k, node.nelements * WG, WG)
@@ -179,13 +180,13 @@ def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> Call:
 def _mul_mat_id(be, node: Tensor, dst: Place, srcs: list) -> Call:
     a, b, ids = node.src
     defines = {"WG": WG, "TB": TYPE[b.type]}
-    defines.update({"Q8_0": None, "TA": "F32"} if a.type == DType.Q8_0 else {"TA": TYPE[a.type]})
+    defines.update({"DEQ": DEQ[a.type], "TA": "F32"} if a.type in DEQ else {"TA": TYPE[a.type]})
     args = tensor_args(srcs[0], a) + tensor_args(srcs[1], b) + tensor_args(srcs[2], ids) + tensor_args(dst, node)
     k = _set(be.programs.kernel("mul_mat.cl", "mul_mat_id", defines), *args)
     return be.launch(k, node.nelements * WG, WG)
 
 
-_mul_mat.supports = lambda node: node.src[0].type in (DType.F32, DType.F16, DType.BF16, DType.Q8_0)
+_mul_mat.supports = lambda node: node.src[0].type in TYPE or node.src[0].type in DEQ
 _mul_mat_id.supports = _mul_mat.supports
 
 

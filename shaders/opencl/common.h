@@ -42,6 +42,22 @@ inline ushort f32_to_bf16(float v) {
     return (ushort)((u + (0x7FFFu + ((u >> 16) & 1u))) >> 16);
 }
 
+// ---- block-quantized rows: element k of a row starting at `row` (GGUF layouts) ----
+// Q8_0: 34-byte blocks of 32: f16 d, int8 q[32]; x = d * q
+inline float deq_q8_0(__global const char *row, int k) {
+    __global const char *blk = row + (k / 32) * 34;
+    return vload_half(0, (__global const half *)blk) * (float)blk[2 + k % 32];
+}
+
+// Q4_0: 18-byte blocks of 32: f16 d, 16 bytes of nibbles (low nibbles: elements 0..15); x = d * (q - 8)
+inline float deq_q4_0(__global const char *row, int k) {
+    __global const uchar *blk = (__global const uchar *)(row + (k / 32) * 18);
+    int j = k % 32;
+    uchar b = blk[2 + j % 16];
+    int q = j < 16 ? (b & 0xF) : (b >> 4);
+    return vload_half(0, (__global const half *)blk) * (float)(q - 8);
+}
+
 #define LD_(T, p) LD_##T(p)
 #define LD(T, p) LD_(T, p)
 #define ST_(T, p, v) ST_##T(p, v)

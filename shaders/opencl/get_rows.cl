@@ -1,5 +1,5 @@
 // get_rows: d[i0, i, i2, i3] = a[i0, b[i, i2, i3], i2, i3], one work-item per element.
-// -DTA=F32|F16|BF16 (float result), -DQ8_0 (blocks of 32: f16 scale, 32 int8), -DRAW=int (I32 copy).
+// -DTA=F32|F16|BF16 (float result), -DDEQ=deq_q8_0|deq_q4_0 (common.h), -DRAW=int (I32 copy).
 #include "common.h"
 
 __kernel void get_rows(TENSOR(a), TENSOR(b), TENSOR(d)) {
@@ -7,10 +7,8 @@ __kernel void get_rows(TENSOR(a), TENSOR(b), TENSOR(d)) {
     if (idx >= NELEM(d)) return;
     UNRAVEL(d, idx, i0, i1, i2, i3);
     int row = *(__global const int *)AT(b, i1, i2, i3, 0);
-#if defined(Q8_0)
-    __global const char *blk = AT(a, 0, row, i2, i3) + (i0 / 32) * 34;
-    float v = vload_half(0, (__global const half *)blk) * (float)blk[2 + i0 % 32];
-    ST_F32(AT(d, i0, i1, i2, i3), v);
+#if defined(DEQ)
+    ST_F32(AT(d, i0, i1, i2, i3), DEQ(AT(a, 0, row, i2, i3), i0));
 #elif defined(RAW)
     *(__global RAW *)AT(d, i0, i1, i2, i3) = *(__global const RAW *)AT(a, i0, row, i2, i3);
 #else

@@ -1,7 +1,7 @@
 // mul_mat: d[m, n, i2, i3] = sum_k a[k, m, i2 / r2, i3 / r3] * b[k, n, i2, i3], and
 // mul_mat_id: d[m, e, t] = sum_k as[k, m, ids[e, t]] * b[k, e % b.ne1, t].
 // One work-group of WG items per output element (a row-pair dot product), float accumulation.
-// -DTA=F32|F16|BF16 or -DQ8_0 (blocks of 32: f16 scale, 32 int8); -DTB=F32|F16.
+// -DTA=F32|F16|BF16 or -DDEQ=deq_q8_0|deq_q4_0 (common.h); -DTB=F32|F16.
 #include "common.h"
 
 // the WG-item dot product of row arow of a (stride a_nb0) and row brow of b (stride b_nb0)
@@ -10,9 +10,8 @@ inline float row_dot(__global const char *arow, ulong a_nb0, __global const char
     int l = get_local_id(0);
     float acc = 0.0f;
     for (int k = l; k < K; k += WG) {
-#ifdef Q8_0
-        __global const char *blk = arow + (k / 32) * 34;
-        float w = vload_half(0, (__global const half *)blk) * (float)blk[2 + k % 32];
+#ifdef DEQ
+        float w = DEQ(arow, k);
 #else
         float w = LD(TA, arow + (ulong)k * a_nb0);
 #endif

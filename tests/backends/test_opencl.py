@@ -55,15 +55,15 @@ def test_device_selection_by_index_and_name(monkeypatch):
 
 
 _RNG = np.random.default_rng(0)
-W_Q4 = quantize_rows(_RNG.standard_normal((12, 64)).astype(np.float32), DType.Q4_0)
+W_Q = quantize_rows(_RNG.standard_normal((12, 256)).astype(np.float32), DType.Q4_K)
 BIAS = _RNG.standard_normal(12).astype(np.float32)
 
 
 def _mixed_graph():
-    """rms_norm -> mul_mat by Q4_0 weights (not on opencl) -> silu -> add -> scale -> cpy to I32 (not on opencl)."""
-    K, M, N = 64, 12, 5
+    """rms_norm -> mul_mat by Q4_K weights (not on opencl) -> silu -> add -> scale -> cpy to I32 (not on opencl)."""
+    K, M, N = 256, 12, 5
     x = gr.new_input(DType.F32, (K, N), "x")
-    w = gr.new_weight(DType.Q4_0, (K, M), W_Q4, "w")
+    w = gr.new_weight(DType.Q4_K, (K, M), W_Q, "w")
     bias = gr.from_numpy(BIAS, "bias")
     h = gr.mul_mat(w, gr.rms_norm(x, 1e-6))
     c = gr.add(gr.silu(h), bias)
@@ -74,7 +74,7 @@ def _mixed_graph():
 def test_mixed_graph_falls_back_to_cpu_with_copies():
     rng = np.random.default_rng(0)
     x, c, trunc = _mixed_graph()
-    xv = rng.standard_normal((5, 64)).astype(np.float32)
+    xv = rng.standard_normal((5, 256)).astype(np.float32)
     graph = build_graph(c, trunc)
     outs = {}
     for backends in (["cpu"], ["opencl"]):
@@ -91,7 +91,7 @@ def test_mixed_graph_falls_back_to_cpu_with_copies():
     assert nmse(c_cl, c_cpu) < 1e-10
     np.testing.assert_array_equal(o_cl, o_cpu)
     # and against the formula: silu(W (x / rms(x))) + bias, and 100 times that truncated
-    w = dequantize_rows(W_Q4.reshape(12, -1), DType.Q4_0).astype(np.float64)
+    w = dequantize_rows(W_Q.reshape(12, -1), DType.Q4_K).astype(np.float64)
     xn = xv / np.sqrt(np.mean(xv.astype(np.float64) ** 2, axis=-1, keepdims=True) + 1e-6)
     h = xn @ w.T
     want = h / (1.0 + np.exp(-h)) + BIAS
