@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphir.builders import SORT_DESC
+from graphir.builders import ROPE_IMROPE, ROPE_MROPE, SORT_DESC
 from graphir.ops import BINARY_OPS, UNARY_OPS, Op
 from graphir.tensor import Tensor
 from graphir.types import DType
@@ -232,6 +232,16 @@ def _rope(be, node: Tensor, dst: Place, srcs: list) -> Call:
              np.int32(p["n_dims"]), sections, f32(theta_scale), f32(p["freq_scale"]), f32(p["ext_factor"]),
              f32(low), f32(high), f32(mscale))  # fmt: skip
     return be.launch(k, a.nrows)
+
+
+def _rope_supports(node: Tensor) -> bool:
+    # a multi-section rope with the first three sections zero is invalid (ggml asserts): leave
+    # it to the cpu reference, which raises a clear error
+    p = node.params
+    return p["mode"] not in (ROPE_MROPE, ROPE_IMROPE) or any(p["sections"][:3])
+
+
+_rope.supports = _rope_supports
 
 
 def _ssm_conv(be, node: Tensor, dst: Place, srcs: list) -> Call:
