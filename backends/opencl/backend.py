@@ -85,6 +85,8 @@ class OpenCLBackend(Backend):
         queue = self.queue
         if global_size == 0:
             return lambda: None
+        if global_size >= 2**32:  # the kernels index elements with 32-bit arithmetic (common.h UNRAVEL)
+            raise ValueError(f"[opencl] launch of {global_size} work-items exceeds 2^32")
         gs, ls = (global_size,), None if local_size is None else (local_size,)
 
         def run() -> None:

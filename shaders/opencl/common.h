@@ -18,12 +18,14 @@
 
 #define NELEM(T) ((ulong)T##_ne.s0 * T##_ne.s1 * T##_ne.s2 * T##_ne.s3)
 
-// flat logical index -> (i0, i1, i2, i3) of T
+// flat logical index -> (i0, i1, i2, i3) of T (32-bit arithmetic: tensors below 2^32 elements)
 #define UNRAVEL(T, idx, i0, i1, i2, i3) \
-    int i0 = (int)((idx) % T##_ne.s0); \
-    int i1 = (int)(((idx) / T##_ne.s0) % T##_ne.s1); \
-    int i2 = (int)(((idx) / ((ulong)T##_ne.s0 * T##_ne.s1)) % T##_ne.s2); \
-    int i3 = (int)((idx) / ((ulong)T##_ne.s0 * T##_ne.s1 * T##_ne.s2))
+    uint T##_r0_ = (uint)(idx), T##_q0_ = T##_r0_ / (uint)T##_ne.s0; \
+    uint T##_q1_ = T##_q0_ / (uint)T##_ne.s1, T##_q2_ = T##_q1_ / (uint)T##_ne.s2; \
+    int i0 = (int)(T##_r0_ - T##_q0_ * (uint)T##_ne.s0); \
+    int i1 = (int)(T##_q0_ - T##_q1_ * (uint)T##_ne.s1); \
+    int i2 = (int)(T##_q1_ - T##_q2_ * (uint)T##_ne.s2); \
+    int i3 = (int)T##_q2_
 
 // ---- typed loads and stores (float values) ----
 #define LD_F32(p) (*(__global const float *)(p))
