@@ -513,6 +513,7 @@ def rope_multi(a: Tensor, pos: Tensor, freq_factors: Tensor | None, n_dims: int,
     _check(mode in (ROPE_MROPE, ROPE_IMROPE), "rope_multi", f"mode must be MROPE(8) or IMROPE(40), got {mode}")
     _check(len(sections) == 4 and all(s >= 0 for s in sections), "rope_multi",
            f"sections must be 4 non-negative ints, got {list(sections)}")  # fmt: skip
+    _check(sum(sections[:3]) > 0, "rope_multi", f"sections t, h, w must not all be 0 (as ggml), got {list(sections)}")
     return _rope("rope_multi", a, pos, freq_factors, n_dims, mode, tuple(int(s) for s in sections),
                  n_ctx_orig, freq_base, freq_scale, ext_factor, attn_factor, beta_fast, beta_slow)  # fmt: skip
 

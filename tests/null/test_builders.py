@@ -424,3 +424,10 @@ def test_leaf_builders() -> None:
     assert gr.from_numpy(np.float32(3.0)).ne == (1, 1, 1, 1)
     assert gr.from_numpy(np.zeros(3, np.uint16), type=gr.BF16).type == gr.BF16  # raw bytes, declared type
     assert gr.new_tensor("q8_0", [64]).nb == (34, 68, 68, 68)
+
+
+def test_rope_multi_needs_a_t_h_or_w_section():
+    a = gr.new_input(gr.F32, [8, 2, 3])
+    pos = gr.new_input(gr.I32, [12])
+    with pytest.raises(gr.ShapeError, match=r"^\[rope_multi\] sections t, h, w must not all be 0"):
+        gr.rope_multi(a, pos, None, 8, [0, 0, 0, 4])
