@@ -11,7 +11,8 @@ OCL_PKGS="pocl-opencl-icd ocl-icd-libopencl1 ocl-icd-opencl-dev clinfo"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && command -v dpkg-query >/dev/null; then
     missing=$(for p in $OCL_PKGS; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || echo "$p"; done)
     if [ -n "$missing" ]; then
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; } >/dev/null 2>&1 || true
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; } >/dev/null 2>&1 \
+            || echo "tools/test.sh: could not install$(echo " $missing" | tr '\n' ' '); the opencl tests will skip" >&2
     fi
 fi
 "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]"
