@@ -185,9 +185,7 @@ class Generator:
             return
         t0 = time.perf_counter()
         spec = self.mtp is not None
-        # NOTE: every prompt row is an output (MTP needs all h rows; and a ubatch with no output
-        # rows fails in the trunk graph when its last layer is the only attention layer: the
-        # unused kq_mask input cannot be set -- a Context issue reported to the lead)
+        # NOTE: every prompt row is an output: the MTP head needs h_{p-1} for every position
         res = self.target.decode(Batch.simple(prompt, 0, all_outputs=True))
         st.t_prompt = time.perf_counter() - t0
         t_gen0 = time.perf_counter()
