@@ -40,16 +40,7 @@ def plain_greedy(model: Model, n: int) -> tuple[list[int], list[float]]:
     """Greedy tokens of PROMPT by single-token decodes, and the top-2 logit gap at each step."""
     key = (model.path, n)
     if key not in _PLAIN:
-        ctx = Context(model, n_ctx=320, n_batch=64, n_ubatch=8)
-        logits = ctx.decode(Batch.simple(PROMPT, all_outputs=True)).logits[-1]  # see speculative.py
-        toks, gaps = [], []
-        for i in range(n):
-            top2 = np.sort(logits)[-2:]
-            toks.append(int(np.argmax(logits)))
-            gaps.append(float(top2[1] - top2[0]))
-            if i + 1 < n:
-                logits = ctx.decode(Batch.simple([toks[-1]], len(PROMPT) + i)).logits[-1]
-        _PLAIN[key] = (toks, gaps)
+        _PLAIN[key] = plain_greedy_of(model, PROMPT, n)
     return _PLAIN[key]
 
 

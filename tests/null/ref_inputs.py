@@ -21,9 +21,10 @@ def layouts(draw) -> tuple:
     return ("cont",)
 
 
-def make_input(type, ne, layout, host: np.ndarray) -> tuple[gr.Tensor, gr.Tensor, np.ndarray]:
+def make_input(type, ne, layout, host: np.ndarray, rng=None) -> tuple[gr.Tensor, gr.Tensor, np.ndarray]:
     """An input `base`, the operand `t` (base or a view of it) whose logical value (numpy
-    order) is `host`, and the data to feed base (NaN sentinels around a view)."""
+    order) is `host`, and the data to feed base: NaN sentinels around a view, or random
+    integers from `rng` where the type has no NaN (I32)."""
     if layout[0] == "perm":
         axes = layout[1]
         base = gr.new_input(type, [ne[axes[i]] for i in range(4)])
@@ -31,7 +32,11 @@ def make_input(type, ne, layout, host: np.ndarray) -> tuple[gr.Tensor, gr.Tensor
     if layout[0] == "view":
         pads, offs = layout[1], layout[2]
         base = gr.new_input(type, [n + p for n, p in zip(ne, pads)])
-        feed = np.full(tuple(reversed(base.ne)), np.nan, dtype=host.dtype)  # must never be read
+        shape = tuple(reversed(base.ne))
+        if rng is None:
+            feed = np.full(shape, np.nan, dtype=host.dtype)  # must never be read
+        else:
+            feed = rng.integers(-100, 100, size=shape).astype(host.dtype)
         feed[tuple(slice(o, o + n) for o, n in zip(reversed(offs), reversed(ne)))] = host
         offset = sum(o * nb for o, nb in zip(offs, base.nb))
         return base, gr.view_4d(base, *ne, base.nb[1], base.nb[2], base.nb[3], offset), feed

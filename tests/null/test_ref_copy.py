@@ -10,7 +10,7 @@ import pytest
 from gguf.quants import dequantize, quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ref_inputs import layouts
+from ref_inputs import layouts, make_input
 
 import graphir as gr
 
@@ -22,24 +22,6 @@ GGUF_Q = {gr.Q8_0: gguf.GGMLQuantizationType.Q8_0, gr.Q4_0: gguf.GGMLQuantizatio
 # ---- inputs in any layout ---------------------------------------------------------------
 
 ne4 = st.tuples(*(st.integers(1, n) for n in (5, 4, 3, 2)))
-
-
-def make_input(type, ne, layout, host: np.ndarray, rng) -> tuple[gr.Tensor, gr.Tensor, np.ndarray]:
-    """An input tensor `base`, the op operand `t` (base itself or a view of it) whose logical
-    value (numpy order) is `host`, and the data to feed base."""
-    if layout[0] == "perm":
-        axes = layout[1]
-        base = gr.new_input(type, [ne[axes[i]] for i in range(4)])
-        return base, gr.permute(base, *axes), np.transpose(host, [3 - axes[3 - k] for k in range(4)])
-    if layout[0] == "view":
-        pads, offs = layout[1], layout[2]
-        base = gr.new_input(type, [n + p for n, p in zip(ne, pads)])
-        feed = rng.integers(-100, 100, size=tuple(reversed(base.ne))).astype(host.dtype)
-        feed[tuple(slice(o, o + n) for o, n in zip(reversed(offs), reversed(ne)))] = host
-        offset = sum(o * nb for o, nb in zip(offs, base.nb))
-        return base, gr.view_4d(base, *ne, base.nb[1], base.nb[2], base.nb[3], offset), feed
-    base = gr.new_input(type, ne)
-    return base, base, host
 
 
 def values(type, ne, rng) -> np.ndarray:
