@@ -22,7 +22,8 @@ from .runtime import cl
 
 WG = 64  # work-group size of the row-reduction kernels (the WG define of common.h)
 TYPE = {DType.F32: "F32", DType.F16: "F16", DType.BF16: "BF16"}  # float-convertible types
-DEQ = {DType.Q8_0: "deq_q8_0", DType.Q4_0: "deq_q4_0"}  # block types the kernels dequantize
+# block types the kernels dequantize, by their 16-element unit function (common.h)
+DEQ = {t: f"deq16_{t.name.lower()}" for t in (DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q5_K, DType.Q6_K)}
 RAW = {DType.F32: "uint", DType.F16: "ushort", DType.BF16: "ushort", DType.I32: "int"}
 
 
@@ -111,14 +112,15 @@ _soft_max.supports = lambda node: node.src[0].type == DType.F32
 
 def _get_rows(be, node: Tensor, dst: Place, srcs: list) -> Call:
     a, b = node.src
+    n_items = node.nelements
     if a.type in DEQ:
-        defines = {"DEQ": DEQ[a.type]}
+        defines, n_items = {"DEQ": DEQ[a.type]}, node.nelements // 16
     elif a.type == DType.I32:
         defines = {"RAW": "int"}
     else:
         defines = {"TA": TYPE[a.type]}
     args = tensor_args(srcs[0], a) + tensor_args(srcs[1], b) + tensor_args(dst, node)
-    return be.launch(_set(be.programs.kernel("get_rows.cl", "get_rows", defines), *args), node.nelements)
+    return be.launch(_set(be.programs.kernel("get_rows.cl", "get_rows", defines), *args), n_items)
 
 
 _get_rows.supports = lambda node: node.src[0].type in TYPE or node.src[0].type in DEQ or node.src[0].type == DType.I32

@@ -1,7 +1,8 @@
 // mul_mat: d[m, n, i2, i3] = sum_k a[k, m, i2 / r2, i3 / r3] * b[k, n, i2, i3], and
 // mul_mat_id: d[m, e, t] = sum_k as[k, m, ids[e, t]] * b[k, e % b.ne1, t].
 // One work-group of WG items per output element (a row-pair dot product), float accumulation.
-// -DTA=F32|F16|BF16 or -DDEQ=deq_q8_0|deq_q4_0 (common.h); -DTB=F32|F16.
+// -DTA=F32|F16|BF16 or -DDEQ=deq16_q8_0|deq16_q4_0|deq16_q4_k|deq16_q5_k|deq16_q6_k (common.h);
+// -DTB=F32|F16.
 #include "common.h"
 
 // the WG-item dot product of row arow of a (stride a_nb0) and row brow of b (stride b_nb0)
@@ -9,14 +10,16 @@ inline float row_dot(__global const char *arow, ulong a_nb0, __global const char
                      __local float *tmp) {
     int l = get_local_id(0);
     float acc = 0.0f;
-    for (int k = l; k < K; k += WG) {
 #ifdef DEQ
-        float w = DEQ(arow, k);
-#else
-        float w = LD(TA, arow + (ulong)k * a_nb0);
-#endif
-        acc += w * LD(TB, brow + (ulong)k * b_nb0);
+    for (int u = l; u < K / 16; u += WG) {  // 16-element units of the block-quantized row
+        float w[16];
+        DEQ(arow, u, w);
+        __global const char *bp = brow + (ulong)(16 * u) * b_nb0;
+        for (int i = 0; i < 16; i++) acc += w[i] * LD(TB, bp + (ulong)i * b_nb0);
     }
+#else
+    for (int k = l; k < K; k += WG) acc += LD(TA, arow + (ulong)k * a_nb0) * LD(TB, brow + (ulong)k * b_nb0);
+#endif
     tmp[l] = acc;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int s = WG / 2; s > 0; s >>= 1) {

@@ -13,6 +13,7 @@ import graphir as gr
 from graphir.backends import availability, get_backend
 from graphir.backends.opencl import runtime
 from graphir.graph import build_graph
+from graphir.ops import Op
 from graphir.quants import dequantize_rows, quantize_rows
 from graphir.types import DType
 
@@ -60,7 +61,8 @@ BIAS = _RNG.standard_normal(12).astype(np.float32)
 
 
 def _mixed_graph():
-    """rms_norm -> mul_mat by Q4_K weights (not on opencl) -> silu -> add -> scale -> cpy to I32 (not on opencl)."""
+    """rms_norm -> mul_mat by Q4_K weights (disabled on opencl by the test) -> silu -> add -> scale
+    -> cpy to I32 (not on opencl)."""
     K, M, N = 256, 12, 5
     x = gr.new_input(DType.F32, (K, N), "x")
     w = gr.new_weight(DType.Q4_K, (K, M), W_Q, "w")
@@ -71,7 +73,8 @@ def _mixed_graph():
 
 
 @needs_device
-def test_mixed_graph_falls_back_to_cpu_with_copies():
+def test_mixed_graph_falls_back_to_cpu_with_copies(monkeypatch):
+    monkeypatch.delitem(get_backend("opencl").KERNELS, Op.MUL_MAT)  # deliberately disabled: runs on the cpu
     rng = np.random.default_rng(0)
     x, c, trunc = _mixed_graph()
     xv = rng.standard_normal((5, 256)).astype(np.float32)
@@ -97,6 +100,64 @@ def test_mixed_graph_falls_back_to_cpu_with_copies():
     want = h / (1.0 + np.exp(-h)) + BIAS
     assert nmse(c_cl.reshape(5, 12), want) < 1e-10
     assert np.abs(o_cl.reshape(5, 12) - np.trunc(want * 100)).max() <= 1  # truncation near an integer may differ
+
+
+# ---- block-quantized weights, dequantized in-kernel -------------------------------------
+
+QUANTS = [DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q5_K, DType.Q6_K]
+
+
+def _run_opencl(out, inputs: dict) -> np.ndarray:
+    plan = gr.compile(build_graph(out), ["opencl"], cache=False)
+    assert all(plan.schedule.node_backend[n].name == "opencl" for n in plan.graph.nodes)
+    for t, v in inputs.items():
+        plan.set_input(t, v)
+    plan.run()
+    return plan.get(out)
+
+
+@needs_device
+@pytest.mark.parametrize("type", QUANTS, ids=lambda t: t.name)
+def test_get_rows_dequantizes_bit_exact(type):
+    rng = np.random.default_rng(1)
+    K, R = 512, 7  # two super-blocks per row
+    raw = quantize_rows(rng.standard_normal((R, K)).astype(np.float32), type)
+    w = gr.new_weight(type, (K, R), raw, "w")
+    idx = np.array([6, 0, 3, 3, 5], dtype=np.int32)
+    ids = gr.new_input(DType.I32, (len(idx),), "ids")
+    got = _run_opencl(gr.get_rows(w, ids), {ids: idx})
+    want = dequantize_rows(raw.reshape(R, -1), type)[idx]
+    np.testing.assert_array_equal(got.reshape(want.shape), want)
+
+
+@needs_device
+@pytest.mark.parametrize("type", QUANTS, ids=lambda t: t.name)
+def test_mul_mat_dequantizes_in_kernel(type):
+    rng = np.random.default_rng(2)
+    K, M, N = 2304, 9, 3  # 144 units of 16: work-items take 2 or 3 units each
+    raw = quantize_rows(rng.standard_normal((M, K)).astype(np.float32), type)
+    w = gr.new_weight(type, (K, M), raw, "w")
+    x = gr.new_input(DType.F32, (K, N), "x")
+    xv = rng.standard_normal((N, K)).astype(np.float32)
+    got = _run_opencl(gr.mul_mat(w, x), {x: xv}).reshape(N, M)
+    want = xv.astype(np.float64) @ dequantize_rows(raw.reshape(M, -1), type).astype(np.float64).T
+    assert nmse(got, want) < 1e-10  # float32 accumulation of exact weights
+
+
+@needs_device
+def test_mul_mat_id_dequantizes_q4_k_per_expert():
+    rng = np.random.default_rng(3)
+    K, M, E = 256, 5, 4
+    raw = quantize_rows(rng.standard_normal((E * M, K)).astype(np.float32), DType.Q4_K)
+    w = gr.new_weight(DType.Q4_K, (K, M, E), raw, "experts")
+    x = gr.new_input(DType.F32, (K, 1, 2), "x")
+    ids = gr.new_input(DType.I32, (2, 2), "ids")
+    xv = rng.standard_normal((2, 1, K)).astype(np.float32)
+    iv = np.array([[3, 0], [1, 3]], dtype=np.int32)  # [token, slot]
+    got = _run_opencl(gr.mul_mat_id(w, x, ids), {x: xv, ids: iv}).reshape(2, 2, M)
+    we = dequantize_rows(raw.reshape(E * M, -1), DType.Q4_K).reshape(E, M, K).astype(np.float64)
+    want = np.stack([[we[iv[t, e]] @ xv[t, 0] for e in range(2)] for t in range(2)])
+    assert nmse(got, want) < 1e-10
 
 
 # ---- the tiny model end to end ---------------------------------------------------------
