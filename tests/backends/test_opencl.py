@@ -6,12 +6,15 @@ Everything but the availability tests skips (with the reason) where no OpenCL de
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 import graphir as gr
 from graphir.backends import availability, get_backend
 from graphir.backends.opencl import runtime
+from graphir.backends.opencl.runtime import cl
 from graphir.graph import build_graph
 from graphir.ops import Op
 from graphir.quants import dequantize_rows, quantize_rows
@@ -158,6 +161,132 @@ def test_mul_mat_id_dequantizes_q4_k_per_expert():
     we = dequantize_rows(raw.reshape(E * M, -1), DType.Q4_K).reshape(E, M, K).astype(np.float64)
     want = np.stack([[we[iv[t, e]] @ xv[t, 0] for e in range(2)] for t in range(2)])
     assert nmse(got, want) < 1e-10
+
+
+# ---- kernel argument layouts: the .cl signatures against what the launchers set ---------
+
+TENSOR_ARGS = ["global*", "ulong", "int4", "ulong4"]  # TENSOR(T) of common.h
+
+
+def kernel_signatures(src: str) -> dict[str, list[str]]:
+    """Each `__kernel` of an OpenCL source -> its parameter types, TENSOR(T) expanded to its
+    four and pointers written as "global*" / "local*"."""
+    src = re.sub(r"//[^\n]*|/\*.*?\*/", "", src, flags=re.S)
+    out: dict[str, list[str]] = {}
+    for m in re.finditer(r"__kernel\s+void\s+(\w+)\s*\(", src):
+        depth, i, cut, params = 1, m.end(), m.end(), []
+        while depth:  # split the parameter list at its top-level commas
+            c = src[i]
+            depth += (c == "(") - (c == ")")
+            if (c == "," and depth == 1) or depth == 0:
+                params.append(" ".join(src[cut:i].split()))
+                cut = i + 1
+            i += 1
+        types: list[str] = []
+        for p in filter(None, params):
+            if re.fullmatch(r"TENSOR\(\w+\)", p):
+                types += TENSOR_ARGS
+            elif "*" in p:
+                types.append("local*" if "__local" in p else "global*")
+            else:
+                types.append(" ".join(w for w in p.split()[:-1] if w != "const"))
+        assert m.group(1) not in out, f"two __kernel {m.group(1)} in one source"
+        out[m.group(1)] = types
+    return out
+
+
+def arg_type(v: object) -> str:
+    """The OpenCL C type a kernel argument set from Python has."""
+    if cl is not None and isinstance(v, cl.Buffer):
+        return "global*"
+    if isinstance(v, np.ndarray) and v.shape == ():
+        for name in ("int4", "uint4", "ulong4", "float4"):
+            if v.dtype == getattr(cl.cltypes, name):
+                return name
+    scalar = {np.uint64: "ulong", np.int64: "long", np.uint32: "uint", np.int32: "int", np.float32: "float"}
+    return scalar.get(type(v), f"untyped {type(v).__name__}")
+
+
+class _Recorded:
+    """A stand-in kernel: records the arguments a launcher sets."""
+
+    def __init__(self, file: str, name: str, defines: dict | None) -> None:
+        self.file, self.name, self.defines, self.args = file, name, dict(defines or {}), {}
+
+    def set_arg(self, i: int, v: object) -> None:
+        self.args[i] = v
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.kernels: list[_Recorded] = []
+
+    def kernel(self, file: str, name: str, defines: dict | None = None) -> _Recorded:
+        self.kernels.append(_Recorded(file, name, defines))
+        return self.kernels[-1]
+
+
+def layout_mismatches(sources: dict[str, str], launched: list[tuple[str, str, str, list[str]]]) -> list[str]:
+    """Every disagreement between the sources' kernel signatures and launches
+    (file, kernel, defines, argument types)."""
+    sigs = {f: kernel_signatures(src) for f, src in sources.items()}
+    bad = []
+    for file, name, defines, got in launched:
+        want = sigs.get(file, {}).get(name)
+        if want is None:
+            bad.append(f"{file}: no __kernel {name}")
+        elif got != want:
+            bad.append(f"{file}:{name} [{defines}]: python sets {got}, the kernel takes {want}")
+    return bad
+
+
+def _launches_of_every_case(monkeypatch) -> list[tuple[str, str, str, list[str]]]:
+    """Lower every parity case's examples onto opencl with recording kernels."""
+    from graphir.parity import CASES
+    from graphir.parity.harness import examples
+
+    be = get_backend("opencl")
+    rec = _Recorder()
+    monkeypatch.setattr(be, "programs", rec)
+    for case in CASES.values():
+        for p in examples(case, "ci"):
+            gr.compile(build_graph(*case.build(p).outputs), [be, get_backend("cpu")], cache=False)
+    out = set()
+    for k in rec.kernels:
+        idx = sorted(k.args)
+        assert idx == list(range(len(idx))), f"{k.file}:{k.name} arguments set at {idx}"
+        out.add((k.file, k.name, " ".join(f"{a}={b}" for a, b in sorted(k.defines.items())),
+                 tuple(arg_type(k.args[i]) for i in idx)))  # fmt: skip
+    return [(f, n, d, list(t)) for f, n, d, t in sorted(out)]
+
+
+@needs_device
+def test_kernel_argument_layouts_match_the_cl_signatures(monkeypatch):
+    sources = {p.name: p.read_text() for p in runtime.shader_dir().glob("*.cl")}
+    launched = _launches_of_every_case(monkeypatch)
+    assert layout_mismatches(sources, launched) == []
+    # every __kernel of every source is launched by some lowering
+    declared = {(f, n) for f, src in sources.items() for n in kernel_signatures(src)}
+    assert declared == {(f, n) for f, n, _, _ in launched}
+    # the check bites: a parameter whose type changed, one dropped, and a launcher that sets one too many
+    fa = sources["flash_attn_ext.cl"]
+    for mutant in (fa.replace("float softcap", "int softcap"), fa.replace(", float softcap", "")):
+        assert mutant != fa
+        bad = layout_mismatches(sources | {"flash_attn_ext.cl": mutant}, launched)
+        assert bad and all(b.startswith("flash_attn_ext.cl:flash_attn_ext") for b in bad)
+    extra = [(f, n, d, t + ["float"]) if n == "norm" else (f, n, d, t) for f, n, d, t in launched]
+    bad = layout_mismatches(sources, extra)
+    assert bad and all(b.startswith("norm.cl:norm ") for b in bad)
+
+
+def test_kernel_signature_parser():
+    src = """// a comment with __kernel void fake(int x)
+    __kernel void k1(TENSOR(a), __global const float *s, /* c */ TENSOR(d), float scale, int4 sec) { f(a, (1)); }
+    __kernel void k2(__local float *tmp, ulong n) {}"""
+    assert kernel_signatures(src) == {
+        "k1": TENSOR_ARGS + ["global*"] + TENSOR_ARGS + ["float", "int4"],
+        "k2": ["local*", "ulong"],
+    }
 
 
 # ---- the tiny model end to end ---------------------------------------------------------
