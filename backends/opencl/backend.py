@@ -68,6 +68,26 @@ class OpenCLBackend(Backend):
         raw = self.read_bytes(place.buffer, place.offset, t.nbytes)
         return np_view(raw, 0, t).copy()
 
+    def copy_from(self, dst: Place, t: Tensor, src_backend: Backend, src: Place) -> Call:
+        """Between buffers of one OpenCL context the copy stays on the device
+        (clEnqueueCopyBuffer); from another backend or context it goes through the host."""
+        same_ctx = isinstance(src_backend, OpenCLBackend) and src_backend.ctx == self.ctx
+        s, d, n = src.offset, dst.offset, t.nbytes
+        overlap = src.buffer is dst.buffer and s < d + n and d < s + n  # clEnqueueCopyBuffer refuses it
+        if not same_ctx or not t.is_contiguous() or overlap:
+            return super().copy_from(dst, t, src_backend, src)
+        if n == 0:
+            return lambda: None
+        queue, other = self.queue, src_backend
+        sbuf, dbuf = src.buffer.handle, dst.buffer.handle
+
+        def run() -> None:
+            if other is not self:  # another queue: its writes first
+                other.synchronize()
+            cl.enqueue_copy(queue, dbuf, sbuf, byte_count=n, src_offset=s, dst_offset=d)
+
+        return run
+
     def upload_static(self, t: Tensor) -> Place:
         if t.data is None:
             raise ValueError(f"[opencl] static tensor {t.name!r} has no host data")

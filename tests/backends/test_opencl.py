@@ -13,7 +13,8 @@ import pytest
 
 import graphir as gr
 from graphir.backends import availability, get_backend
-from graphir.backends.opencl import runtime
+from graphir.backends.base import Place
+from graphir.backends.opencl import OpenCLBackend, runtime
 from graphir.backends.opencl.runtime import cl
 from graphir.graph import build_graph
 from graphir.ops import Op
@@ -103,6 +104,45 @@ def test_mixed_graph_falls_back_to_cpu_with_copies(monkeypatch):
     want = h / (1.0 + np.exp(-h)) + BIAS
     assert nmse(c_cl.reshape(5, 12), want) < 1e-10
     assert np.abs(o_cl.reshape(5, 12) - np.trunc(want * 100)).max() <= 1  # truncation near an integer may differ
+
+
+# ---- copies between OpenCL buffers ---------------------------------------------------
+
+
+def _copy_between(dst_be, src_be) -> np.ndarray:
+    """Copy a [6, 5] F32 tensor from src_be (byte offset 64) to dst_be (offset 128); the
+    destination buffer's bytes as floats."""
+    t = gr.new_tensor(DType.F32, (6, 5), "t")
+    sbuf, dbuf = src_be.alloc_buffer(256), dst_be.alloc_buffer(256)
+    src_be.write_bytes(sbuf, 0, np.arange(64, dtype=np.float32))
+    dst_be.write_bytes(dbuf, 0, np.full(64, -1, dtype=np.float32))
+    dst_be.copy_from(Place(dbuf, 128), t, src_be, Place(sbuf, 64))()
+    dst_be.synchronize()
+    return dst_be.read_bytes(dbuf, 0, 256).view(np.float32)
+
+
+def _expect_copied(got: np.ndarray) -> None:
+    want = np.full(64, -1, dtype=np.float32)
+    want[32:62] = np.arange(16, 46)
+    np.testing.assert_array_equal(got, want)
+
+
+@needs_device
+def test_copy_between_opencl_buffers_stays_on_the_device(monkeypatch):
+    be = get_backend("opencl")
+    host_trips = []
+    monkeypatch.setattr(be, "get_tensor", lambda *a: host_trips.append(a))
+    monkeypatch.setattr(be, "set_tensor", lambda *a: host_trips.append(a))
+    _expect_copied(_copy_between(be, be))
+    assert host_trips == []  # clEnqueueCopyBuffer, no read back
+
+
+@needs_device
+def test_copy_from_another_context_or_the_cpu_goes_through_the_host():
+    be = get_backend("opencl")
+    _expect_copied(_copy_between(be, OpenCLBackend()))  # a second context: buffers do not mix
+    _expect_copied(_copy_between(be, get_backend("cpu")))
+    _expect_copied(_copy_between(get_backend("cpu"), be))
 
 
 # ---- block-quantized weights, dequantized in-kernel -------------------------------------
