@@ -35,6 +35,8 @@ setup(
         "opencl": ["pyopencl>=2024.1"],
         "cuda": ["pycuda>=2024.1"],
         "dev": ["ruff"],
+        # tools/train_tiny only; pinned: an unpinned torch pulls several GB of CUDA packages
+        "train": ["torch==2.13.0"],
     },
     entry_points={"console_scripts": ["graphir=graphir.tools.cli:main"]},
 )

@@ -39,6 +39,7 @@ import codecs
 import enum
 import json
 import operator
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 
@@ -363,6 +364,20 @@ class Tokenizer:
             ids.append(self.eos_id)
         return ids
 
+    def encode_batch(self, texts: Sequence[str], parse_special: bool = False) -> list[list[int]]:
+        """`encode(text, add_special=False, parse_special)` of many texts at once: the raw fragments
+        go through the BPE in one multi-threaded call (corpus preparation)."""
+        parts = [self.partition(t, parse_special) for t in texts]
+        raw = [f for p in parts for f in p if isinstance(f, str)]
+        encoded = iter(self._hf.encode_batch(raw, add_special_tokens=False))
+        out = []
+        for p in parts:
+            ids: list[int] = []
+            for frag in p:
+                ids.extend([frag] if isinstance(frag, int) else next(encoded).ids)
+            out.append(ids)
+        return out
+
     # ---- decode -------------------------------------------------------------------------------
 
     def _check(self, tid: int) -> int:
@@ -428,8 +443,11 @@ def train_byte_bpe(
     bos: str | None = None,
     eos: str | None = None,
     pad: str | None = None,
+    hf_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, object]:
     """Train a byte-level BPE vocabulary and return it as `tokenizer.ggml.*` GGUF fields.
+    `hf_path`: also save the trained `tokenizers` model there (its own JSON format), the
+    reference a GGUF built from these fields is checked against.
 
     All 256 byte symbols are in the vocabulary, so any text encodes. Special tokens come first
     (ids 0..) typed CONTROL; `bos`/`eos`/`pad` name which of them fill the id keys. Deterministic
@@ -452,6 +470,8 @@ def train_byte_bpe(
         show_progress=False,
     )
     hf.train_from_iterator(list(texts), trainer=trainer)
+    if hf_path is not None:
+        hf.save(os.fspath(hf_path))
     model = json.loads(hf.to_str())["model"]
     vocab: dict[str, int] = model["vocab"]
     tokens = sorted(vocab, key=vocab.__getitem__)

@@ -96,6 +96,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_train_tiny(args: argparse.Namespace) -> int:
+    """Train the tiny qwen35 + MTP model with PyTorch (the optional [train] extra) and export it."""
+    from .train_tiny import main as train_main
+
+    return train_main(args)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """GGUF metadata, tensors and the validation verdict."""
     from .inspect_cmd import run_inspect
@@ -152,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_make_tiny_args(m)
     m.set_defaults(func=cmd_make_tiny)
+
+    t = sub.add_parser("train-tiny", help="train the tiny qwen35 + MTP model on the Python stdlib (needs [train])")
+    from .train_tiny import add_args as add_train_args
+
+    add_train_args(t)
+    t.set_defaults(func=cmd_train_tiny)
 
     from .bench import add_bench_args
 

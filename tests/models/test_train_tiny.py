@@ -1,0 +1,144 @@
+"""tools/train_tiny: the PyTorch model computes what graphir's qwen35 graph computes.
+
+A small model trains a few steps on graphir's own sources and is exported through our GGUF
+writer; graphir's logits, h_nextn and MTP logits on the file must equal the PyTorch forward
+(F32: max abs <= 1e-5 x the largest magnitude, F16: NMSE <= 2e-3). The reference runs in float64:
+what is measured is graphir's float32 error, which sits at float32's own noise floor (PyTorch's
+float32 forward of this model is ~1.8e-5 off its float64 forward on h_nextn, |h| up to ~4).
+Needs torch (the `[train]` extra); skips otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[train]', torch==2.13.0)")
+
+import graphir  # noqa: E402
+from graphir.models.batch import Batch  # noqa: E402
+from graphir.models.context import Context  # noqa: E402
+from graphir.models.model import Model  # noqa: E402
+from graphir.models.mtp import MtpContext  # noqa: E402
+from graphir.tools import train_tiny as tt  # noqa: E402
+
+SMALL = tt.ModelConfig(n_vocab=400, n_embd=64, n_layer=4, n_head=2, n_head_kv=1, head_dim=32, n_rot=8,
+                       rope_sections=(2, 1, 1, 0), ssm_d_state=16, ssm_n_group=2, ssm_n_v_heads=4, n_ff=128)  # fmt: skip
+RUN = tt.TrainConfig(steps=6, batch=4, seq_len=48, warmup=2, eval_every=3, eval_windows=4, ckpt_every=3,
+                     val_percent=20, chunk=16)  # fmt: skip
+CORPUS = Path(graphir.__file__).parent  # graphir's own .py files: small, always there
+
+
+def quiet(*_: object) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train_tiny")
+    tt.train(out, SMALL, RUN, corpus_root=CORPUS, log=quiet)
+    return out
+
+
+def nmse(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(((a - b) ** 2).sum() / (b**2).sum())
+
+
+@pytest.mark.parametrize("T,chunk", [(50, 16), (64, 64), (7, 4)])
+def test_chunked_delta_rule_equals_the_token_loop(T: int, chunk: int) -> None:
+    g = torch.Generator().manual_seed(T)
+    B, H, S = 2, 3, 8
+    q = torch.nn.functional.normalize(torch.randn(B, T, H, S, generator=g), dim=-1)
+    k = torch.nn.functional.normalize(torch.randn(B, T, H, S, generator=g), dim=-1)
+    v = torch.randn(B, T, H, S, generator=g)
+    logd = -3 * torch.rand(B, T, H, generator=g)
+    beta = torch.rand(B, T, H, generator=g)
+    want = tt.delta_rule_loop(torch, q, k, v, logd, beta)
+    got = tt.delta_rule_chunked(torch, q, k, v, logd, beta, chunk)
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_export_parity(run_dir: Path, dtype: str) -> None:
+    path = tt.export(run_dir, run_dir / f"model-{dtype}.gguf", dtype)
+    ck = torch.load(run_dir / "ckpt.pt", weights_only=False)
+    tm = tt.build_model(SMALL, 1)  # another init: everything must come from the checkpoint
+    tm.load_state_dict(ck["model"])
+    tm.double().eval()  # the reference in float64: what is compared is graphir's float32 error
+    toks = np.fromfile(run_dir / "val.u16", np.uint16)[:40].astype(np.int64)
+    n = len(toks)
+    with torch.no_grad():
+        logits, h, m_logits, m_hidden = (x[0].numpy() for x in tm(torch.from_numpy(toks)[None]))
+
+    model = Model.load(path)
+    ctx = Context(model, n_ctx=64, n_batch=64, n_ubatch=16, embeddings_nextn=True, type_k="f32", type_v="f32")
+    res = ctx.decode(Batch.simple(toks.tolist(), 0, all_outputs=True))
+    mtp = MtpContext(model, n_ctx=64, type_k="f32", type_v="f32")
+    # rows p = 1 .. n-1: token x_p with the trunk's h_{p-1} (PyTorch's, so only the head is compared)
+    m_res = mtp.decode(Batch(toks[1:].tolist(), embd=h[:-1], pos=np.arange(1, n), output=np.ones(n - 1, bool)))
+    pairs = {"logits": (res.logits, logits), "h_nextn": (res.h_nextn, h), "mtp logits": (m_res.logits, m_logits),
+             "mtp hidden": (m_res.hidden, m_hidden)}  # fmt: skip
+    for what, (got, want) in pairs.items():
+        assert got.shape == want.shape, what
+        if dtype == "f32":  # 1e-5 of the largest magnitude: float32's own noise here (see the docstring)
+            assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max()), what
+        else:
+            assert nmse(got, want) <= 2e-3, what
+
+
+def test_export_writes_ssm_a_and_keeps_1d_tensors_f32(run_dir: Path) -> None:
+    from graphir.models.gguf import load_gguf
+
+    path = tt.export(run_dir, run_dir / "types.gguf", "f16")
+    f = load_gguf(path)
+    ck = torch.load(run_dir / "ckpt.pt", weights_only=False)
+    a_log = ck["model"]["p.blk__0__A_log"].numpy()
+    np.testing.assert_allclose(f.tensors["blk.0.ssm_a"].array().reshape(-1), -np.exp(a_log), rtol=1e-6)
+    for name, t in f.tensors.items():
+        want = "F32" if len(t.ne) == 1 or name.endswith("ssm_conv1d.weight") else "F16"
+        assert t.type_name == want, name
+    assert "output.weight" not in f.tensors  # tied embeddings
+
+
+def test_resume_equals_an_uninterrupted_run(run_dir: Path, tmp_path: Path) -> None:
+    half = tmp_path / "half"
+    rec = tt.train(half, SMALL, RUN, corpus_root=CORPUS, log=quiet, time_budget=0.0)  # stops before step 1
+    assert rec["history"] == [] and (half / "ckpt.pt").exists()
+    tt.train(half, SMALL, RUN, corpus_root=CORPUS, log=quiet)
+    a = torch.load(half / "ckpt.pt", weights_only=False)
+    b = torch.load(run_dir / "ckpt.pt", weights_only=False)
+    assert a["step"] == b["step"] == RUN.steps
+    for key, want in b["model"].items():
+        assert torch.allclose(a["model"][key], want, atol=1e-6), key
+
+
+def test_bad_input(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        tt.export(tmp_path, tmp_path / "x.gguf")
+    with pytest.raises(ValueError, match="f32 or f16"):
+        tt.export(run_dir, tmp_path / "x.gguf", "q8_0")
+    other = tt.ModelConfig(**{**SMALL.__dict__, "n_ff": 64})
+    with pytest.raises(ValueError, match="another model config"):
+        tt.train(run_dir, other, RUN, corpus_root=CORPUS, log=quiet)
+    with pytest.raises(ValueError, match="multiple of"):
+        tt.ModelConfig(ssm_n_group=3)
+
+
+def test_corpus_holds_out_whole_files() -> None:
+    files = [p.relative_to(CORPUS).as_posix() for p in tt.corpus_files(CORPUS)]
+    val = [f for f in files if tt.is_validation(f, RUN.val_percent)]
+    assert 0 < len(val) < len(files)
+    train, held, info = tt.read_corpus(RUN.val_percent, CORPUS)
+    assert (len(train), len(held)) == (len(files) - len(val), len(val)) == (info["files_train"], info["files_val"])
+
+
+def test_lr_schedule() -> None:
+    c = tt.TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    lrs = [c.lr_at(s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine: non-increasing
+    assert c.lr_at(100) == pytest.approx(0.1)

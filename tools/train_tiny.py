@@ -1,0 +1,712 @@
+"""`graphir train-tiny`: train the tiny Qwen3.5 + MTP model on Python's own standard library.
+
+PyTorch is an optional extra (`pip install -e .[train]`, torch==2.13.0 CPU); nothing at run
+time imports it. Steps, each resumable from its files in the output directory:
+
+1. corpus: every `.py` file of this interpreter's standard library (sorted relative paths;
+   whole files are held out for validation by a hash of their path), files joined by
+   `<|endoftext|>`;
+2. tokenizer: a byte-level BPE of `vocab` tokens trained with `tokenizers` through
+   `graphir.models.tokenizer.train_byte_bpe` (the qwen35 pre-tokenizer, so llama.cpp splits
+   text identically); the corpus is encoded once and cached as uint16 token files;
+3. training: `TinyQwen35` below computes exactly what graphir's qwen35 graph computes (and so
+   llama.cpp): gated delta net layers (causal conv, L2-normed q/k tiled over the value heads,
+   the gated delta rule with decay exp(softplus(alpha + dt) * ssm_a)), gated attention with
+   q/k RMS norms and IMRoPE (text positions: NEOX rotation of the first n_rot dims), SwiGLU
+   FFNs, tied embeddings, and ONE MTP block trained jointly: loss = CE(trunk) + mtp_weight *
+   CE(MTP), where MTP row p reads token x_p and the trunk's post-norm hidden state h_{p-1}
+   and predicts x_{p+1}. AdamW, linear warm-up then cosine decay, seeded per step (a resumed
+   run draws the same batches), checkpoints every `ckpt_every` steps and at the time budget;
+4. export through graphir's own GGUF writer (`write_qwen35`, the one `make-tiny` uses).
+
+The gated delta rule runs chunked (`chunk` tokens at a time: a unit-triangular solve per
+chunk, then a short sequential pass over chunks) instead of token by token; `delta_rule_loop`
+is the token-by-token definition it is tested against.
+
+    graphir train-tiny --out runs/tiny --steps 1500 --time-budget 1500
+    graphir train-tiny --out runs/tiny --export model.gguf --dtype f16    # export the last checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import sysconfig
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TORCH_PIN = "torch==2.13.0"
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def import_torch() -> Any:
+    """torch, or a clear error saying how to install the pinned CPU build."""
+    try:
+        import torch
+    except ImportError as e:
+        raise SystemExit(f"[train-tiny] PyTorch is needed: pip install -e '.[train]' (pins {TORCH_PIN})") from e
+    return torch
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model's shape (the defaults are the shipped model's)."""
+
+    n_vocab: int = 1024
+    n_embd: int = 256
+    n_layer: int = 4  # trunk layers; every full_attention_interval-th is attention, the rest delta nets
+    full_attention_interval: int = 4
+    n_head: int = 4
+    n_head_kv: int = 2
+    head_dim: int = 64
+    n_rot: int = 16
+    rope_sections: tuple[int, int, int, int] = (3, 3, 2, 0)
+    rope_freq_base: float = 10_000_000.0
+    ssm_d_state: int = 32  # S_k = S_v
+    ssm_n_group: int = 2  # H_k
+    ssm_n_v_heads: int = 4  # H_v (GGUF ssm.time_step_rank)
+    ssm_d_conv: int = 4
+    n_ff: int = 512
+    rms_eps: float = 1e-6
+    n_ctx_train: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.ssm_n_v_heads % self.ssm_n_group:
+            raise ValueError("[train-tiny] ssm_n_v_heads must be a multiple of ssm_n_group")
+        if self.n_head % self.n_head_kv:
+            raise ValueError("[train-tiny] n_head must be a multiple of n_head_kv")
+        if 2 * sum(self.rope_sections) != self.n_rot:
+            raise ValueError(f"[train-tiny] rope sections {self.rope_sections} must sum to n_rot / 2")
+
+    def is_recurrent(self, il: int) -> bool:
+        return (il + 1) % self.full_attention_interval != 0
+
+    @property
+    def conv_channels(self) -> int:
+        return 2 * self.ssm_d_state * self.ssm_n_group + self.ssm_d_state * self.ssm_n_v_heads
+
+    def hparams(self) -> Any:
+        """The graphir `Qwen35HParams` of this model (one MTP block after the trunk)."""
+        from graphir.models.hparams import Qwen35HParams
+
+        return Qwen35HParams(
+            arch="qwen35", n_vocab=self.n_vocab, n_ctx_train=self.n_ctx_train, n_embd=self.n_embd,
+            block_count=self.n_layer + 1, n_ff=self.n_ff, n_head=self.n_head, n_head_kv=self.n_head_kv,
+            head_dim_k=self.head_dim, head_dim_v=self.head_dim, rms_eps=self.rms_eps, n_rot=self.n_rot,
+            rope_sections=self.rope_sections, rope_freq_base=self.rope_freq_base, ssm_d_conv=self.ssm_d_conv,
+            ssm_d_inner=self.ssm_d_state * self.ssm_n_v_heads, ssm_d_state=self.ssm_d_state,
+            ssm_dt_rank=self.ssm_n_v_heads, ssm_n_group=self.ssm_n_group,
+            full_attention_interval=self.full_attention_interval, nextn_predict_layers=1,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation recipe (the defaults are the shipped model's)."""
+
+    seed: int = 0
+    steps: int = 1000
+    batch: int = 16
+    seq_len: int = 256
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    mtp_weight: float = 0.3
+    chunk: int = 64  # delta-rule chunk length
+    eval_every: int = 250
+    eval_windows: int = 64
+    ckpt_every: int = 100
+    val_percent: int = 2  # files whose path hash falls below this percentage are held out
+    threads: int = 0  # torch threads; 0: torch's default
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up over `warmup` steps, then cosine to lr * min_lr_ratio at `steps`."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        t = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+# --------------------------------------------------------------------------------------------
+# corpus and tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def corpus_files(root: Path | None = None) -> list[Path]:
+    """The standard library's .py files (no site-packages), sorted by relative path."""
+    root = root or stdlib_dir()
+    files = [p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def is_validation(rel_path: str, val_percent: int) -> bool:
+    """Whole files are held out: those whose sha1(path) mod 100 falls below val_percent."""
+    return int(hashlib.sha1(rel_path.encode()).hexdigest(), 16) % 100 < val_percent
+
+
+def read_corpus(val_percent: int, root: Path | None = None) -> tuple[list[str], list[str], dict[str, Any]]:
+    """(train texts, validation texts, a description with file counts, bytes and a content hash)."""
+    root = root or stdlib_dir()
+    train, val = [], []
+    h = hashlib.sha256()
+    n_bytes = 0
+    for p in corpus_files(root):
+        rel = p.relative_to(root).as_posix()
+        text = p.read_bytes().decode("utf-8", errors="replace")
+        h.update(rel.encode() + b"\0" + text.encode())
+        n_bytes += len(text.encode())
+        (val if is_validation(rel, val_percent) else train).append(text)
+    if not train or not val:
+        raise ValueError(f"[train-tiny] {root}: no .py files to train on / hold out")
+    info = {"root": str(root), "python": sys.version.split()[0], "files_train": len(train),
+            "files_val": len(val), "bytes": n_bytes, "sha256": h.hexdigest()[:16]}  # fmt: skip
+    return train, val, info
+
+
+def prepare_data(out: Path, n_vocab: int, val_percent: int, log: Any = print,
+                 corpus_root: Path | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:  # fmt: skip
+    """Train the tokenizer and encode the corpus (the .py files under `corpus_root`, default the
+    standard library) once, cached in out/: (tokenizer fields, train ids, held-out ids)."""
+    from graphir.models.tokenizer import Tokenizer, train_byte_bpe
+
+    tok_path, tr_path, va_path, info_path = (out / "tokenizer.json", out / "train.u16", out / "val.u16",
+                                             out / "corpus.json")  # fmt: skip
+    hf_path = out / "tokenizer.hf.json"  # the `tokenizers` model itself, the reference for the GGUF vocab
+    if tok_path.exists() and tr_path.exists() and va_path.exists():
+        fields = json.loads(tok_path.read_text())
+        return fields, np.fromfile(tr_path, np.uint16), np.fromfile(va_path, np.uint16)
+    t0 = time.perf_counter()
+    train, val, info = read_corpus(val_percent, corpus_root)
+    log(f"corpus: {info['files_train']} train + {info['files_val']} held-out files, {info['bytes'] / 1e6:.1f} MB "
+        f"({info['root']}, Python {info['python']})")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    fields = train_byte_bpe(train, n_vocab, SPECIAL_TOKENS, bos="<|endoftext|>", eos="<|im_end|>",
+                            pad="<|endoftext|>", hf_path=hf_path)  # fmt: skip
+    if len(fields["tokenizer.ggml.tokens"]) != n_vocab:
+        raise ValueError(f"[train-tiny] the corpus gave {len(fields['tokenizer.ggml.tokens'])} tokens, not {n_vocab}")
+    tok = Tokenizer.from_gguf_fields(fields)
+    eot = tok.token_to_id["<|endoftext|>"]
+
+    def encode(texts: list[str]) -> np.ndarray:
+        ids: list[int] = []
+        for row in tok.encode_batch(texts):
+            ids.extend(row)
+            ids.append(eot)
+        return np.asarray(ids, np.uint16)
+
+    tr, va = encode(train), encode(val)
+    info.update(tokens_train=int(tr.size), tokens_val=int(va.size), seconds=round(time.perf_counter() - t0, 1))
+    tr.tofile(tr_path)
+    va.tofile(va_path)
+    info_path.write_text(json.dumps(info, indent=1))
+    tok_path.write_text(json.dumps(fields))  # last: its presence marks the data complete
+    log(f"tokenizer: {n_vocab} tokens; {tr.size} train / {va.size} held-out tokens "
+        f"({info['bytes'] / (tr.size + va.size):.2f} bytes/token) in {info['seconds']} s")  # fmt: skip
+    return fields, tr, va
+
+
+def batch_at(tokens: np.ndarray, seed: int, step: int, batch: int, seq_len: int) -> np.ndarray:
+    """The windows of one training step, int64 (batch, seq_len + 1): a pure function of (seed, step)."""
+    rng = np.random.default_rng([seed, step])
+    starts = rng.integers(0, tokens.size - seq_len - 1, batch)
+    return np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
+
+
+def eval_windows(tokens: np.ndarray, n: int, seq_len: int) -> np.ndarray:
+    """n evenly spaced held-out windows (batch, seq_len + 1)."""
+    starts = np.linspace(0, tokens.size - seq_len - 2, n).astype(np.int64)
+    return np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# the model
+# --------------------------------------------------------------------------------------------
+
+
+def build_model(cfg: ModelConfig, seed: int) -> Any:
+    """A `TinyQwen35` (defined lazily: torch is optional)."""
+    torch = import_torch()
+    nn, F = torch.nn, torch.nn.functional
+
+    def rms_norm(x: Any, w: Any, eps: float) -> Any:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    def l2_norm(x: Any, eps: float) -> Any:
+        return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+    class TinyQwen35(nn.Module):
+        """Parameters are keyed by their GGUF names ('.' -> '__'), stored in numpy order (ne reversed),
+        except blk.N.ssm_a, kept as A_log (GGUF holds ssm_a = -exp(A_log))."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.cfg = cfg
+            self.p = nn.ParameterDict()
+            gen = torch.Generator().manual_seed(seed)
+            E = cfg.n_embd
+
+            def add(name: str, *shape: int, std: float | None = None, value: float | None = None) -> None:
+                t = torch.empty(*shape)
+                if value is not None:
+                    t.fill_(value)
+                else:
+                    t.normal_(0.0, std if std is not None else shape[-1] ** -0.5, generator=gen)
+                self.p[name.replace(".", "__")] = nn.Parameter(t)
+
+            out_std = (2 * (cfg.n_layer + 1)) ** -0.5  # residual-branch outputs start smaller
+            add("token_embd.weight", cfg.n_vocab, E, std=0.02)
+            add("output_norm.weight", E, value=1.0)
+            for il in range(cfg.n_layer + 1):
+                p = f"blk.{il}."
+                add(p + "attn_norm.weight", E, value=1.0)
+                add(p + "post_attention_norm.weight", E, value=1.0)
+                if il < cfg.n_layer and cfg.is_recurrent(il):
+                    S, Hv = cfg.ssm_d_state, cfg.ssm_n_v_heads
+                    add(p + "attn_qkv.weight", cfg.conv_channels, E)
+                    add(p + "attn_gate.weight", S * Hv, E)
+                    add(p + "ssm_conv1d.weight", cfg.conv_channels, cfg.ssm_d_conv, std=cfg.ssm_d_conv**-0.5)
+                    add(p + "ssm_beta.weight", Hv, E)
+                    add(p + "ssm_alpha.weight", Hv, E, std=0.1 * E**-0.5)
+                    # decay rates spread as in Mamba-2: A in [1, 16], dt in [1e-3, 0.1] (dt.bias = softplus^-1(dt))
+                    a_log = torch.log(torch.linspace(1.0, 16.0, Hv))
+                    dt = torch.exp(torch.linspace(math.log(1e-3), math.log(0.1), Hv))
+                    self.p[p.replace(".", "__") + "A_log"] = nn.Parameter(a_log)
+                    self.p[(p + "ssm_dt.bias").replace(".", "__")] = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+                    add(p + "ssm_norm.weight", S, value=1.0)
+                    add(p + "ssm_out.weight", E, S * Hv, std=out_std * (S * Hv) ** -0.5)
+                else:
+                    hd = cfg.head_dim
+                    add(p + "attn_q.weight", 2 * hd * cfg.n_head, E)
+                    add(p + "attn_k.weight", hd * cfg.n_head_kv, E)
+                    add(p + "attn_v.weight", hd * cfg.n_head_kv, E)
+                    add(p + "attn_output.weight", E, hd * cfg.n_head, std=out_std * (hd * cfg.n_head) ** -0.5)
+                    add(p + "attn_q_norm.weight", hd, value=1.0)
+                    add(p + "attn_k_norm.weight", hd, value=1.0)
+                add(p + "ffn_gate.weight", cfg.n_ff, E)
+                add(p + "ffn_up.weight", cfg.n_ff, E)
+                add(p + "ffn_down.weight", E, cfg.n_ff, std=out_std * cfg.n_ff**-0.5)
+            p = f"blk.{cfg.n_layer}.nextn."
+            add(p + "eh_proj.weight", E, 2 * E)
+            add(p + "enorm.weight", E, value=1.0)
+            add(p + "hnorm.weight", E, value=1.0)
+            add(p + "shared_head_norm.weight", E, value=1.0)
+            n_pairs = cfg.n_rot // 2
+            # theta_i = base^(-2i / n_rot) for the NEOX pairs (i, i + n_rot/2)
+            self.register_buffer("inv_freq", cfg.rope_freq_base ** (-torch.arange(n_pairs, dtype=torch.float64) * 2 / cfg.n_rot))
+
+        def w(self, name: str) -> Any:
+            return self.p[name.replace(".", "__")]
+
+        # ---- blocks --------------------------------------------------------------------------
+        def rope(self, x: Any, pos: Any) -> Any:
+            """NEOX rotation of the first n_rot dims of each head; x (B, T, H, hd), pos (T,)."""
+            n = cfg.n_rot // 2
+            ang = (pos.double()[:, None] * self.inv_freq[None, :]).float()  # (T, n)
+            cos, sin = ang.cos()[None, :, None, :], ang.sin()[None, :, None, :]
+            x0, x1, rest = x[..., :n], x[..., n : 2 * n], x[..., 2 * n :]
+            return torch.cat([x0 * cos - x1 * sin, x0 * sin + x1 * cos, rest], -1)
+
+        def attention(self, x: Any, il: int, pos: Any) -> Any:
+            B, T, _ = x.shape
+            hd, H, Hkv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
+            p = f"blk.{il}."
+            qg = F.linear(x, self.w(p + "attn_q.weight")).view(B, T, H, 2 * hd)
+            q, gate = qg[..., :hd], qg[..., hd:].reshape(B, T, H * hd)
+            k = F.linear(x, self.w(p + "attn_k.weight")).view(B, T, Hkv, hd)
+            v = F.linear(x, self.w(p + "attn_v.weight")).view(B, T, Hkv, hd)
+            q = self.rope(rms_norm(q, self.w(p + "attn_q_norm.weight"), cfg.rms_eps), pos)
+            k = self.rope(rms_norm(k, self.w(p + "attn_k_norm.weight"), cfg.rms_eps), pos)
+            rep = H // Hkv  # query head h reads kv head h // rep
+            k, v = k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=True, scale=hd**-0.5)  # fmt: skip
+            o = o.transpose(1, 2).reshape(B, T, H * hd) * torch.sigmoid(gate)
+            return F.linear(o, self.w(p + "attn_output.weight"))
+
+        def delta_net(self, x: Any, il: int) -> Any:
+            B, T, _ = x.shape
+            S, Hk, Hv, C = cfg.ssm_d_state, cfg.ssm_n_group, cfg.ssm_n_v_heads, cfg.conv_channels
+            p = f"blk.{il}."
+            qkv = F.linear(x, self.w(p + "attn_qkv.weight"))  # (B, T, C)
+            conv_w = self.w(p + "ssm_conv1d.weight")  # (C, d_conv)
+            conv = F.conv1d(qkv.transpose(1, 2), conv_w[:, None, :], padding=cfg.ssm_d_conv - 1, groups=C)
+            conv = F.silu(conv[..., :T]).transpose(1, 2)  # (B, T, C): causal, zero initial state
+            q = conv[..., : S * Hk].reshape(B, T, Hk, S)
+            k = conv[..., S * Hk : 2 * S * Hk].reshape(B, T, Hk, S)
+            v = conv[..., 2 * S * Hk :].reshape(B, T, Hv, S)
+            tile = torch.arange(Hv) % Hk  # value head j reads q/k head j % H_k
+            q, k = l2_norm(q, cfg.rms_eps)[:, :, tile], l2_norm(k, cfg.rms_eps)[:, :, tile]
+            beta = torch.sigmoid(F.linear(x, self.w(p + "ssm_beta.weight")))  # (B, T, Hv)
+            alpha = F.linear(x, self.w(p + "ssm_alpha.weight")) + self.w(p + "ssm_dt.bias")
+            g = F.softplus(alpha) * -torch.exp(self.p[p.replace(".", "__") + "A_log"])  # log decay, (B, T, Hv)
+            o = delta_rule_chunked(torch, q, k, v, g, beta, self.chunk)  # (B, T, Hv, S)
+            z = F.linear(x, self.w(p + "attn_gate.weight")).view(B, T, Hv, S)
+            o = rms_norm(o, self.w(p + "ssm_norm.weight"), cfg.rms_eps) * F.silu(z)
+            return F.linear(o.reshape(B, T, Hv * S), self.w(p + "ssm_out.weight"))
+
+        def ffn(self, x: Any, il: int) -> Any:
+            p = f"blk.{il}."
+            gate = F.linear(x, self.w(p + "ffn_gate.weight"))
+            return F.linear(F.silu(gate) * F.linear(x, self.w(p + "ffn_up.weight")), self.w(p + "ffn_down.weight"))
+
+        def block(self, x: Any, il: int, pos: Any) -> Any:
+            p = f"blk.{il}."
+            h = rms_norm(x, self.w(p + "attn_norm.weight"), cfg.rms_eps)
+            mix = self.delta_net(h, il) if il < cfg.n_layer and cfg.is_recurrent(il) else self.attention(h, il, pos)
+            x = x + mix
+            return x + self.ffn(rms_norm(x, self.w(p + "post_attention_norm.weight"), cfg.rms_eps), il)
+
+        # ---- forward -------------------------------------------------------------------------
+        chunk = 64
+
+        def forward(self, tokens: Any) -> tuple[Any, Any, Any, Any]:
+            """tokens (B, T) at positions 0..T-1 -> (logits (B, T, V), h_nextn (B, T, E),
+            MTP logits (B, T-1, V) and hidden (B, T-1, E): row r is position p = r + 1, reading
+            x_p and h_{p-1}, predicting x_{p+1})."""
+            B, T = tokens.shape
+            emb = self.w("token_embd.weight")
+            pos = torch.arange(T)
+            x = emb[tokens]
+            for il in range(cfg.n_layer):
+                x = self.block(x, il, pos)
+            h = rms_norm(x, self.w("output_norm.weight"), cfg.rms_eps)
+            logits = h @ emb.t()
+            m_logits, m_hidden = self.mtp(tokens[:, 1:], h[:, :-1], pos[1:])
+            return logits, h, m_logits, m_hidden
+
+        def mtp(self, tokens: Any, h_prev: Any, pos: Any) -> tuple[Any, Any]:
+            """The MTP head: tokens x_p (B, n), the trunk's h_{p-1} (B, n, E), positions (n,)."""
+            il, emb = cfg.n_layer, self.w("token_embd.weight")
+            p = f"blk.{il}.nextn."
+            e = rms_norm(emb[tokens], self.w(p + "enorm.weight"), cfg.rms_eps)
+            hn = rms_norm(h_prev, self.w(p + "hnorm.weight"), cfg.rms_eps)
+            x = F.linear(torch.cat([e, hn], -1), self.w(p + "eh_proj.weight"))
+            x = self.block(x, il, pos)
+            hidden = rms_norm(x, self.w(p + "shared_head_norm.weight"), cfg.rms_eps)
+            return hidden @ emb.t(), hidden
+
+        # ---- export -------------------------------------------------------------------------
+        def gguf_tensors(self, dtype: Any) -> dict[str, tuple[Any, np.ndarray]]:
+            """GGUF name -> (DType, numpy array in numpy order): matrices in `dtype`, 1-D tensors
+            and ssm_conv1d in F32 (as converted files)."""
+            from graphir.types import DType
+
+            out = {}
+            for key, prm in self.p.items():
+                name = key.replace("__", ".")
+                arr = prm.detach().double().numpy()
+                if name.endswith("A_log"):
+                    name, arr = name.removesuffix("A_log") + "ssm_a", -np.exp(arr)
+                keep = arr.ndim == 1 or name.endswith("ssm_conv1d.weight")
+                t = DType.F32 if keep else dtype
+                out[name] = (t, arr.astype(np.float16 if t == DType.F16 else np.float32))
+            return out
+
+    return TinyQwen35()
+
+
+def delta_rule_chunked(torch: Any, q: Any, k: Any, v: Any, g: Any, beta: Any, chunk: int) -> Any:
+    """The gated delta rule from a zero state, `chunk` tokens at a time (same result as `delta_rule_loop`).
+
+    q, k, v (B, T, H, S) (q, k L2-normed), g (B, T, H) log decays, beta (B, T, H) -> o (B, T, H, S).
+    Within a chunk with cumulative log decay G_t and initial state S0:
+        delta = (I + A)^-1 diag(beta) (V - diag(e^G) K S0),  A[t, s] = beta_t e^(G_t - G_s) k_t.k_s (s < t)
+        o_t   = scale (e^G_t S0^T q_t + sum_{s <= t} e^(G_t - G_s) (q_t.k_s) delta_s)
+        S_C   = e^G_C S0 + sum_s e^(G_C - G_s) k_s delta_s^T
+    """
+    B, T, H, S = v.shape
+    pad = (-T) % chunk
+    if pad:  # padded tokens (g = 0, beta = 0, k = 0) come last and change nothing before them
+        pad_t = torch.nn.functional.pad
+        q, k, v = (pad_t(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
+        g, beta = (pad_t(x, (0, 0, 0, pad)) for x in (g, beta))
+    N = (T + pad) // chunk
+    scale = S**-0.5
+
+    def split(x: Any) -> Any:  # (B, T, H, ...) -> (B, H, N, C, ...)
+        x = x.transpose(1, 2)
+        return x.reshape(B, H, N, chunk, *x.shape[3:])
+
+    q, k, v, g, beta = split(q), split(k), split(v), split(g), split(beta)
+    G = g.cumsum(-1)  # (B, H, N, C)
+    diff = G[..., :, None] - G[..., None, :]  # G_t - G_s
+    causal = torch.ones(chunk, chunk, dtype=torch.bool).tril()
+    decay = torch.where(causal, diff, torch.full_like(diff, -math.inf)).exp()  # e^(G_t - G_s), s <= t
+    strict = decay * (~torch.eye(chunk, dtype=torch.bool))
+    A = beta[..., None] * strict * (k @ k.transpose(-1, -2))
+    eye = torch.eye(chunk).expand_as(A)
+    eG = G.exp()[..., None]
+    rhs = torch.cat([beta[..., None] * eG * k, beta[..., None] * v], -1)
+    sol = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
+    W, U = sol[..., :S], sol[..., S:]  # delta = U - W S0
+    P = decay * (q @ k.transpose(-1, -2))  # (q_t.k_s) e^(G_t - G_s), s <= t
+    Qg = eG * q
+    Kd = (G[..., -1:] - G).exp()[..., None] * k  # e^(G_C - G_s) k_s
+    last = G[..., -1].exp()  # (B, H, N)
+
+    state = q.new_zeros(B, H, S, S)  # S[i][j], i the k index
+    outs = []
+    for n in range(N):
+        delta = U[:, :, n] - W[:, :, n] @ state
+        outs.append(scale * (Qg[:, :, n] @ state + P[:, :, n] @ delta))
+        state = last[:, :, n, None, None] * state + Kd[:, :, n].transpose(-1, -2) @ delta
+    o = torch.stack(outs, 2).reshape(B, H, N * chunk, S).transpose(1, 2)
+    return o[:, :T]
+
+
+def delta_rule_loop(torch: Any, q: Any, k: Any, v: Any, g: Any, beta: Any) -> Any:
+    """The gated delta rule token by token (the definition; graphir's gated_delta_net)."""
+    B, T, H, S = v.shape
+    state = q.new_zeros(B, H, S, S)
+    outs = []
+    for t in range(T):
+        state = state * g[:, t].exp()[..., None, None]
+        kt, qt = k[:, t], q[:, t]
+        sk = (kt[..., :, None] * state).sum(-2)  # S^T k
+        delta = (v[:, t] - sk) * beta[:, t, :, None]
+        state = state + kt[..., :, None] * delta[..., None, :]
+        outs.append((qt[..., :, None] * state).sum(-2) * S**-0.5)
+    return torch.stack(outs, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+
+
+def losses(torch: Any, model: Any, windows: Any, mtp_weight: float) -> tuple[Any, Any, Any]:
+    """(total, trunk CE, MTP CE) of windows (B, T + 1)."""
+    F = torch.nn.functional
+    x, y = windows[:, :-1], windows[:, 1:]
+    logits, _, m_logits, _ = model(x)
+    V = logits.shape[-1]
+    ce = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+    m_ce = F.cross_entropy(m_logits.reshape(-1, V), y[:, 1:].reshape(-1))
+    return ce + mtp_weight * m_ce, ce, m_ce
+
+
+def evaluate(torch: Any, model: Any, windows: np.ndarray, mtp_weight: float, batch: int = 16) -> dict[str, float]:
+    """Held-out trunk and MTP cross-entropy (nats/token) and how often the MTP head's argmax
+    equals the trunk's next-token argmax (overall, and where the head's probability >= 0.5)."""
+    model.eval()
+    ce = m_ce = agree = n_rows = conf_rows = conf_agree = 0.0
+    with torch.no_grad():
+        for i in range(0, len(windows), batch):
+            w = torch.from_numpy(windows[i : i + batch])
+            x, y = w[:, :-1], w[:, 1:]
+            logits, _, m_logits, _ = model(x)
+            V = logits.shape[-1]
+            n = y.numel()
+            ce += torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1), reduction="sum").item()
+            m_ce += torch.nn.functional.cross_entropy(m_logits.reshape(-1, V), y[:, 1:].reshape(-1),
+                                                      reduction="sum").item() * n / y[:, 1:].numel()  # fmt: skip
+            trunk_next = logits[:, 1:].argmax(-1)  # the trunk's pick for x_{p+1} at position p
+            m_prob, m_pick = m_logits.softmax(-1).max(-1)
+            same = m_pick == trunk_next
+            agree += same.sum().item()
+            n_rows += same.numel()
+            conf = m_prob >= 0.5
+            conf_rows += conf.sum().item()
+            conf_agree += (same & conf).sum().item()
+    model.train()
+    total = len(windows) * (windows.shape[1] - 1)
+    return {"val_ce": ce / total, "val_mtp_ce": m_ce / total, "mtp_agree": agree / n_rows,
+            "mtp_agree_conf": conf_agree / max(conf_rows, 1), "mtp_conf_frac": conf_rows / n_rows}  # fmt: skip
+
+
+class Progress:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, total: int, start: int = 0) -> None:
+        self.total, self.t0, self.start = total, time.perf_counter(), start
+        self.tty = sys.stderr.isatty()
+        self.last_line = 0.0
+
+    def update(self, step: int, text: str) -> None:
+        done = step - self.start
+        el = time.perf_counter() - self.t0
+        eta = el / max(done, 1) * (self.total - step)
+        bar = "#" * int(30 * step / self.total)
+        line = f"[{bar:<30}] {step}/{self.total} {text} {el / max(done, 1):.2f} s/step eta {eta / 60:.1f} min"
+        if self.tty:
+            sys.stderr.write("\r" + line)
+        elif time.perf_counter() - self.last_line > 30 or step == self.total:
+            sys.stderr.write(line + "\n")
+            self.last_line = time.perf_counter()
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float | None = None,
+          resume: bool = True, log: Any = print, corpus_root: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train (or continue) the run in `out`; returns the run record (also out/run.json)."""
+    torch = import_torch()
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    fields, tr, va = prepare_data(out, mcfg.n_vocab, tcfg.val_percent, log, corpus_root)
+    ckpt_path, record_path = out / "ckpt.pt", out / "run.json"
+    cfgs = {"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg)}
+    model = build_model(mcfg, tcfg.seed)
+    model.chunk = tcfg.chunk
+    decay = [p for n, p in model.p.items() if p.dim() >= 2]
+    no_decay = [p for n, p in model.p.items() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2))  # fmt: skip
+    record: dict[str, Any] = {**cfgs, "history": [], "evals": [], "train_seconds": 0.0}
+    step = 0
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        if ck["configs"]["model"] != cfgs["model"]:
+            raise ValueError(f"[train-tiny] {ckpt_path} was trained with another model config; use a new --out")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, record = ck["step"], ck["record"]
+        record["train"] = cfgs["train"]  # e.g. more steps or a new time budget
+        log(f"resumed at step {step}")
+    n_params = sum(p.numel() for p in model.p.values())
+    record["n_params"] = n_params
+    log(f"model: {n_params / 1e6:.2f}M parameters ({mcfg.n_layer} trunk layers + 1 MTP block), "
+        f"{tcfg.steps} steps of {tcfg.batch} x {tcfg.seq_len} tokens, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads")  # fmt: skip
+    val_w = eval_windows(va, tcfg.eval_windows, tcfg.seq_len)
+
+    def save() -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "record": record,
+                    "configs": cfgs}, tmp)  # fmt: skip
+        os.replace(tmp, ckpt_path)
+        record_path.write_text(json.dumps(record, indent=1))
+
+    t_start = time.perf_counter()
+    t_base = record["train_seconds"]
+    bar = Progress(tcfg.steps, step)
+    ema = None
+    while step < tcfg.steps:
+        if time_budget is not None and time.perf_counter() - t_start > time_budget:
+            log(f"\ntime budget {time_budget:.0f} s reached at step {step}; resume with the same --out")
+            break
+        lr = tcfg.lr_at(step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        w = torch.from_numpy(batch_at(tr, tcfg.seed, step, tcfg.batch, tcfg.seq_len))
+        loss, ce, m_ce = losses(torch, model, w, tcfg.mtp_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip).item()
+        opt.step()
+        step += 1
+        ema = (ce.item(), m_ce.item()) if ema is None else (0.95 * ema[0] + 0.05 * ce.item(),
+                                                           0.95 * ema[1] + 0.05 * m_ce.item())  # fmt: skip
+        record["train_seconds"] = t_base + time.perf_counter() - t_start
+        if step % 10 == 0 or step == tcfg.steps:
+            record["history"].append({"step": step, "ce": round(ce.item(), 4), "mtp_ce": round(m_ce.item(), 4),
+                                      "lr": lr, "grad_norm": round(gnorm, 3),
+                                      "seconds": round(record["train_seconds"], 1)})  # fmt: skip
+        bar.update(step, f"ce {ema[0]:.3f} mtp {ema[1]:.3f} lr {lr:.1e}")
+        if step % tcfg.eval_every == 0 or step == tcfg.steps:
+            ev = evaluate(torch, model, val_w, tcfg.mtp_weight)
+            record["evals"].append({"step": step, **{k: round(v, 4) for k, v in ev.items()}})
+            log(f"\nstep {step}: held-out ce {ev['val_ce']:.3f}, MTP ce {ev['val_mtp_ce']:.3f}, MTP agrees with the "
+                f"trunk {ev['mtp_agree']:.1%} ({ev['mtp_agree_conf']:.1%} where p >= 0.5, {ev['mtp_conf_frac']:.0%} of rows)")  # fmt: skip
+        if step % tcfg.ckpt_every == 0 or step == tcfg.steps:
+            save()
+    bar.close()
+    save()
+    return record
+
+
+def export(out: Path, path: Path, dtype: str = "f16", name: str = "graphir-tiny-qwen35-py") -> Path:
+    """Write the checkpoint in `out` as a Qwen3.5 GGUF through graphir's writer."""
+    torch = import_torch()
+    from graphir.models.gguf_write import write_qwen35
+    from graphir.types import DType
+
+    ckpt = out / "ckpt.pt"
+    if not ckpt.exists():
+        raise FileNotFoundError(f"[train-tiny] no checkpoint at {ckpt}: train first")
+    ck = torch.load(ckpt, weights_only=False)
+    mcfg = ModelConfig(**{**ck["configs"]["model"], "rope_sections": tuple(ck["configs"]["model"]["rope_sections"])})
+    model = build_model(mcfg, 0)
+    model.load_state_dict(ck["model"])
+    fields = json.loads((out / "tokenizer.json").read_text())
+    dt = {"f32": DType.F32, "f16": DType.F16}.get(dtype)
+    if dt is None:
+        raise ValueError(f"[train-tiny] --dtype must be f32 or f16, got {dtype!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_qwen35(path, mcfg.hparams(), model.gguf_tensors(dt), fields, name=name)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("--out", required=True, help="run directory (data cache, checkpoint, run.json)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    p.add_argument("--time-budget", type=float, default=None, help="stop (checkpointed) after this many seconds")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--mtp-weight", type=float, default=d.mtp_weight)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (default: torch's)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if out/ has a checkpoint")
+    p.add_argument("--export", metavar="GGUF", help="after training, write the model to this GGUF file")
+    p.add_argument("--export-only", action="store_true", help="skip training: export the checkpoint in --out")
+    p.add_argument("--dtype", choices=("f16", "f32"), default="f16", help="exported matrix type (default f16)")
+
+
+def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
+    if isinstance(argv, argparse.Namespace):
+        args = argv
+    else:
+        p = argparse.ArgumentParser(prog="graphir train-tiny", description=__doc__.splitlines()[0])
+        add_args(p)
+        args = p.parse_args(argv)
+    out = Path(args.out)
+    if not args.export_only:
+        mcfg = ModelConfig()
+        tcfg = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, seq_len=args.seq_len, lr=args.lr,
+                           mtp_weight=args.mtp_weight, threads=args.threads)  # fmt: skip
+        rec = train(out, mcfg, tcfg, time_budget=args.time_budget, resume=not args.no_resume)
+        if rec["evals"]:
+            print(json.dumps(rec["evals"][-1]))
+    if args.export or args.export_only:
+        path = export(out, Path(args.export or out / f"model-{args.dtype}.gguf"), args.dtype)
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
