@@ -12,7 +12,7 @@ import numpy as np
 from graphir.builders import ROPE_IMROPE, ROPE_MROPE, SORT_DESC
 from graphir.ops import BINARY_OPS, UNARY_OPS, Op
 from graphir.tensor import Tensor
-from graphir.types import DType
+from graphir.types import TYPE_INFO, DType
 
 from ..base import Call, Place
 from ..cpu.k_attn import alibi_slopes as attn_slopes
@@ -170,22 +170,34 @@ def _argsort(be, node: Tensor, dst: Place, srcs: list) -> Call:
 # ---- matrix -------------------------------------------------------------------------
 
 
+MM_WG = 16  # mul_mat's work-group: each item takes every 16th unit of 16 elements of the row
+
+
+def _mul_mat_defines(a: Tensor, b: Tensor) -> dict:
+    """mul_mat.cl's variant: a dequantized or loaded by type, contiguous rows read as vectors."""
+    defines = {"WG": MM_WG, "TB": TYPE[b.type]}
+    defines.update({"DEQ": DEQ[a.type], "TA": "F32"} if a.type in DEQ else {"TA": TYPE[a.type]})
+    if a.type in (DType.F32, DType.F16) and a.nb[0] == TYPE_INFO[a.type].block_bytes and a.ne[0] % 16 == 0:
+        defines["A_CONTIG"] = None
+    if b.nb[0] == TYPE_INFO[b.type].block_bytes:
+        defines["B_CONTIG"] = None
+    return defines
+
+
 def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> Call:
     a, b = node.src
-    defines = {"WG": WG, "TB": TYPE[b.type]}
-    defines.update({"DEQ": DEQ[a.type], "TA": "F32"} if a.type in DEQ else {"TA": TYPE[a.type]})
+    defines = _mul_mat_defines(a, b)
     args = tensor_args(srcs[0], a) + tensor_args(srcs[1], b) + tensor_args(dst, node)
     k = _set(be.programs.kernel("mul_mat.cl", "mul_mat", defines), *args)
-    return be.launch(k, node.nelements * WG, WG)
+    return be.launch(k, node.nelements * MM_WG, MM_WG)
 
 
 def _mul_mat_id(be, node: Tensor, dst: Place, srcs: list) -> Call:
     a, b, ids = node.src
-    defines = {"WG": WG, "TB": TYPE[b.type]}
-    defines.update({"DEQ": DEQ[a.type], "TA": "F32"} if a.type in DEQ else {"TA": TYPE[a.type]})
+    defines = _mul_mat_defines(a, b)
     args = tensor_args(srcs[0], a) + tensor_args(srcs[1], b) + tensor_args(srcs[2], ids) + tensor_args(dst, node)
     k = _set(be.programs.kernel("mul_mat.cl", "mul_mat_id", defines), *args)
-    return be.launch(k, node.nelements * WG, WG)
+    return be.launch(k, node.nelements * MM_WG, MM_WG)
 
 
 _mul_mat.supports = lambda node: node.src[0].type in TYPE or node.src[0].type in DEQ

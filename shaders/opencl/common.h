@@ -45,72 +45,57 @@ inline ushort f32_to_bf16(float v) {
 }
 
 // ---- block-quantized rows (GGUF layouts, graphir/quants.py) ----
-// deq16_<type>(row, u, w): the 16 floats of elements 16u .. 16u+15 of a row of blocks starting at
-// `row` into w. Every block size (32, 256) is a whole number of such units; float operations
-// in ggml's order, so values are bit-exact with the reference dequantization.
+// deq16_<type>(row, u): elements 16u .. 16u+15 of a row of blocks starting at `row`, as a
+// float16 vector. Every block size (32, 256) is a whole number of such units; lane-wise float
+// operations in ggml's order, so values are bit-exact with the reference dequantization.
 #define F16_AT(p) vload_half(0, (__global const half *)(p))
+#define BYTES16(p) vload16(0, (__global const uchar *)(p))
 
 // Q8_0: 34-byte blocks of 32: f16 d, int8 q[32]; x = d * q
-inline void deq16_q8_0(__global const char *row, int u, float *w) {
+inline float16 deq16_q8_0(__global const char *row, int u) {
     __global const char *blk = row + (u / 2) * 34;
-    float d = F16_AT(blk);
-    __global const char *q = blk + 2 + 16 * (u % 2);
-    for (int i = 0; i < 16; i++) w[i] = d * (float)q[i];
+    return F16_AT(blk) * convert_float16(vload16(0, blk + 2 + 16 * (u % 2)));
 }
 
 // Q4_0: 18-byte blocks of 32: f16 d, 16 bytes of nibbles (low: elements 0..15); x = d * (q - 8)
-inline void deq16_q4_0(__global const char *row, int u, float *w) {
-    __global const uchar *blk = (__global const uchar *)(row + (u / 2) * 18);
-    float d = F16_AT(blk);
-    int sh = 4 * (u % 2);
-    for (int i = 0; i < 16; i++) w[i] = d * (float)((int)((blk[2 + i] >> sh) & 0xF) - 8);
+inline float16 deq16_q4_0(__global const char *row, int u) {
+    __global const char *blk = row + (u / 2) * 18;
+    int16 q = convert_int16((BYTES16(blk + 2) >> (uchar)(4 * (u % 2))) & (uchar)0xF) - 8;
+    return F16_AT(blk) * convert_float16(q);
 }
 
 // 6-bit scale and min of sub-block s (0..7) of a Q4_K/Q5_K block from its 12 scale bytes
-inline void k4_scale_min(__global const uchar *sc12, int s, float *sc, float *m) {
-    if (s < 4) {
-        *sc = (float)(sc12[s] & 63);
-        *m = (float)(sc12[s + 4] & 63);
-    } else {
-        *sc = (float)((sc12[s + 4] & 0xF) | ((sc12[s - 4] >> 6) << 4));
-        *m = (float)((sc12[s + 4] >> 4) | ((sc12[s] >> 6) << 4));
-    }
+inline float2 k4_scale_min(__global const uchar *sc12, int s) {
+    if (s < 4) return (float2)(sc12[s] & 63, sc12[s + 4] & 63);
+    return (float2)((sc12[s + 4] & 0xF) | ((sc12[s - 4] >> 6) << 4), (sc12[s + 4] >> 4) | ((sc12[s] >> 6) << 4));
 }
 
 // Q4_K (144 B, 256 elements): f16 d, f16 dmin, scales[12], qs[128]. Sub-block s of 32 takes
 // the low (s even) or high nibbles of qs[32 (s/2) ..]; x = (d sc) q - (dmin m).
 // Q5_K (176 B): the same with qh[32] before qs, bit s of qh[l] the 5th bit of q.
-inline void deq16_k4(__global const char *row, int u, float *w, int bytes, int has_qh) {
+inline float16 deq16_k4(__global const char *row, int u, int bytes, int has_qh) {
     __global const uchar *blk = (__global const uchar *)(row + (u / 16) * bytes);
     int r = u % 16, s = r / 2, l0 = 16 * (r % 2);
-    float sc, m;
-    k4_scale_min(blk + 4, s, &sc, &m);
-    float d1 = F16_AT(blk) * sc, m1 = F16_AT(blk + 2) * m;
-    __global const uchar *qs = blk + (has_qh ? 48 : 16) + 32 * (s / 2) + l0;
-    int sh = 4 * (s % 2);
-    for (int i = 0; i < 16; i++) {
-        int q = (qs[i] >> sh) & 0xF;
-        if (has_qh) q |= ((blk[16 + l0 + i] >> s) & 1) << 4;
-        w[i] = d1 * (float)q - m1;
-    }
+    float2 sm = k4_scale_min(blk + 4, s);
+    float d1 = F16_AT(blk) * sm.x, m1 = F16_AT(blk + 2) * sm.y;
+    uchar16 q = (BYTES16(blk + (has_qh ? 48 : 16) + 32 * (s / 2) + l0) >> (uchar)(4 * (s % 2))) & (uchar)0xF;
+    if (has_qh) q |= ((BYTES16(blk + 16 + l0) >> (uchar)s) & (uchar)1) << (uchar)4;
+    return d1 * convert_float16(q) - m1;
 }
 
-inline void deq16_q4_k(__global const char *row, int u, float *w) { deq16_k4(row, u, w, 144, 0); }
-inline void deq16_q5_k(__global const char *row, int u, float *w) { deq16_k4(row, u, w, 176, 1); }
+inline float16 deq16_q4_k(__global const char *row, int u) { return deq16_k4(row, u, 144, 0); }
+inline float16 deq16_q5_k(__global const char *row, int u) { return deq16_k4(row, u, 176, 1); }
 
 // Q6_K (210 B, 256 elements): ql[128], qh[64], int8 scales[16], f16 d. Element 128h + 32k + l
 // takes the low (k < 2) or high nibble of ql[64h + 32 (k % 2) + l] and bits 2k, 2k+1 of
 // qh[32h + l]; x = (d scales[j / 16]) (q - 32).
-inline void deq16_q6_k(__global const char *row, int u, float *w) {
+inline float16 deq16_q6_k(__global const char *row, int u) {
     __global const uchar *blk = (__global const uchar *)(row + (u / 16) * 210);
     int r = u % 16, h = r / 8, k = (r % 8) / 2, l0 = 16 * (r % 2);
     float d1 = F16_AT(blk + 208) * (float)((__global const char *)blk)[192 + r];
-    __global const uchar *ql = blk + 64 * h + 32 * (k % 2) + l0, *qh = blk + 128 + 32 * h + l0;
-    int sl = 4 * (k / 2), shh = 2 * k;
-    for (int i = 0; i < 16; i++) {
-        int q = ((ql[i] >> sl) & 0xF) | (((qh[i] >> shh) & 3) << 4);
-        w[i] = d1 * (float)(q - 32);
-    }
+    uchar16 lo = (BYTES16(blk + 64 * h + 32 * (k % 2) + l0) >> (uchar)(4 * (k / 2))) & (uchar)0xF;
+    uchar16 hi = (BYTES16(blk + 128 + 32 * h + l0) >> (uchar)(2 * k)) & (uchar)3;
+    return d1 * convert_float16(convert_int16(lo | (hi << (uchar)4)) - 32);
 }
 
 #define LD_(T, p) LD_##T(p)

@@ -13,7 +13,7 @@ __kernel void get_rows(TENSOR(a), TENSOR(b), TENSOR(d)) {
     int i2 = (int)(r2 % (uint)d_ne.s2), i3 = (int)(r2 / (uint)d_ne.s2);
     int row = *(__global const int *)AT(b, i1, i2, i3, 0);
     float w[16];
-    DEQ(AT(a, 0, row, i2, i3), u, w);
+    vstore16(DEQ(AT(a, 0, row, i2, i3), u), 0, w);
     for (int i = 0; i < 16; i++) ST_F32(AT(d, 16 * u + i, i1, i2, i3), w[i]);
 #else
     if (idx >= NELEM(d)) return;

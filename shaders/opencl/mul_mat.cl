@@ -2,21 +2,43 @@
 // mul_mat_id: d[m, e, t] = sum_k as[k, m, ids[e, t]] * b[k, e % b.ne1, t].
 // One work-group of WG items per output element (a row-pair dot product), float accumulation.
 // -DTA=F32|F16|BF16 or -DDEQ=deq16_q8_0|deq16_q4_0|deq16_q4_k|deq16_q5_k|deq16_q6_k (common.h);
-// -DTB=F32|F16.
+// -DTB=F32|F16; -DA_CONTIG (F32/F16 a, K a multiple of 16), -DB_CONTIG: rows contiguous (nb0 = the
+// element size), read with vector loads.
 #include "common.h"
+
+// 16 consecutive floats of a contiguous F32 / F16 row, unit u
+#define LD16_F32(p, u) vload16((u), (__global const float *)(p))
+#define LD16_F16(p, u) vload_half16((u), (__global const half *)(p))
+#define LD16_(T, p, u) LD16_##T(p, u)
+#define LD16(T, p, u) LD16_(T, p, u)
+
+// 16 elements of a's row: dequantized, or vector loads of a contiguous F32/F16 row
+#if defined(DEQ)
+#define A16(row, u) DEQ(row, u)
+#elif defined(A_CONTIG)
+#define A16(row, u) LD16(TA, row, u)
+#endif
 
 // the WG-item dot product of row arow of a (stride a_nb0) and row brow of b (stride b_nb0)
 inline float row_dot(__global const char *arow, ulong a_nb0, __global const char *brow, ulong b_nb0, int K,
                      __local float *tmp) {
     int l = get_local_id(0);
     float acc = 0.0f;
-#ifdef DEQ
-    for (int u = l; u < K / 16; u += WG) {  // 16-element units of the block-quantized row
-        float w[16];
-        DEQ(arow, u, w);
-        __global const char *bp = brow + (ulong)(16 * u) * b_nb0;
-        for (int i = 0; i < 16; i++) acc += w[i] * LD(TB, bp + (ulong)i * b_nb0);
+#ifdef A16
+    float16 acc16 = 0.0f;
+    for (int u = l; u < K / 16; u += WG) {  // 16-element units of a's row
+#ifdef B_CONTIG
+        float16 x = LD16(TB, brow, u);
+#else
+        float x_[16];
+        for (int i = 0; i < 16; i++) x_[i] = LD(TB, brow + (ulong)(16 * u + i) * b_nb0);
+        float16 x = vload16(0, x_);
+#endif
+        acc16 += A16(arow, u) * x;
     }
+    float8 a8 = acc16.lo + acc16.hi;
+    float4 a4 = a8.lo + a8.hi;
+    acc = (a4.x + a4.y) + (a4.z + a4.w);
 #else
     for (int k = l; k < K; k += WG) acc += LD(TA, arow + (ulong)k * a_nb0) * LD(TB, brow + (ulong)k * b_nb0);
 #endif

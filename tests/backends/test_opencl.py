@@ -19,7 +19,7 @@ from graphir.backends.opencl.runtime import cl
 from graphir.graph import build_graph
 from graphir.ops import Op
 from graphir.quants import dequantize_rows, quantize_rows
-from graphir.types import DType
+from graphir.types import TYPE_INFO, DType
 
 AV = availability("opencl")
 needs_device = pytest.mark.skipif(not AV.ok, reason=f"opencl unavailable: {AV.reason}")
@@ -173,18 +173,35 @@ def test_get_rows_dequantizes_bit_exact(type):
     np.testing.assert_array_equal(got.reshape(want.shape), want)
 
 
+def _weight_rows(rng: np.random.Generator, type: DType, M: int, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw weight bytes (or floats) of type and the float64 values they hold."""
+    w = rng.standard_normal((M, K)).astype(np.float32)
+    if type in (DType.F32, DType.F16):
+        raw = w.astype(TYPE_INFO[type].np_dtype)
+        return raw, raw.astype(np.float64)
+    raw = quantize_rows(w, type)
+    return raw, dequantize_rows(raw.reshape(M, -1), type).astype(np.float64)
+
+
 @needs_device
-@pytest.mark.parametrize("type", QUANTS, ids=lambda t: t.name)
-def test_mul_mat_dequantizes_in_kernel(type):
+@pytest.mark.parametrize("b_layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("type", [DType.F32, DType.F16, *QUANTS], ids=lambda t: t.name)
+def test_mul_mat_vector_paths(type, b_layout):
+    """16-element units of a (dequantized in-kernel or vector-loaded) against b read as
+    vectors (contiguous rows) or gathered (a transposed view)."""
     rng = np.random.default_rng(2)
-    K, M, N = 2304, 9, 3  # 144 units of 16: work-items take 2 or 3 units each
-    raw = quantize_rows(rng.standard_normal((M, K)).astype(np.float32), type)
+    K, M, N = 2304, 9, 3  # 144 units of 16: work-items take 9 units each
+    raw, w64 = _weight_rows(rng, type, M, K)
     w = gr.new_weight(type, (K, M), raw, "w")
-    x = gr.new_input(DType.F32, (K, N), "x")
     xv = rng.standard_normal((N, K)).astype(np.float32)
-    got = _run_opencl(gr.mul_mat(w, x), {x: xv}).reshape(N, M)
-    want = xv.astype(np.float64) @ dequantize_rows(raw.reshape(M, -1), type).astype(np.float64).T
-    assert nmse(got, want) < 1e-10  # float32 accumulation of exact weights
+    if b_layout == "contiguous":
+        x = gr.new_input(DType.F32, (K, N), "x")
+        b, data = x, xv
+    else:
+        x = gr.new_input(DType.F32, (N, K), "x")
+        b, data = gr.transpose(x), np.ascontiguousarray(xv.T)
+    got = _run_opencl(gr.mul_mat(w, b), {x: data}).reshape(N, M)
+    assert nmse(got, xv.astype(np.float64) @ w64.T) < 1e-10  # float32 accumulation of exact weights
 
 
 @needs_device
