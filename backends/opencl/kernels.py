@@ -268,6 +268,9 @@ def _gated_delta_net(be, node: Tensor, dst: Place, srcs: list) -> Call:
     q, k, v, g = node.src[:4]
     S_v, H_v, _, n_seqs = v.ne
     defines = {"S_V": S_v} | ({"G_PER_CHANNEL": None} if g.ne[0] > 1 else {})
+    rows = (q, k, g) if g.ne[0] > 1 else (q, k)
+    if S_v % 4 == 0 and all(t.nb[0] == 4 for t in rows):
+        defines["VEC4"] = None
     args = [a for pl, t in zip(srcs, node.src) for a in tensor_args(pl, t)] + tensor_args(dst, node)
     kern = _set(be.programs.kernel("gated_delta_net.cl", "gated_delta_net", defines), *args,
                 np.int32(node.params["snapshots"]))  # fmt: skip
