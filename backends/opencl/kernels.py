@@ -216,6 +216,8 @@ def _flash_attn_ext(be, node: Tensor, dst: Place, srcs: list) -> Call:
         defines.update(HAS_MASK=None, TM=TYPE[mask.type])
     if softcap != 0:
         defines["SOFTCAP"] = None
+    if q.ne[0] % 4 == 0 and q.nb[0] == 4 and k.nb[0] == TYPE_INFO[k.type].block_bytes:
+        defines["QK_VEC4"] = None
     slopes = attn_slopes(q.ne[2], p["max_bias"]).astype(np.float32)
     sbuf = cl.Buffer(be.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=slopes)
     m_args = tensor_args(srcs[3], mask) if mask is not None else tensor_args(srcs[0], q)  # unused without a mask

@@ -2,14 +2,27 @@
 // query row per work-group of WG items. Pass 1 finds the row max; pass 2 walks the kv cells in
 // chunks of WG: each item scores one cell into local memory, then each item accumulates its
 // DV_PER output channels over the chunk. -inf mask entries weigh exactly 0; a fully masked row
-// gives zeros (ggml's S == 0 rule). -DTK, -DTV (F32/F16), -DHAS_MASK with -DTM, -DSOFTCAP.
+// gives zeros (ggml's S == 0 rule). -DTK, -DTV (F32/F16), -DHAS_MASK with -DTM, -DSOFTCAP;
+// -DQK_VEC4 when the q and k rows are contiguous and the head size is a multiple of 4.
 #include "common.h"
+
+#define LD4_F32(p, i) vload4((i), (__global const float *)(p))
+#define LD4_F16(p, i) vload_half4((i), (__global const half *)(p))
+#define LD4_(T, p, i) LD4_##T(p, i)
+#define LD4(T, p, i) LD4_(T, p, i)
 
 inline float score(__global char *q_d, ulong q_o, int4 q_ne, ulong4 q_nb, __global char *k_d, ulong k_o,
                    int4 k_ne, ulong4 k_nb, __global char *m_d, ulong m_o, int4 m_ne, ulong4 m_nb,
                    int j, int iq, int h, int s, int hk, int sk, float scale, float softcap, float slope) {
+    __global const char *qr = AT(q, 0, iq, h, s), *kr = AT(k, 0, j, hk, sk);
+#ifdef QK_VEC4  // contiguous q and k rows, head size a multiple of 4
+    float4 dot4 = 0.0f;
+    for (int i = 0; i < q_ne.s0 / 4; i++) dot4 += LD4_F32(qr, i) * LD4(TK, kr, i);
+    float dot = (dot4.x + dot4.y) + (dot4.z + dot4.w);
+#else
     float dot = 0.0f;
-    for (int i = 0; i < q_ne.s0; i++) dot += LD_F32(AT(q, i, iq, h, s)) * LD(TK, AT(k, i, j, hk, sk));
+    for (int i = 0; i < q_ne.s0; i++) dot += LD_F32(qr + i * q_nb.s0) * LD(TK, kr + i * k_nb.s0);
+#endif
     float x = dot * scale;
 #ifdef SOFTCAP
     x = softcap * tanh(x);
@@ -54,8 +67,10 @@ __kernel void flash_attn_ext(TENSOR(q), TENSOR(k), TENSOR(v), TENSOR(m), __globa
         int n = min(WG, n_kv - c0);
         for (int t = 0; t < DV_PER; t++) {
             int dv = l + t * WG;
-            if (dv < Dv)
-                for (int jj = 0; jj < n; jj++) acc[t] += w[jj] * LD(TV, AT(v, dv, c0 + jj, hk, sk));
+            if (dv < Dv) {
+                __global const char *vc = AT(v, dv, c0, hk, sk);
+                for (int jj = 0; jj < n; jj++) acc[t] += w[jj] * LD(TV, vc + jj * v_nb.s1);
+            }
         }
         barrier(CLK_LOCAL_MEM_FENCE);
     }

@@ -346,6 +346,45 @@ def test_kernel_signature_parser():
     }
 
 
+# ---- vector and scalar variants of the attention and delta-rule kernels ------------------
+
+
+def _opencl_vs_cpu(out, inputs: dict) -> float:
+    """NMSE of out computed on opencl against the cpu reference (every node on opencl)."""
+    got = _run_opencl(out, inputs)
+    plan = gr.compile(build_graph(out), ["cpu"], cache=False)
+    for t, v in inputs.items():
+        plan.set_input(t, v)
+    plan.run()
+    return nmse(got, plan.get(out))
+
+
+@needs_device
+@pytest.mark.parametrize("D", [8, 6])  # QK_VEC4 / scalar score loop
+def test_flash_attn_ext_head_sizes(D):
+    rng = np.random.default_rng(4)
+    q = gr.new_input(DType.F32, (D, 3, 4, 1), "q")
+    k = gr.new_input(DType.F16, (D, 70, 2, 1), "k")
+    v = gr.new_input(DType.F16, (D, 70, 2, 1), "v")
+    data = {q: rng.standard_normal((1, 4, 3, D)).astype(np.float32),
+            k: rng.standard_normal((1, 2, 70, D)).astype(np.float16),
+            v: rng.standard_normal((1, 2, 70, D)).astype(np.float16)}  # fmt: skip
+    assert _opencl_vs_cpu(gr.flash_attn_ext(q, k, v, None, D**-0.5), data) < 1e-10
+
+
+@needs_device
+@pytest.mark.parametrize("S_v", [8, 6])  # VEC4 / scalar state loops
+def test_gated_delta_net_state_sizes(S_v):
+    rng = np.random.default_rng(5)
+    H, T = 3, 5
+    shapes = {"q": (S_v, H, T, 1), "k": (S_v, H, T, 1), "v": (S_v, H, T, 1), "g": (S_v, H, T, 1),
+              "beta": (1, H, T, 1), "state": (S_v, S_v, H, 1)}  # fmt: skip
+    ts = {n: gr.new_input(DType.F32, ne, n) for n, ne in shapes.items()}
+    data = {t: (rng.standard_normal(t.ne[::-1]) * 0.3).astype(np.float32) for t in ts.values()}
+    out = gr.gated_delta_net(*ts.values(), snapshots=2)
+    assert _opencl_vs_cpu(out, data) < 1e-10
+
+
 # ---- the tiny model end to end ---------------------------------------------------------
 
 
