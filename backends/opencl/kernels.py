@@ -46,9 +46,15 @@ def _noop(be, node: Tensor, dst: Place, srcs: list) -> Call:  # views compute no
 # ---- copies -------------------------------------------------------------------------
 
 
+QUANTIZE = {DType.Q8_0: 8, DType.Q4_0: 4}  # block types cpy quantizes into (copy.cl's QUANT)
+
+
 def _copy(be, node: Tensor, dst: Place, srcs: list) -> Call:
     """cont / dup / cpy: src[0] in logical order into dst (converted to node.type)."""
     s, ts, td = node.src[0], node.src[0].type, node.type
+    if td in QUANTIZE:
+        k = be.programs.kernel("copy.cl", "quantize", {"QUANT": QUANTIZE[td], "TS": TYPE[ts]})
+        return be.launch(_set(k, *tensor_args(srcs[0], s), *tensor_args(dst, node)), node.nelements // 32)
     defines = {"RAW": RAW[ts]} if ts == td else {"TS": TYPE[ts], "TD": TYPE[td]}
     k = _set(be.programs.kernel("copy.cl", "copy", defines), *tensor_args(srcs[0], s), *tensor_args(dst, node))
     return be.launch(k, node.nelements)
@@ -56,7 +62,7 @@ def _copy(be, node: Tensor, dst: Place, srcs: list) -> Call:
 
 def _copy_supports(node: Tensor) -> bool:
     ts, td = node.src[0].type, node.type
-    return (ts == td and ts in RAW) or (ts in TYPE and td in TYPE)
+    return (ts == td and ts in RAW) or (ts in TYPE and (td in TYPE or td in QUANTIZE))
 
 
 _copy.supports = _copy_supports

@@ -346,6 +346,19 @@ def test_kernel_signature_parser():
     }
 
 
+@needs_device
+@pytest.mark.parametrize("type", [DType.Q8_0, DType.Q4_0], ids=lambda t: t.name)
+def test_cpy_quantizes_bit_exact(type):
+    rng = np.random.default_rng(6)
+    xv = rng.standard_normal((3, 96)).astype(np.float32)
+    xv[1, 32:64] = 0  # a zero block: d = 0
+    xv[2, :32] = np.round(xv[2, :32] * 4) / 4  # ties of magnitude and halves to round
+    x = gr.new_input(DType.F32, (96, 3), "x")
+    out = gr.cpy(x, gr.new_tensor(type, (96, 3), "q"))
+    got = _run_opencl(out, {x: xv})
+    np.testing.assert_array_equal(got.reshape(3, -1), quantize_rows(xv, type).reshape(3, -1))
+
+
 # ---- vector and scalar variants of the attention and delta-rule kernels ------------------
 
 
