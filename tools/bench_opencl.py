@@ -8,6 +8,8 @@
 Each case is a single-op graph compiled once per backend; a timing is the median of `--reps`
 runs of `plan.run()` (which ends with the backend's synchronization point) after one warm-up.
 The nmse column compares the two backends' outputs, so a fast wrong kernel shows.
+NOTE: the cpu backend's mat-vec goes through numpy's BLAS; on a loaded machine a threaded BLAS
+waits on busy cores (ms-sized steps): OPENBLAS_NUM_THREADS=1 gives steadier cpu figures.
 
 Run: python -m graphir.tools.bench_opencl [--reps 20] [--sizes 1024,2048]
 """
