@@ -644,7 +644,9 @@ def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float
 
 
 def export(out: Path, path: Path, dtype: str = "f16", name: str = "graphir-tiny-qwen35-py") -> Path:
-    """Write the checkpoint in `out` as a Qwen3.5 GGUF through graphir's writer."""
+    """Write the checkpoint in `out` as a Qwen3.5 GGUF through graphir's writer, with two files
+    beside it: <stem>.run.json (configs, corpus, losses, held-out evaluations) and
+    <stem>.tokenizer.json (the `tokenizers` model the vocabulary was trained as)."""
     torch = import_torch()
     from graphir.models.gguf_write import write_qwen35
     from graphir.types import DType
@@ -652,16 +654,24 @@ def export(out: Path, path: Path, dtype: str = "f16", name: str = "graphir-tiny-
     ckpt = out / "ckpt.pt"
     if not ckpt.exists():
         raise FileNotFoundError(f"[train-tiny] no checkpoint at {ckpt}: train first")
+    dt = {"f32": DType.F32, "f16": DType.F16}.get(dtype)
+    if dt is None:
+        raise ValueError(f"[train-tiny] --dtype must be f32 or f16, got {dtype!r}")
     ck = torch.load(ckpt, weights_only=False)
     mcfg = ModelConfig(**{**ck["configs"]["model"], "rope_sections": tuple(ck["configs"]["model"]["rope_sections"])})
     model = build_model(mcfg, 0)
     model.load_state_dict(ck["model"])
     fields = json.loads((out / "tokenizer.json").read_text())
-    dt = {"f32": DType.F32, "f16": DType.F16}.get(dtype)
-    if dt is None:
-        raise ValueError(f"[train-tiny] --dtype must be f32 or f16, got {dtype!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_qwen35(path, mcfg.hparams(), model.gguf_tensors(dt), fields, name=name)
+    rec = ck["record"]
+    corpus = json.loads((out / "corpus.json").read_text()) if (out / "corpus.json").exists() else {}
+    summary = {"configs": ck["configs"], "step": ck["step"], "n_params": rec.get("n_params"),
+               "train_seconds": round(rec["train_seconds"], 1), "torch": torch.__version__, "corpus": corpus,
+               "evals": rec["evals"], "history": rec["history"][4::5]}  # fmt: skip
+    path.with_suffix(".run.json").write_text(json.dumps(summary, indent=1))
+    if (out / "tokenizer.hf.json").exists():
+        path.with_suffix(".tokenizer.json").write_bytes((out / "tokenizer.hf.json").read_bytes())
     return path
 
 

@@ -10,10 +10,12 @@ Needs torch (the `[train]` extra); skips otherwise.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tokenizers
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[train]', torch==2.13.0)")
 
@@ -102,6 +104,11 @@ def test_export_writes_ssm_a_and_keeps_1d_tensors_f32(run_dir: Path) -> None:
         want = "F32" if len(t.ne) == 1 or name.endswith("ssm_conv1d.weight") else "F16"
         assert t.type_name == want, name
     assert "output.weight" not in f.tensors  # tied embeddings
+    rec = json.loads(path.with_suffix(".run.json").read_text())  # the record exported beside the model
+    assert rec["step"] == RUN.steps and [e["step"] for e in rec["evals"]] == [3, 6]
+    hf = tokenizers.Tokenizer.from_file(str(path.with_suffix(".tokenizer.json")))
+    text = Path(tt.__file__).read_text()[:2000]
+    assert hf.encode(text, add_special_tokens=False).ids == Model.load(path).tokenizer.encode(text, add_special=False)
 
 
 def test_resume_equals_an_uninterrupted_run(run_dir: Path, tmp_path: Path) -> None:
