@@ -1,6 +1,6 @@
 """`graphir generate`: run a GGUF model on a prompt and stream the continuation.
 
-Defaults to the embedded tiny model (created on first use, see models/tiny.py). Prints the
+Defaults to the shipped trained tiny model (models/data/tiny-qwen35-py.gguf, see models/tiny.py). Prints the
 text to stdout as it is generated and the timing (prefill and decode tokens/s) to stderr.
 """
 
@@ -13,7 +13,7 @@ import time
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", "-p", default="def main():", help="text to continue")
-    p.add_argument("--model", "-m", help="GGUF file (default: the embedded tiny qwen35 model)")
+    p.add_argument("--model", "-m", help="GGUF file (default: the shipped trained tiny qwen35 model)")
     p.add_argument("--n-predict", "-n", type=int, default=64, help="tokens to generate (default 64)")
     p.add_argument("--ctx-size", "-c", type=int, default=512, help="context size in tokens (default 512)")
     p.add_argument("--ubatch", type=int, default=128, help="tokens per compute step (default 128)")

@@ -131,6 +131,8 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     mtp_weight: float = 0.3
+    mtp_chain_weight: float = 0.0  # > 0: also train the head on its own hidden state (see `losses`)
+    freeze_trunk: bool = False  # train the MTP block only (fine-tuning a head from --init-from)
     chunk: int = 64  # delta-rule chunk length
     eval_every: int = 250
     eval_windows: int = 64
@@ -329,7 +331,10 @@ def build_model(cfg: ModelConfig, seed: int) -> Any:
             x0, x1, rest = x[..., :n], x[..., n : 2 * n], x[..., 2 * n :]
             return torch.cat([x0 * cos - x1 * sin, x0 * sin + x1 * cos, rest], -1)
 
-        def attention(self, x: Any, il: int, pos: Any) -> Any:
+        def attention(self, x: Any, il: int, pos: Any, ctx: Any = None, kv_out: list | None = None) -> Any:
+            """Causal attention over x's own rows; with ctx = (k, v, mask) the rows attend to the
+            context keys and their own (mask (T, T_ctx + T), True = attend) instead. kv_out
+            receives this call's (k, v) (normed and rotated)."""
             B, T, _ = x.shape
             hd, H, Hkv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
             p = f"blk.{il}."
@@ -339,10 +344,15 @@ def build_model(cfg: ModelConfig, seed: int) -> Any:
             v = F.linear(x, self.w(p + "attn_v.weight")).view(B, T, Hkv, hd)
             q = self.rope(rms_norm(q, self.w(p + "attn_q_norm.weight"), cfg.rms_eps), pos)
             k = self.rope(rms_norm(k, self.w(p + "attn_k_norm.weight"), cfg.rms_eps), pos)
+            if kv_out is not None:
+                kv_out.append((k, v))
+            mask = None
+            if ctx is not None:
+                k, v, mask = torch.cat([ctx[0], k], 1), torch.cat([ctx[1], v], 1), ctx[2]
             rep = H // Hkv  # query head h reads kv head h // rep
             k, v = k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
             o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               is_causal=True, scale=hd**-0.5)  # fmt: skip
+                                               attn_mask=mask, is_causal=mask is None, scale=hd**-0.5)  # fmt: skip
             o = o.transpose(1, 2).reshape(B, T, H * hd) * torch.sigmoid(gate)
             return F.linear(o, self.w(p + "attn_output.weight"))
 
@@ -372,10 +382,13 @@ def build_model(cfg: ModelConfig, seed: int) -> Any:
             gate = F.linear(x, self.w(p + "ffn_gate.weight"))
             return F.linear(F.silu(gate) * F.linear(x, self.w(p + "ffn_up.weight")), self.w(p + "ffn_down.weight"))
 
-        def block(self, x: Any, il: int, pos: Any) -> Any:
+        def block(self, x: Any, il: int, pos: Any, ctx: Any = None, kv_out: list | None = None) -> Any:
             p = f"blk.{il}."
             h = rms_norm(x, self.w(p + "attn_norm.weight"), cfg.rms_eps)
-            mix = self.delta_net(h, il) if il < cfg.n_layer and cfg.is_recurrent(il) else self.attention(h, il, pos)
+            if il < cfg.n_layer and cfg.is_recurrent(il):
+                mix = self.delta_net(h, il)
+            else:
+                mix = self.attention(h, il, pos, ctx, kv_out)
             x = x + mix
             return x + self.ffn(rms_norm(x, self.w(p + "post_attention_norm.weight"), cfg.rms_eps), il)
 
@@ -386,27 +399,41 @@ def build_model(cfg: ModelConfig, seed: int) -> Any:
             """tokens (B, T) at positions 0..T-1 -> (logits (B, T, V), h_nextn (B, T, E),
             MTP logits (B, T-1, V) and hidden (B, T-1, E): row r is position p = r + 1, reading
             x_p and h_{p-1}, predicting x_{p+1})."""
-            B, T = tokens.shape
+            logits, h = self.trunk(tokens)
+            m_logits, m_hidden = self.mtp(tokens[:, 1:], h[:, :-1], torch.arange(1, tokens.shape[1]))
+            return logits, h, m_logits, m_hidden
+
+        def trunk(self, tokens: Any) -> tuple[Any, Any]:
+            """tokens (B, T) at positions 0..T-1 -> (logits (B, T, V), h_nextn (B, T, E))."""
             emb = self.w("token_embd.weight")
-            pos = torch.arange(T)
+            pos = torch.arange(tokens.shape[1])
             x = emb[tokens]
             for il in range(cfg.n_layer):
                 x = self.block(x, il, pos)
             h = rms_norm(x, self.w("output_norm.weight"), cfg.rms_eps)
-            logits = h @ emb.t()
-            m_logits, m_hidden = self.mtp(tokens[:, 1:], h[:, :-1], pos[1:])
-            return logits, h, m_logits, m_hidden
+            return h @ emb.t(), h
 
-        def mtp(self, tokens: Any, h_prev: Any, pos: Any) -> tuple[Any, Any]:
-            """The MTP head: tokens x_p (B, n), the trunk's h_{p-1} (B, n, E), positions (n,)."""
+        def mtp(self, tokens: Any, h_prev: Any, pos: Any, ctx: Any = None, kv_out: list | None = None) -> tuple[Any, Any]:
+            """The MTP head: tokens x_p (B, n), the trunk's h_{p-1} (B, n, E), positions (n,);
+            ctx / kv_out as in `attention` (its block's attention)."""
             il, emb = cfg.n_layer, self.w("token_embd.weight")
             p = f"blk.{il}.nextn."
             e = rms_norm(emb[tokens], self.w(p + "enorm.weight"), cfg.rms_eps)
             hn = rms_norm(h_prev, self.w(p + "hnorm.weight"), cfg.rms_eps)
             x = F.linear(torch.cat([e, hn], -1), self.w(p + "eh_proj.weight"))
-            x = self.block(x, il, pos)
+            x = self.block(x, il, pos, ctx, kv_out)
             hidden = rms_norm(x, self.w(p + "shared_head_norm.weight"), cfg.rms_eps)
             return hidden @ emb.t(), hidden
+
+        def mtp_chained(self, tokens: Any, m_hidden: Any, kv: tuple[Any, Any]) -> tuple[Any, Any]:
+            """The head's second draft step at every position q = 2..T-1: token x_q with the head's
+            own hidden m_{q-1} (m_hidden, (B, T-1, E), rows = positions 1..T-1), attending to the
+            true rows' keys/values `kv` of positions <= q-1 and its own. -> logits, hidden (B, T-2, .)"""
+            T = tokens.shape[1]
+            n_true, n_chain = T - 1, T - 2
+            mask = torch.cat([torch.ones(n_chain, n_true, dtype=torch.bool).tril(),
+                              torch.eye(n_chain, dtype=torch.bool)], 1)  # fmt: skip
+            return self.mtp(tokens[:, 2:], m_hidden[:, :-1], torch.arange(2, T), ctx=(*kv, mask))
 
         # ---- export -------------------------------------------------------------------------
         def gguf_tensors(self, dtype: Any) -> dict[str, tuple[Any, np.ndarray]]:
@@ -497,15 +524,31 @@ def delta_rule_loop(torch: Any, q: Any, k: Any, v: Any, g: Any, beta: Any) -> An
 # --------------------------------------------------------------------------------------------
 
 
-def losses(torch: Any, model: Any, windows: Any, mtp_weight: float) -> tuple[Any, Any, Any]:
-    """(total, trunk CE, MTP CE) of windows (B, T + 1)."""
+def losses(torch: Any, model: Any, windows: Any, mtp_weight: float,
+           chain_weight: float = 0.0) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+    """(total, trunk CE, MTP CE, chained MTP CE or None) of windows (B, T + 1).
+
+    The chained term trains the head on its own hidden state, as the second draft of a round
+    sees it: the row at position q reads x_q with the head's hidden output m_{q-1} (not the
+    trunk's h_{q-1}) and attends to the head's cache as it stands then: the true rows of
+    positions <= q-1 and itself. Target x_{q+1}.
+    """
     F = torch.nn.functional
     x, y = windows[:, :-1], windows[:, 1:]
-    logits, _, m_logits, _ = model(x)
+    kv: list = []
+    B, T = x.shape
+    logits, h = model.trunk(x)
+    m_logits, m_hidden = model.mtp(x[:, 1:], h[:, :-1], torch.arange(1, T), kv_out=kv)
     V = logits.shape[-1]
     ce = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
     m_ce = F.cross_entropy(m_logits.reshape(-1, V), y[:, 1:].reshape(-1))
-    return ce + mtp_weight * m_ce, ce, m_ce
+    total = ce + mtp_weight * m_ce
+    c_ce = None
+    if chain_weight > 0:
+        c_logits, _ = model.mtp_chained(x, m_hidden, kv[0])
+        c_ce = F.cross_entropy(c_logits.reshape(-1, V), y[:, 2:].reshape(-1))
+        total = total + chain_weight * c_ce
+    return total, ce, m_ce, c_ce
 
 
 def evaluate(torch: Any, model: Any, windows: np.ndarray, mtp_weight: float, batch: int = 16) -> dict[str, float]:
@@ -564,8 +607,11 @@ class Progress:
 
 
 def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float | None = None,
-          resume: bool = True, log: Any = print, corpus_root: Path | None = None) -> dict[str, Any]:  # fmt: skip
-    """Train (or continue) the run in `out`; returns the run record (also out/run.json)."""
+          resume: bool = True, log: Any = print, corpus_root: Path | None = None,
+          init_from: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train (or continue) the run in `out`; returns the run record (also out/run.json).
+    init_from: a run directory whose checkpoint's weights start a new run (its optimizer state
+    and step are not taken), e.g. to fine-tune the MTP head with `tcfg.freeze_trunk`."""
     torch = import_torch()
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
@@ -575,8 +621,17 @@ def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float
     cfgs = {"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg)}
     model = build_model(mcfg, tcfg.seed)
     model.chunk = tcfg.chunk
-    decay = [p for n, p in model.p.items() if p.dim() >= 2]
-    no_decay = [p for n, p in model.p.items() if p.dim() < 2]
+    if init_from is not None:
+        src = torch.load(Path(init_from) / "ckpt.pt", weights_only=False)
+        if src["configs"]["model"] != cfgs["model"]:
+            raise ValueError(f"[train-tiny] {init_from} holds another model config")
+        model.load_state_dict(src["model"])
+    head = f"blk__{mcfg.n_layer}__"  # the MTP block's parameters (token_embd is the trunk's)
+    for name, prm in model.p.items():
+        prm.requires_grad_(not tcfg.freeze_trunk or name.startswith(head))
+    trained = {n: p for n, p in model.p.items() if p.requires_grad}
+    decay = [p for p in trained.values() if p.dim() >= 2]
+    no_decay = [p for p in trained.values() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2))  # fmt: skip
@@ -617,10 +672,10 @@ def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float
         for group in opt.param_groups:
             group["lr"] = lr
         w = torch.from_numpy(batch_at(tr, tcfg.seed, step, tcfg.batch, tcfg.seq_len))
-        loss, ce, m_ce = losses(torch, model, w, tcfg.mtp_weight)
+        loss, ce, m_ce, c_ce = losses(torch, model, w, tcfg.mtp_weight, tcfg.mtp_chain_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip).item()
+        gnorm = torch.nn.utils.clip_grad_norm_(list(trained.values()), tcfg.grad_clip).item()
         opt.step()
         step += 1
         ema = (ce.item(), m_ce.item()) if ema is None else (0.95 * ema[0] + 0.05 * ce.item(),
@@ -630,6 +685,8 @@ def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float
             record["history"].append({"step": step, "ce": round(ce.item(), 4), "mtp_ce": round(m_ce.item(), 4),
                                       "lr": lr, "grad_norm": round(gnorm, 3),
                                       "seconds": round(record["train_seconds"], 1)})  # fmt: skip
+            if c_ce is not None:
+                record["history"][-1]["chain_ce"] = round(c_ce.item(), 4)
         bar.update(step, f"ce {ema[0]:.3f} mtp {ema[1]:.3f} lr {lr:.1e}")
         if step % tcfg.eval_every == 0 or step == tcfg.steps:
             ev = evaluate(torch, model, val_w, tcfg.mtp_weight)
@@ -690,6 +747,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=d.seq_len)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--mtp-weight", type=float, default=d.mtp_weight)
+    p.add_argument("--mtp-chain-weight", type=float, default=d.mtp_chain_weight,
+                   help="weight of the chained-draft MTP loss (default 0: off)")
+    p.add_argument("--init-from", metavar="DIR", help="start from the weights of another run's checkpoint")
+    p.add_argument("--freeze-trunk", action="store_true", help="train the MTP block only")
+    p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (default: torch's)")
     p.add_argument("--no-resume", action="store_true", help="start over even if out/ has a checkpoint")
     p.add_argument("--export", metavar="GGUF", help="after training, write the model to this GGUF file")
@@ -708,8 +770,10 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
     if not args.export_only:
         mcfg = ModelConfig()
         tcfg = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, seq_len=args.seq_len, lr=args.lr,
-                           mtp_weight=args.mtp_weight, threads=args.threads)  # fmt: skip
-        rec = train(out, mcfg, tcfg, time_budget=args.time_budget, resume=not args.no_resume)
+                           warmup=args.warmup, mtp_weight=args.mtp_weight, mtp_chain_weight=args.mtp_chain_weight,
+                           freeze_trunk=args.freeze_trunk, threads=args.threads)  # fmt: skip
+        rec = train(out, mcfg, tcfg, time_budget=args.time_budget, resume=not args.no_resume,
+                    init_from=Path(args.init_from) if args.init_from else None)  # fmt: skip
         if rec["evals"]:
             print(json.dumps(rec["evals"][-1]))
     if args.export or args.export_only:

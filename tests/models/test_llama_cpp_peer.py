@@ -231,3 +231,17 @@ def test_h_nextn_matches_llama_cpp(models, arch) -> None:
     logits, h = graph_outputs(path, tokens)
     assert h.shape == ref_h.shape == (len(tokens), 128)
     assert nmse(h, ref_h) <= 1e-5 and nmse(logits, ref_logits) <= 1e-5
+
+
+def test_shipped_model_matches_llama_cpp() -> None:
+    """The trained model graphir ships (F16): llama.cpp loads it with its MTP block, tokenizes
+    code as we do and computes the same logits (F16 weights on both sides)."""
+    path = tiny.shipped_model_path()
+    assert load_with_mtp(path)
+    text = "import os\n\n\ndef main(argv):\n    for name in sorted(os.listdir('.')):\n        print(name)\n"
+    tokens = Tokenizer.from_gguf_fields(load_gguf(path).metadata).encode(text)
+    assert _vocab_only(path).tokenize(text.encode(), add_bos=False, special=True) == tokens
+    ref, _ = llama_outputs(llama(path), tokens)
+    ours = our_logits(path, tokens)
+    assert ours.shape == ref.shape == (len(tokens), 1024)
+    assert nmse(ours, ref) <= 2e-3 and nmse(ours[1:], ref[:-1]) > 1e-2

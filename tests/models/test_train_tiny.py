@@ -92,6 +92,41 @@ def test_export_parity(run_dir: Path, dtype: str) -> None:
             assert nmse(got, want) <= 2e-3, what
 
 
+def test_chained_head_step_equals_the_speculative_protocol(run_dir: Path) -> None:
+    """The chained MTP loss's rows are what a second draft step computes: graphir's MTP context
+    fed the true rows 1..q-1, then x_q with the head's own hidden m_{q-1}, gives PyTorch's
+    chained logits for position q."""
+    path = tt.export(run_dir, run_dir / "chain-f32.gguf", "f32")
+    tm = tt.build_model(SMALL, 0)
+    tm.load_state_dict(torch.load(run_dir / "ckpt.pt", weights_only=False)["model"])
+    tm.double().eval()
+    toks = np.fromfile(run_dir / "val.u16", np.uint16)[:24].astype(np.int64)
+    x = torch.from_numpy(toks)[None]
+    with torch.no_grad():
+        _, h = tm.trunk(x)
+        kv: list = []
+        _, m_hidden = tm.mtp(x[:, 1:], h[:, :-1], torch.arange(1, len(toks)), kv_out=kv)
+        c_logits = tm.mtp_chained(x, m_hidden, kv[0])[0][0].numpy()
+    h, m_hidden = h[0].numpy(), m_hidden[0].numpy()
+    mtp = MtpContext(Model.load(path), n_ctx=64, type_k="f32", type_v="f32")
+    for q in (2, 7, 23):
+        mtp.clear()
+        mtp.decode(Batch(toks[1:q].tolist(), embd=h[: q - 1], pos=np.arange(1, q)))  # true rows 1..q-1
+        got = mtp.decode(Batch([int(toks[q])], embd=m_hidden[q - 2 : q - 1], pos=[q])).logits[0]
+        assert np.abs(got - c_logits[q - 2]).max() <= 1e-5 * max(1.0, np.abs(c_logits[q - 2]).max()), q
+
+
+def test_freeze_trunk_trains_the_head_only(run_dir: Path, tmp_path: Path) -> None:
+    cfg = tt.TrainConfig(**{**RUN.__dict__, "steps": 2, "freeze_trunk": True, "mtp_chain_weight": 0.5})
+    rec = tt.train(tmp_path, SMALL, cfg, corpus_root=CORPUS, log=quiet, init_from=run_dir)
+    assert "chain_ce" in rec["history"][-1]
+    a = torch.load(tmp_path / "ckpt.pt", weights_only=False)["model"]
+    b = torch.load(run_dir / "ckpt.pt", weights_only=False)["model"]
+    head = f"p.blk__{SMALL.n_layer}__"
+    assert all(torch.equal(a[k], b[k]) for k in b if not k.startswith(head))  # the trunk (and embeddings) as it was
+    assert not all(torch.equal(a[k], b[k]) for k in b if k.startswith(head))
+
+
 def test_export_writes_ssm_a_and_keeps_1d_tensors_f32(run_dir: Path) -> None:
     from graphir.models.gguf import load_gguf
 
