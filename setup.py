@@ -23,7 +23,7 @@ setup(
     packages=list(PACKAGES),
     package_dir=PACKAGES,
     package_data={
-        "graphir.models": ["data/*.txt"],
+        "graphir.models": ["data/*.txt", "data/*.gguf", "data/*.json", "data/*.md"],
         "graphir.shaders": ["vulkan/*.comp", "vulkan/*.glsl", "opencl/*.cl", "opencl/*.h", "cuda/*.cu", "cuda/*.cuh"]
     },
     # NOTE: `import graphir` needs only numpy; gguf (GGUF files and the block-format oracle) and

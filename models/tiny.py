@@ -1,6 +1,11 @@
-"""The embedded tiny model: a small deterministic Qwen3.5 GGUF (dense or MoE) and `graphir make-tiny`.
+"""The embedded models: the shipped trained tiny model (`graphir generate`'s default), and small
+deterministic random-weight Qwen3.5 GGUFs (dense or MoE) for tests and `graphir make-tiny`.
 
-The model is complete but small: 4 trunk layers (3 gated delta net + 1 gated attention, with
+The shipped model (`data/tiny-qwen35-py.gguf`, F16) is a 3.3M-parameter qwen35 with one MTP block
+trained on the Python standard library by `graphir train-tiny`; its recipe and figures are in
+`data/tiny-qwen35-py.md` next to it. `default_model_path()` returns it.
+
+The random-weight models are complete but small: 4 trunk layers (3 gated delta net + 1 gated attention, with
 `full_attention_interval` 4 as in Qwen3.5) plus one MTP (nextn) block, n_embd 128, partial
 IMRoPE, and a 512-token byte-level BPE vocabulary trained with `train_byte_bpe` on
 `data/tiny_corpus.txt` (English prose and Python shipped with the package) plus the Qwen chat
@@ -9,8 +14,7 @@ are fully defined by the file: llama.cpp and graphir must agree on them, which i
 test checks. Everything is a pure function of (arch, dtype, seed), so the bytes are the same on
 every run.
 
-`default_model_path()` is the model `graphir generate` uses when no `--model` is given: created
-on first use in the cache dir (`$GRAPHIR_CACHE`, else `$XDG_CACHE_HOME/graphir`, else
+`cached_tiny_path()` gives one in the cache dir, created on first use (`$GRAPHIR_CACHE`, else `$XDG_CACHE_HOME/graphir`, else
 `~/.cache/graphir`), reused while its recorded version (`general.version`: the recipe version
 plus a hash of the exact contents) matches what this code would write, regenerated otherwise.
 Files are written to a temporary name and renamed into place, so concurrent creators and
@@ -41,6 +45,7 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 VOCAB_SIZE = 512
 DTYPES = {"f32": DType.F32, "f16": DType.F16}
 CORPUS = "tiny_corpus.txt"
+SHIPPED_MODEL = "tiny-qwen35-py.gguf"  # trained by `graphir train-tiny`; recipe in tiny-qwen35-py.md
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,8 +202,20 @@ def cached_tiny_path(arch: str = "qwen35", dtype: DType | str = DType.F32, seed:
     return path
 
 
+def shipped_model_path() -> Path:
+    """The trained tiny qwen35 + MTP model shipped as package data (F16, ~7 MB)."""
+    path = Path(str(resources.files(__package__) / "data" / SHIPPED_MODEL))
+    if not path.is_file():
+        raise FileNotFoundError(f"[tiny] the shipped model {path} is missing: reinstall graphir, or train one with "
+                                "`graphir train-tiny --out DIR --export FILE` and pass --model FILE")  # fmt: skip
+    return path
+
+
 def default_model_path(arch: str = "qwen35") -> Path:
-    """The embedded default model (`graphir generate` without --model), created on first use."""
+    """The model `graphir generate` runs without --model: the shipped trained model for "qwen35";
+    for "qwen35moe" (no trained MoE is shipped) the random-weight tiny MoE from the cache."""
+    if arch == "qwen35":
+        return shipped_model_path()
     return cached_tiny_path(arch)
 
 

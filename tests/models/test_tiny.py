@@ -1,5 +1,5 @@
 """The embedded tiny model: deterministic bytes, a valid Qwen3.5 file (dense and MoE), a trained
-vocabulary that round-trips text, the cached default model (created once, reused, regenerated
+vocabulary that round-trips text, the cached random model (created once, reused, regenerated
 when stale, safe against concurrent creators) and `graphir make-tiny`."""
 
 from __future__ import annotations
@@ -147,41 +147,41 @@ def test_tokenizer_specials_and_unseen_text(tokenizer) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# the default model in the cache
+# the random models in the cache
 # --------------------------------------------------------------------------------------------
 
 
-def test_default_model_created_once_and_reused(cache, dense, monkeypatch) -> None:
-    path = tiny.default_model_path()
+def test_cached_model_created_once_and_reused(cache, dense, monkeypatch) -> None:
+    path = tiny.cached_tiny_path()
     assert path == cache / "tiny-qwen35.gguf" and sha256(path) == sha256(dense)
     st = path.stat()
     monkeypatch.setattr(tiny, "_verified", {})  # as a new process would: check the file's version
-    assert tiny.default_model_path() == path
+    assert tiny.cached_tiny_path() == path
     st2 = path.stat()
     assert (st2.st_ino, st2.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)  # not rewritten
     assert [p.name for p in cache.iterdir()] == ["tiny-qwen35.gguf"]  # no temporary files left behind
 
 
-def test_default_model_regenerated_when_stale_or_missing(cache, dense, monkeypatch) -> None:
-    path = tiny.default_model_path()
+def test_cached_model_regenerated_when_stale_or_missing(cache, dense, monkeypatch) -> None:
+    path = tiny.cached_tiny_path()
     tiny.make_tiny(path, seed=7)  # another recipe: its recorded version differs
     monkeypatch.setattr(tiny, "_verified", {})
-    assert sha256(tiny.default_model_path()) == sha256(dense)
+    assert sha256(tiny.cached_tiny_path()) == sha256(dense)
     path.write_bytes(b"GGUF garbage")  # unreadable: regenerated too
     monkeypatch.setattr(tiny, "_verified", {})
-    assert sha256(tiny.default_model_path()) == sha256(dense)
+    assert sha256(tiny.cached_tiny_path()) == sha256(dense)
     path.unlink()  # deleted behind the memo's back: the stat no longer matches
-    assert sha256(tiny.default_model_path()) == sha256(dense)
+    assert sha256(tiny.cached_tiny_path()) == sha256(dense)
 
 
-def test_default_model_per_arch(cache) -> None:
-    moe = tiny.default_model_path("qwen35moe")
+def test_cached_model_per_arch(cache) -> None:
+    moe = tiny.cached_tiny_path("qwen35moe")
     assert moe.name == "tiny-qwen35moe.gguf" and validate_qwen35(load_gguf(moe)).is_moe
-    assert tiny.default_model_path() != moe
+    assert tiny.cached_tiny_path() != moe
 
 
 def test_concurrent_creators_leave_one_complete_file(cache, dense) -> None:
-    code = "from graphir.models.tiny import default_model_path; print(default_model_path())"
+    code = "from graphir.models.tiny import cached_tiny_path; print(cached_tiny_path())"
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
@@ -209,7 +209,7 @@ def test_make_tiny_main_default_is_the_cache(cache, capsys) -> None:
     ns = argparse.Namespace(output=None, arch="qwen35", dtype="f32", seed=0)  # as the graphir CLI passes it
     assert tiny.make_tiny_main(ns) == 0
     path, line = capsys.readouterr().out.splitlines()
-    assert path == str(tiny.default_model_path()) and "n_ff 256" in line and "F32 weights" in line
+    assert path == str(tiny.cached_tiny_path()) and "n_ff 256" in line and "F32 weights" in line
     assert tiny.make_tiny_main(["--seed", "2"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == str(cache / "tiny-qwen35-f32-seed2.gguf")
     with pytest.raises(SystemExit):
