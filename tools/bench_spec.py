@@ -111,8 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--draft-max", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--sample", action="store_true", help="the default sampler (seeded) instead of greedy")
     p.add_argument("--threads", type=int, default=2, help="llama.cpp threads (default 2)")
-    p.add_argument("--verify-cost", type=float, nargs="+", default=list(VERIFY_COST_08B),
-                   help="verify(k) / single decode for k = 1.. (default: 0.8B-shaped llama.cpp figures)")
+    p.add_argument(
+        "--verify-cost",
+        type=float,
+        nargs="+",
+        default=list(VERIFY_COST_08B),
+        help="verify(k) / single decode for k = 1.. (default: 0.8B-shaped llama.cpp figures)",
+    )
     p.add_argument("--head-cost", type=float, default=HEAD_COST_08B, help="a head step / single decode")
     args = p.parse_args(argv)
 
@@ -130,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"median), {args.n_predict} tokens each, {'sampled (seed ' + str(cfg.seed) + ')' if args.sample else 'greedy'}")  # fmt: skip
     res = run_graphir(model, prompts, args.n_predict, args.draft_max, cfg)
     base = res[0]["tok_s"]
-    print(f"\n{'draft_max':>9} {'tok/s':>8} {'vs plain':>8} {'tok/round':>9} {'draft s':>8} {'verify s':>8}  acceptance per position")
+    print(
+        f"\n{'draft_max':>9} {'tok/s':>8} {'vs plain':>8} {'tok/round':>9} {'draft s':>8} {'verify s':>8}  acceptance per position"
+    )
     for k, r in res.items():
         acc = " ".join(f"{a:.2f}" for a in r["acc"]) if k else "-"
         print(f"{k or 'plain':>9} {r['tok_s']:>8.1f} {r['tok_s'] / base:>8.2f} {r['tokens_per_round']:>9.2f} "

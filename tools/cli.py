@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         args.backend = ["cpu"]
     try:
         return args.func(args)
-    except (ValueError, KeyError, backends.BackendUnavailable) as e:
+    except (ValueError, KeyError, FileNotFoundError, backends.BackendUnavailable) as e:
         print(f"graphir {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -25,6 +25,7 @@ from graphir.models.context import Context  # noqa: E402
 from graphir.models.model import Model  # noqa: E402
 from graphir.models.mtp import MtpContext  # noqa: E402
 from graphir.tools import train_tiny as tt  # noqa: E402
+from graphir.tools import train_tiny_model as ttm  # noqa: E402
 
 SMALL = tt.ModelConfig(n_vocab=400, n_embd=64, n_layer=4, n_head=2, n_head_kv=1, head_dim=32, n_rot=8,
                        rope_sections=(2, 1, 1, 0), ssm_d_state=16, ssm_n_group=2, ssm_n_v_heads=4, n_ff=128)  # fmt: skip
@@ -58,8 +59,8 @@ def test_chunked_delta_rule_equals_the_token_loop(T: int, chunk: int) -> None:
     v = torch.randn(B, T, H, S, generator=g)
     logd = -3 * torch.rand(B, T, H, generator=g)
     beta = torch.rand(B, T, H, generator=g)
-    want = tt.delta_rule_loop(torch, q, k, v, logd, beta)
-    got = tt.delta_rule_chunked(torch, q, k, v, logd, beta, chunk)
+    want = ttm.delta_rule_loop(torch, q, k, v, logd, beta)
+    got = ttm.delta_rule_chunked(torch, q, k, v, logd, beta, chunk)
     assert got.shape == want.shape
     assert (got - want).abs().max().item() < 1e-5
 
@@ -68,7 +69,7 @@ def test_chunked_delta_rule_equals_the_token_loop(T: int, chunk: int) -> None:
 def test_export_parity(run_dir: Path, dtype: str) -> None:
     path = tt.export(run_dir, run_dir / f"model-{dtype}.gguf", dtype)
     ck = torch.load(run_dir / "ckpt.pt", weights_only=False)
-    tm = tt.build_model(SMALL, 1)  # another init: everything must come from the checkpoint
+    tm = ttm.build_model(SMALL, 1)  # another init: everything must come from the checkpoint
     tm.load_state_dict(ck["model"])
     tm.double().eval()  # the reference in float64: what is compared is graphir's float32 error
     toks = np.fromfile(run_dir / "val.u16", np.uint16)[:40].astype(np.int64)
@@ -97,7 +98,7 @@ def test_chained_head_step_equals_the_speculative_protocol(run_dir: Path) -> Non
     fed the true rows 1..q-1, then x_q with the head's own hidden m_{q-1}, gives PyTorch's
     chained logits for position q."""
     path = tt.export(run_dir, run_dir / "chain-f32.gguf", "f32")
-    tm = tt.build_model(SMALL, 0)
+    tm = ttm.build_model(SMALL, 0)
     tm.load_state_dict(torch.load(run_dir / "ckpt.pt", weights_only=False)["model"])
     tm.double().eval()
     toks = np.fromfile(run_dir / "val.u16", np.uint16)[:24].astype(np.int64)
@@ -161,6 +162,9 @@ def test_resume_equals_an_uninterrupted_run(run_dir: Path, tmp_path: Path) -> No
 def test_bad_input(run_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         tt.export(tmp_path, tmp_path / "x.gguf")
+    from graphir.tools.cli import main
+
+    assert main(["train-tiny", "--out", str(tmp_path), "--export-only"]) == 2  # a clear error, no traceback
     with pytest.raises(ValueError, match="f32 or f16"):
         tt.export(run_dir, tmp_path / "x.gguf", "q8_0")
     other = tt.ModelConfig(**{**SMALL.__dict__, "n_ff": 64})
