@@ -158,12 +158,12 @@ def make_tiny(
 
 
 # --------------------------------------------------------------------------------------------
-# the embedded default model
+# the embedded models: the shipped file and the random ones in the cache
 # --------------------------------------------------------------------------------------------
 
 
 def cache_dir() -> Path:
-    """Where the default model lives: $GRAPHIR_CACHE, else $XDG_CACHE_HOME/graphir, else ~/.cache/graphir."""
+    """Where the random-weight models live: $GRAPHIR_CACHE, else $XDG_CACHE_HOME/graphir, else ~/.cache/graphir."""
     if os.environ.get("GRAPHIR_CACHE"):
         return Path(os.environ["GRAPHIR_CACHE"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -253,7 +253,7 @@ def summary(path: str | os.PathLike[str]) -> str:
 
 def add_make_tiny_args(p: argparse.ArgumentParser) -> None:
     """Options of `graphir make-tiny`."""
-    p.add_argument("--output", "-o", help="file to write (default: the model cache, where `generate` finds it)")
+    p.add_argument("--output", "-o", help="file to write (default: the model cache, $GRAPHIR_CACHE or ~/.cache/graphir)")
     p.add_argument("--arch", choices=ARCHS, default="qwen35", help="architecture (default qwen35)")
     p.add_argument("--dtype", choices=list(DTYPES), default="f32", help="weight matrix type (default f32)")
     p.add_argument("--seed", type=int, default=0, help="weights' random seed (default 0)")

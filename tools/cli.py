@@ -83,7 +83,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
-    """Write the small deterministic random-weight Qwen3.5 GGUF used for tests and the default model."""
+    """Write a small deterministic random-weight Qwen3.5 GGUF (test models)."""
     from graphir.models.tiny import make_tiny_main
 
     return make_tiny_main(args)
