@@ -2,6 +2,8 @@
 
   - mul_mat with one token (mat-vec) by F32, F16, Q8_0 and Q4_K weights: GB/s of weight
     bytes read;
+  - mul_mat with several tokens (prefill, `--prefill` tokens, default 128) by the same weight
+    types: GFLOP/s (2 K M N flops);
   - gated_delta_net (S_v 128, H_v 16; 1 and 64 tokens): ms;
   - flash_attn_ext (head dim 128, 8 heads, F16 K/V, n_kv 512 and 2048, one query): ms.
 
@@ -42,6 +44,7 @@ class Bench:
     out: Tensor
     inputs: dict[Tensor, np.ndarray]
     weight_bytes: int = 0
+    flops: int = 0
 
 
 def _weights(rng: np.random.Generator, type: DType, K: int, M: int) -> np.ndarray:
@@ -59,6 +62,14 @@ def mat_vec(rng: np.random.Generator, type: DType, n: int) -> Bench:
     x = gr.new_input(DType.F32, (n, 1), "x")
     return Bench(f"mul_mat {type.name} {n}x{n} 1 tok", gr.mul_mat(w, x),
                  {x: rng.standard_normal(n).astype(np.float32)}, raw.nbytes)  # fmt: skip
+
+
+def mat_mat(rng: np.random.Generator, type: DType, n: int, n_tokens: int) -> Bench:
+    raw = _weights(rng, type, n, n)
+    w = gr.new_weight(type, (n, n), raw, "w")
+    x = gr.new_input(DType.F32, (n, n_tokens), "x")
+    return Bench(f"mul_mat {type.name} {n}x{n} {n_tokens} tok", gr.mul_mat(w, x),
+                 {x: rng.standard_normal((n_tokens, n)).astype(np.float32)}, flops=2 * n * n * n_tokens)  # fmt: skip
 
 
 def gated_delta_net(rng: np.random.Generator, n_tokens: int, S_v: int = 128, H_v: int = 16) -> Bench:
@@ -119,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=20, help="timed runs per case and backend (median)")
     ap.add_argument("--sizes", default="1024,2048", help="square mat-vec sizes")
+    ap.add_argument("--prefill", type=int, default=128, help="tokens of the prefill (mat-mat) cases, by 1024x1024")
+    ap.add_argument("--only", default="", help="run only the cases whose name contains this")
     args = ap.parse_args(argv)
     for name in BACKENDS:
         av = availability(name)
@@ -129,19 +142,26 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     sizes = [int(s) for s in args.sizes.split(",")]
     benches = [mat_vec(rng, t, n) for n in sizes for t in (DType.F32, DType.F16, DType.Q8_0, DType.Q4_K)]
+    benches += [mat_mat(rng, t, 1024, args.prefill) for t in (DType.F32, DType.F16, DType.Q8_0, DType.Q4_K)]
     benches += [gated_delta_net(rng, n) for n in (1, 64)]
     benches += [flash_attn(rng, n) for n in (512, 2048)]
+    benches = [b for b in benches if args.only in b.name]
 
     print(f"opencl: {get_backend('opencl').describe()}; cpu: numpy reference; median of {args.reps} runs")
-    head = f"{'case':<40} {'opencl ms':>10} {'cpu ms':>10} {'cpu/opencl':>10} {'opencl GB/s':>11} {'cpu GB/s':>9} {'nmse':>8}"
+    head = f"{'case':<40} {'opencl ms':>10} {'cpu ms':>10} {'cpu/opencl':>10} {'opencl rate':>13} {'cpu':>9} {'nmse':>8}"
     print(head)
     print("-" * len(head))
     for b in benches:
         secs, nmse = measure(b, args.reps)
         ocl, cpu = secs["opencl"], secs["cpu"]
-        gbs = (f"{b.weight_bytes / ocl / 1e9:>11.2f} {b.weight_bytes / cpu / 1e9:>9.2f}" if b.weight_bytes
-               else f"{'':>11} {'':>9}")  # fmt: skip
-        print(f"{b.name:<40} {ocl * 1e3:>10.3f} {cpu * 1e3:>10.3f} {cpu / ocl:>10.2f} {gbs} {nmse:>8.1e}", flush=True)
+        if b.weight_bytes:
+            rate = f"{b.weight_bytes / ocl / 1e9:>8.2f} GB/s {b.weight_bytes / cpu / 1e9:>9.2f}"
+        elif b.flops:
+            rate = f"{b.flops / ocl / 1e9:>6.2f} GFLOP/s {b.flops / cpu / 1e9:>9.2f}"
+        else:
+            rate = f"{'':>13} {'':>9}"
+
+        print(f"{b.name:<40} {ocl * 1e3:>10.3f} {cpu * 1e3:>10.3f} {cpu / ocl:>10.2f} {rate} {nmse:>8.1e}", flush=True)
     return 0
 
 

@@ -1,23 +1,12 @@
 // mul_mat: d[m, n, i2, i3] = sum_k a[k, m, i2 / r2, i3 / r3] * b[k, n, i2, i3], and
 // mul_mat_id: d[m, e, t] = sum_k as[k, m, ids[e, t]] * b[k, e % b.ne1, t].
-// One work-group of WG items per output element (a row-pair dot product), float accumulation.
+// One work-group of WG items per output element (a row-pair dot product), float accumulation;
+// mul_mat of several tokens with contiguous rows goes to mul_mat_tiled.cl.
 // -DTA=F32|F16|BF16 or -DDEQ=deq16_q8_0|deq16_q4_0|deq16_q4_k|deq16_q5_k|deq16_q6_k (common.h);
 // -DTB=F32|F16; -DA_CONTIG (F32/F16 a, K a multiple of 16), -DB_CONTIG: rows contiguous (nb0 = the
 // element size), read with vector loads.
 #include "common.h"
-
-// 16 consecutive floats of a contiguous F32 / F16 row, unit u
-#define LD16_F32(p, u) vload16((u), (__global const float *)(p))
-#define LD16_F16(p, u) vload_half16((u), (__global const half *)(p))
-#define LD16_(T, p, u) LD16_##T(p, u)
-#define LD16(T, p, u) LD16_(T, p, u)
-
-// 16 elements of a's row: dequantized, or vector loads of a contiguous F32/F16 row
-#if defined(DEQ)
-#define A16(row, u) DEQ(row, u)
-#elif defined(A_CONTIG)
-#define A16(row, u) LD16(TA, row, u)
-#endif
+#include "mul_mat.h"
 
 // the WG-item dot product of row arow of a (stride a_nb0) and row brow of b (stride b_nb0)
 inline float row_dot(__global const char *arow, ulong a_nb0, __global const char *brow, ulong b_nb0, int K,

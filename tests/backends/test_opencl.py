@@ -205,6 +205,38 @@ def test_mul_mat_vector_paths(type, b_layout):
 
 
 @needs_device
+@pytest.mark.parametrize("type_b", [DType.F32, DType.F16], ids=lambda t: t.name)
+@pytest.mark.parametrize("type", [DType.F32, DType.F16, *QUANTS], ids=lambda t: t.name)
+def test_mul_mat_tiled_several_tokens_odd_sizes(type, type_b, monkeypatch):
+    """Several tokens take the tiled kernel: M, N not multiples of its TILE_M x TILE_N block,
+    a broadcast over dims 2 and 3, against the cpu reference."""
+    from graphir.backends.opencl import kernels
+
+    rng = np.random.default_rng(4)
+    K = 272 if type in (DType.F32, DType.F16) else 512  # 17 units of 16; 2 super-blocks
+    M, N = 2 * kernels.MM_TILE_M + 3, 2 * kernels.MM_TILE_N + 3
+    raw = _weight_rows(rng, type, M * 2, K)[0]
+    w = gr.new_weight(type, (K, M, 2, 1), raw, "w")
+    x = gr.new_input(type_b, (K, N, 4, 2), "x")
+    xv = rng.standard_normal((2, 4, N, K)).astype(TYPE_INFO[type_b].np_dtype)
+    out = gr.mul_mat(w, x)
+    be = get_backend("opencl")
+    used: list[str] = []
+    kernel = be.programs.kernel
+    monkeypatch.setattr(be.programs, "kernel", lambda f, n, d=None: used.append(n) or kernel(f, n, d))
+    got = _run_opencl(out, {x: xv})
+    assert used == ["mul_mat_tiled"]
+    plan = gr.compile(build_graph(out), ["cpu"], cache=False)
+    plan.set_input(x, xv)
+    plan.run()
+    want = plan.get(out).astype(np.float64)
+    assert got.shape == want.shape
+    assert nmse(got.astype(np.float64), want) <= 5e-4
+    # every block of d written (the edges included): no row or token left at the buffer's fill
+    assert np.all(np.abs(got - want) <= 1e-3 * (1 + np.abs(want)))
+
+
+@needs_device
 def test_mul_mat_id_dequantizes_q4_k_per_expert():
     rng = np.random.default_rng(3)
     K, M, E = 256, 5, 4
