@@ -178,6 +178,7 @@ def _argsort(be, node: Tensor, dst: Place, srcs: list) -> Call:
 
 MM_WG = 16  # mul_mat's work-group: each item takes every 16th unit of 16 elements of the row
 MM_TILE_M, MM_TILE_N = 4, 8  # rows of a x tokens of b per work-item of the tiled (several-token) mul_mat
+MM_TILE_WG = 16  # its work-group size
 
 
 def _mul_mat_defines(a: Tensor, b: Tensor) -> dict:
@@ -202,7 +203,7 @@ def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> Call:
         k = _set(be.programs.kernel("mul_mat_tiled.cl", "mul_mat_tiled", defines), *args)
         M, N = node.ne[0], node.ne[1]
         items = -(-M // MM_TILE_M) * -(-N // MM_TILE_N) * node.ne[2] * node.ne[3]
-        return be.launch(k, items)
+        return be.launch(k, -(-items // MM_TILE_WG) * MM_TILE_WG, MM_TILE_WG)
     k = _set(be.programs.kernel("mul_mat.cl", "mul_mat", defines), *args)
     return be.launch(k, node.nelements * MM_WG, MM_WG)
 

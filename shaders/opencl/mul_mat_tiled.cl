@@ -17,6 +17,7 @@ __kernel void mul_mat_tiled(TENSOR(a), TENSOR(b), TENSOR(d)) {
     int tm = (M + TILE_M - 1) / TILE_M, tn = (N + TILE_N - 1) / TILE_N;
     int g = get_global_id(0);
     int m0 = (g % tm) * TILE_M, n0 = ((g / tm) % tn) * TILE_N, z = g / (tm * tn);
+    if (z >= d_ne.s2 * d_ne.s3) return;  // the range is padded to whole work-groups
     int i2 = z % d_ne.s2, i3 = z / d_ne.s2;
     int a2 = i2 / (b_ne.s2 / a_ne.s2), a3 = i3 / (b_ne.s3 / a_ne.s3);
     __global const char *ar[TILE_M], *br[TILE_N];
@@ -27,9 +28,12 @@ __kernel void mul_mat_tiled(TENSOR(a), TENSOR(b), TENSOR(d)) {
         for (int j = 0; j < TILE_N; j++) acc[i][j] = 0.0f;
     for (int u = 0; u < K / 16; u++) {
         float16 x[TILE_N];
+#pragma unroll
         for (int j = 0; j < TILE_N; j++) x[j] = LD16(TB, br[j], u);
+#pragma unroll
         for (int i = 0; i < TILE_M; i++) {
             float16 w = A16(ar[i], u);
+#pragma unroll
             for (int j = 0; j < TILE_N; j++) acc[i][j] += w * x[j];
         }
     }
