@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     benches = [b for b in benches if args.only in b.name]
 
     print(f"opencl: {get_backend('opencl').describe()}; cpu: numpy reference; median of {args.reps} runs")
-    head = f"{'case':<40} {'opencl ms':>10} {'cpu ms':>10} {'cpu/opencl':>10} {'opencl rate':>13} {'cpu':>9} {'nmse':>8}"
+    head = (
+        f"{'case':<40} {'opencl ms':>10} {'cpu ms':>10} {'cpu/opencl':>10} {'opencl rate':>13} {'cpu':>9} {'nmse':>8}"
+    )
     print(head)
     print("-" * len(head))
     for b in benches:

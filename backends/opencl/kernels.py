@@ -177,8 +177,9 @@ def _argsort(be, node: Tensor, dst: Place, srcs: list) -> Call:
 
 
 MM_WG = 16  # mul_mat's work-group: each item takes every 16th unit of 16 elements of the row
-MM_TILE_M, MM_TILE_N = 4, 8  # rows of a x tokens of b per work-item of the tiled (several-token) mul_mat
-MM_TILE_WG = 16  # its work-group size
+# the tiled (several-token) mul_mat: rows of a x tokens of b per work-item, work-items per
+# work-group along rows x tokens, 16-element units of K staged per step
+MM_TILE, MM_TILE_WG, MM_TILE_KC = (4, 8), (4, 4), 16
 
 
 def _mul_mat_defines(a: Tensor, b: Tensor) -> dict:
@@ -197,13 +198,13 @@ def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> Call:
     defines = _mul_mat_defines(a, b)
     args = tensor_args(srcs[0], a) + tensor_args(srcs[1], b) + tensor_args(dst, node)
     if b.ne[1] > 1 and "B_CONTIG" in defines and ("DEQ" in defines or "A_CONTIG" in defines):
-        # several tokens: a TILE_M x TILE_N block of d per work-item (mul_mat_tiled.cl)
-        defines.update(TILE_M=MM_TILE_M, TILE_N=MM_TILE_N)
+        # several tokens: a block of d per work-group, a's rows staged once per group (mul_mat_tiled.cl)
+        (tm, tn), (wm, wn) = MM_TILE, MM_TILE_WG
+        defines.update(TILE_M=tm, TILE_N=tn, WG_M=wm, WG_N=wn, KC=MM_TILE_KC)
         del defines["WG"]
         k = _set(be.programs.kernel("mul_mat_tiled.cl", "mul_mat_tiled", defines), *args)
-        M, N = node.ne[0], node.ne[1]
-        items = -(-M // MM_TILE_M) * -(-N // MM_TILE_N) * node.ne[2] * node.ne[3]
-        return be.launch(k, -(-items // MM_TILE_WG) * MM_TILE_WG, MM_TILE_WG)
+        groups = -(-node.ne[0] // (wm * tm)) * -(-node.ne[1] // (wn * tn)) * node.ne[2] * node.ne[3]
+        return be.launch(k, groups * wm * wn, wm * wn)
     k = _set(be.programs.kernel("mul_mat.cl", "mul_mat", defines), *args)
     return be.launch(k, node.nelements * MM_WG, MM_WG)
 

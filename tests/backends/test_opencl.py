@@ -208,13 +208,16 @@ def test_mul_mat_vector_paths(type, b_layout):
 @pytest.mark.parametrize("type_b", [DType.F32, DType.F16], ids=lambda t: t.name)
 @pytest.mark.parametrize("type", [DType.F32, DType.F16, *QUANTS], ids=lambda t: t.name)
 def test_mul_mat_tiled_several_tokens_odd_sizes(type, type_b, monkeypatch):
-    """Several tokens take the tiled kernel: M, N not multiples of its TILE_M x TILE_N block,
-    a broadcast over dims 2 and 3, against the cpu reference."""
+    """Several tokens take the tiled kernel: M, N not multiples of a work-group's block (nor of
+    an item's), K not a multiple of the staged chunk (but for the 256-blocks), a broadcast over
+    dims 2 and 3, against the cpu reference."""
     from graphir.backends.opencl import kernels
 
     rng = np.random.default_rng(4)
-    K = 272 if type in (DType.F32, DType.F16) else 512  # 17 units of 16; 2 super-blocks
-    M, N = 2 * kernels.MM_TILE_M + 3, 2 * kernels.MM_TILE_N + 3
+    (tm, tn), (wm, wn), kc = kernels.MM_TILE, kernels.MM_TILE_WG, kernels.MM_TILE_KC
+    blk = TYPE_INFO[type].block_elems
+    K = {1: 16 * (kc + 1), 32: 16 * (2 * kc + 2), 256: 512}[blk]  # units of 16: kc + 1, 2 kc + 2, 2 kc
+    M, N = wm * tm + tm + 1, wn * tn + tn + 3  # the second blocks partial, some items wholly past the edge
     raw = _weight_rows(rng, type, M * 2, K)[0]
     w = gr.new_weight(type, (K, M, 2, 1), raw, "w")
     x = gr.new_input(type_b, (K, N, 4, 2), "x")
