@@ -263,6 +263,12 @@ class GraphContext:
         cur = self.cb(gr.mul(self.cb(gr.silu(g), f"{name}_gate_silu", il), u), f"{name}_swiglu", il)
         return self.cb(gr.mul_mat(down, cur), f"{name}_down", il)
 
+    def build_layer_ffn(self, x: gr.Tensor, L: LayerWeights, il: int) -> gr.Tensor:
+        """The layer's FFN as its weights say: the MoE when it has a router (qwen35moe), else SwiGLU."""
+        if L.ffn_gate_inp is not None:
+            return self.build_moe_ffn(x, L, il)
+        return self.build_ffn(x, L.ffn_up, L.ffn_gate, L.ffn_down, il)
+
     def build_moe_ffn(self, x: gr.Tensor, L: LayerWeights, il: int) -> gr.Tensor:
         """Routed experts (softmax router, top-k, weights renormalized over the k) plus the shared
         expert gated by sigmoid(ffn_gate_inp_shexp x). x [n_embd, n] -> [n_embd, n]"""
@@ -517,10 +523,8 @@ def build_state_update(hp: Qwen35HParams, state: StateTensors, *, copies: Sequen
 
 def model_graph(arch: str) -> Any:
     """The `build_graph` function of an architecture ("qwen35" or "qwen35moe")."""
-    if arch == "qwen35":
+    if arch in ("qwen35", "qwen35moe"):
         from .qwen35 import build_graph
-    elif arch == "qwen35moe":
-        from .qwen35moe import build_graph
     else:
         raise ValueError(f"[graph] unknown architecture {arch!r}")
     return build_graph

@@ -87,10 +87,7 @@ def build_mtp_graph(w: Qwen35Weights, shape: UBatchShape, state: StateTensors, *
     cur = cb(gr.add(cur, inpSA), "attn_residual", il)
     ffn_residual = cur
     cur = ctx.build_norm(cur, L.post_attention_norm, "attn_post_norm", il)
-    if L.ffn_gate_inp is not None:
-        cur = ctx.build_moe_ffn(cur, L, il)
-    else:
-        cur = ctx.build_ffn(cur, L.ffn_up, L.ffn_gate, L.ffn_down, il)
+    cur = ctx.build_layer_ffn(cur, L, il)  # dense SwiGLU or MoE, as the block has
     cur = cb(gr.add(cur, ffn_residual), "l_out", il)
 
     head_norm = nx.shared_head_norm if nx.shared_head_norm is not None else w.output_norm

@@ -1,10 +1,11 @@
-"""Qwen3.5 (`qwen35`, dense FFN): the trunk graph of one ubatch.
+"""Qwen3.5 (`qwen35`, dense FFN) and Qwen3.5-MoE (`qwen35moe`): the trunk graph of one ubatch.
 
-Every layer: x + mixer(attn_norm(x)), then + SwiGLU(post_attention_norm(.)); the mixer is a
-gated delta net (recurrent layers) or gated full attention (every full_attention_interval-th
-layer). The nextn (MTP) blocks after the trunk are not run here. The last layer keeps only the
-output rows before its FFN; the head returns logits and, on request, the post-output-norm
-hidden state h_nextn that the MTP head reads.
+Every layer: x + mixer(attn_norm(x)), then + FFN(post_attention_norm(.)); the mixer is a gated
+delta net (recurrent layers) or gated full attention (every full_attention_interval-th layer);
+the FFN is SwiGLU (qwen35) or the MoE (qwen35moe: softmax router, top-k experts, plus a
+sigmoid-gated shared expert), chosen from the layer's weights. The nextn (MTP) blocks after the
+trunk are not run here. The last layer keeps only the output rows before its FFN; the head
+returns logits and, on request, the post-output-norm hidden state h_nextn that the MTP head reads.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def build_graph(w: Qwen35Weights, shape: UBatchShape, state: StateTensors, *,
         cur = cb(gr.add(cur, inpSA), "attn_residual", il)
         ffn_residual = cur
         cur = ctx.build_norm(cur, L.post_attention_norm, "attn_post_norm", il)
-        cur = ctx.build_ffn(cur, L.ffn_up, L.ffn_gate, L.ffn_down, il)
+        cur = ctx.build_layer_ffn(cur, L, il)
         cur = cb(gr.add(cur, ffn_residual), "l_out", il)
         inpL = cur
 

@@ -253,7 +253,7 @@ def losses(torch: Any, model: Any, windows: Any, mtp_weight: float,
     F = torch.nn.functional
     x, y = windows[:, :-1], windows[:, 1:]
     kv: list = []
-    B, T = x.shape
+    T = x.shape[1]
     logits, h = model.trunk(x)
     m_logits, m_hidden = model.mtp(x[:, 1:], h[:, :-1], torch.arange(1, T), kv_out=kv)
     V = logits.shape[-1]
@@ -268,7 +268,7 @@ def losses(torch: Any, model: Any, windows: Any, mtp_weight: float,
     return total, ce, m_ce, c_ce
 
 
-def evaluate(torch: Any, model: Any, windows: np.ndarray, mtp_weight: float, batch: int = 16) -> dict[str, float]:
+def evaluate(torch: Any, model: Any, windows: np.ndarray, batch: int = 16) -> dict[str, float]:
     """Held-out trunk and MTP cross-entropy (nats/token) and how often the MTP head's argmax
     equals the trunk's next-token argmax (overall, and where the head's probability >= 0.5)."""
     model.eval()
@@ -279,10 +279,9 @@ def evaluate(torch: Any, model: Any, windows: np.ndarray, mtp_weight: float, bat
             x, y = w[:, :-1], w[:, 1:]
             logits, _, m_logits, _ = model(x)
             V = logits.shape[-1]
-            n = y.numel()
             ce += torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1), reduction="sum").item()
             m_ce += torch.nn.functional.cross_entropy(m_logits.reshape(-1, V), y[:, 1:].reshape(-1),
-                                                      reduction="sum").item() * n / y[:, 1:].numel()  # fmt: skip
+                                                      reduction="sum").item()  # fmt: skip
             trunk_next = logits[:, 1:].argmax(-1)  # the trunk's pick for x_{p+1} at position p
             m_prob, m_pick = m_logits.softmax(-1).max(-1)
             same = m_pick == trunk_next
@@ -292,8 +291,8 @@ def evaluate(torch: Any, model: Any, windows: np.ndarray, mtp_weight: float, bat
             conf_rows += conf.sum().item()
             conf_agree += (same & conf).sum().item()
     model.train()
-    total = len(windows) * (windows.shape[1] - 1)
-    return {"val_ce": ce / total, "val_mtp_ce": m_ce / total, "mtp_agree": agree / n_rows,
+    total = len(windows) * (windows.shape[1] - 1)  # trunk rows; the MTP has n_rows (one fewer per window)
+    return {"val_ce": ce / total, "val_mtp_ce": m_ce / n_rows, "mtp_agree": agree / n_rows,
             "mtp_agree_conf": conf_agree / max(conf_rows, 1), "mtp_conf_frac": conf_rows / n_rows}  # fmt: skip
 
 
@@ -406,7 +405,7 @@ def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float
                 record["history"][-1]["chain_ce"] = round(c_ce.item(), 4)
         bar.update(step, f"ce {ema[0]:.3f} mtp {ema[1]:.3f} lr {lr:.1e}")
         if step % tcfg.eval_every == 0 or step == tcfg.steps:
-            ev = evaluate(torch, model, val_w, tcfg.mtp_weight)
+            ev = evaluate(torch, model, val_w)
             record["evals"].append({"step": step, **{k: round(v, 4) for k, v in ev.items()}})
             log(f"\nstep {step}: held-out ce {ev['val_ce']:.3f}, MTP ce {ev['val_mtp_ce']:.3f}, MTP agrees with the "
                 f"trunk {ev['mtp_agree']:.1%} ({ev['mtp_agree_conf']:.1%} where p >= 0.5, {ev['mtp_conf_frac']:.0%} of rows)")  # fmt: skip
