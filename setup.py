@@ -9,6 +9,7 @@ PACKAGES = {
     "graphir.parity": "graphir/parity",
     "graphir.backends": "backends",
     "graphir.backends.cpu": "backends/cpu",
+    "graphir.backends.ref": "backends/ref",
     "graphir.backends.opencl": "backends/opencl",
     "graphir.models": "models",
     "graphir.tools": "tools",

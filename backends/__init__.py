@@ -14,7 +14,10 @@ _MODULES: dict[str, str] = {
     "vulkan": "graphir.backends.vulkan",
     "opencl": "graphir.backends.opencl",
     "cpu": "graphir.backends.cpu",
+    "ref": "graphir.backends.ref",
 }
+FALLBACK = "cpu"  # runs what no chosen backend supports (every op); the default of compile/Context
+REFERENCE = "ref"  # the NumPy oracle that parity tests and `graphir compare` check against
 _INSTANCES: dict[str, Backend] = {}
 
 
@@ -69,6 +72,6 @@ def get_backend(name: str | Backend) -> Backend:
 
 
 __all__ = [
-    "Availability", "Backend", "BackendUnavailable", "Buffer", "Place",
+    "FALLBACK", "REFERENCE", "Availability", "Backend", "BackendUnavailable", "Buffer", "Place",
     "availability", "backend_class", "get_backend", "names", "register",
 ]  # fmt: skip

@@ -1,8 +1,19 @@
 """The backend interface. A backend is a small package that provides buffers, a dispatch
-table `KERNELS: dict[Op, kernel]` and a way to turn a node into a prepared call.
+table `KERNELS: dict[Op, kernel]` and a way to turn a split (a run of consecutive nodes the
+scheduler gave it) into ONE prepared call.
 
 `supports_op`, lowering and the op x backend matrix all read `KERNELS`; nothing else wires
-an op into a backend.
+an op into a backend. The values of `KERNELS` are private to each backend (a NumPy function,
+a launcher that sets OpenCL kernel arguments, a C op code, ...): only the backend itself
+calls them; everyone else only asks which ops are keys and what `supports` says.
+
+Lowering happens at two grains:
+  - `lower_split(nodes, place) -> Call`: the whole split, what `Plan.run()` executes. A native
+    backend turns it into one C call over an array of op records, a Vulkan backend into one
+    recorded command buffer, a CUDA backend into one graph launch. The default loops over
+    `lower`.
+  - `lower(node, dst, srcs) -> Call`: one node; used by the default `lower_split` and by runs
+    with an eval callback, which go node by node.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from graphir.ops import Op
-from graphir.tensor import Tensor
+from graphir.tensor import Tensor, is_empty_op
 
 Call = Callable[[], None]
 
@@ -123,6 +134,28 @@ class Backend(ABC):
         """Make t.data (host bytes) available on this backend."""
 
     # ---- execution ----
+    def lower_split(self, nodes: list[Tensor], place: Callable[[Tensor], Place]) -> Call:
+        """ONE prepared call that computes every node of a split, in order.
+
+        Args:
+            nodes: the split's nodes in execution order, views included (they compute nothing).
+            place: where a tensor's bytes are on this backend (`place(node)`, `place(src)`).
+
+        Default: the per-node calls of `lower`, run one after another.
+        """
+        calls = [
+            self.lower(n, place(n), [None if s is None else place(s) for s in n.src])
+            for n in nodes if not is_empty_op(n)
+        ]  # fmt: skip
+        if len(calls) == 1:
+            return calls[0]
+
+        def run() -> None:
+            for call in calls:
+                call()
+
+        return run
+
     @abstractmethod
     def lower(self, node: Tensor, dst: Place, srcs: list[Place | None]) -> Call:
         """A prepared call that computes node into dst from srcs (same order as node.src).

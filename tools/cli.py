@@ -111,7 +111,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    """Every op case on the chosen backends against the cpu reference."""
+    """Every op case on the chosen backends against the reference (ref)."""
     from graphir.parity.harness import run_all
 
     table = run_all(args.backend or None, args.profile, args.case or None)
@@ -179,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect_args(i)
     i.set_defaults(func=cmd_inspect)
 
-    q = sub.add_parser("parity", help="check backends against the cpu reference, op by op")
-    q.add_argument("--backend", "-b", action="append", help="backend(s) to check (default: all but cpu)")
+    q = sub.add_parser("parity", help="check backends against the reference (ref), op by op")
+    q.add_argument("--backend", "-b", action="append", help="backend(s) to check (default: all but ref)")
     q.add_argument("--case", "-c", action="append", help="only these op cases (default: all)")
     q.add_argument("--profile", choices=["ci", "thorough"], help="examples per case (default ci, fixed seed)")
     q.set_defaults(func=cmd_parity)
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "dump" and args.backend is None:
-        args.backend = ["cpu"]
+        args.backend = [backends.FALLBACK]
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError, backends.BackendUnavailable) as e:

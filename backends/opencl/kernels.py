@@ -10,14 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from graphir.builders import ROPE_IMROPE, ROPE_MROPE, SORT_DESC
+from graphir.numerics import alibi_slopes, yarn_corr_dims
 from graphir.ops import BINARY_OPS, UNARY_OPS, Op
 from graphir.tensor import Tensor
 from graphir.types import TYPE_INFO, DType
 
 from ..base import Call, Place
-from ..cpu.k_attn import alibi_slopes as attn_slopes
-from ..cpu.k_reduce import alibi_slopes
-from ..cpu.k_rope import yarn_corr_dims
 from .runtime import cl
 
 WG = 64  # work-group size of the row-reduction kernels (the WG define of common.h)
@@ -235,7 +233,7 @@ def _flash_attn_ext(be, node: Tensor, dst: Place, srcs: list) -> Call:
         defines["SOFTCAP"] = None
     if q.ne[0] % 4 == 0 and q.nb[0] == 4 and k.nb[0] == TYPE_INFO[k.type].block_bytes:
         defines["QK_VEC4"] = None
-    slopes = attn_slopes(q.ne[2], p["max_bias"]).astype(np.float32)
+    slopes = alibi_slopes(q.ne[2], p["max_bias"]).astype(np.float32)
     sbuf = cl.Buffer(be.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=slopes)
     m_args = tensor_args(srcs[3], mask) if mask is not None else tensor_args(srcs[0], q)  # unused without a mask
     kern = _set(be.programs.kernel("flash_attn_ext.cl", "flash_attn_ext", defines),

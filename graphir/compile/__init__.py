@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from graphir.backends import Backend
+from graphir.backends import FALLBACK, Backend
 from graphir.graph import Graph
 
 from .alloc import Allocation, BestFit, allocate
@@ -59,7 +59,7 @@ class PlanCache:
 plan_cache = PlanCache()
 
 
-def compile(graph: Graph, backends: Sequence[str | Backend] | str = ("cpu",), *, cache: bool = True,
+def compile(graph: Graph, backends: Sequence[str | Backend] | str = (FALLBACK,), *, cache: bool = True,
             reuse: bool = True) -> Plan:  # fmt: skip
     """Schedule, allocate and lower `graph` onto `backends` (priority order; cpu is the fallback).
 

@@ -1,7 +1,11 @@
-"""Lower a scheduled, allocated graph into a Plan: a flat list of prepared calls.
+"""Lower a scheduled, allocated graph into a Plan: one prepared call per split (plus the
+copies that bring a split's inputs from other backends).
 
-`Plan.run()` only walks that list; every decision (kernel, views, offsets, copies) was
-made here once.
+Each backend lowers a whole split at once (`Backend.lower_split`), so it can turn the split
+into one native call, one recorded command buffer or one graph launch. `Plan.run()` only
+walks the list of split calls; every decision (kernel, views, offsets, copies) was made here
+once. A run with an eval callback goes node by node through a per-node plan built lazily on
+first use (as ggml's scheduler cuts its splits at callback nodes).
 """
 
 from __future__ import annotations
@@ -56,23 +60,19 @@ class Plan:
         self._alias: dict[Tensor, Tensor] = {}  # tensors of a bound graph -> this plan's
         self._rev: dict[Tensor, Tensor] = {}
         self.buffers = {b.name: b.alloc_buffer(alloc.sizes[b.name]) for b in sched.backends if alloc.sizes[b.name]}
-        self._steps: list[tuple[Tensor | None, Backend, Call]] = []
+        self._steps: list[tuple[Backend, Call]] = []  # copies and whole splits, in order
         for split in sched.splits:
             be = split.backend
-            for o in split.inputs:
-                src_be = sched.home[o]
-                self._steps.append((None, be, be.copy_from(self.place(o, be), o, src_be, self.place(o, src_be))))
-            for n in split.nodes:
-                if is_empty_op(n):
-                    continue
-                srcs = [None if s is None else self.place(s, be) for s in n.src]
-                self._steps.append((n, be, be.lower(n, self.place(n, be), srcs)))
-        self._calls = [c for _, _, c in self._steps]
-        self._used = list({id(be): be for _, be, _ in self._steps}.values())
+            self._steps.extend((be, call) for call in self._copies(split))
+            self._steps.append((be, be.lower_split(split.nodes, lambda t, be=be: self.place(t, be))))
+        self._calls = [c for _, c in self._steps]
+        self._node_steps: list[tuple[Tensor | None, Backend, Call]] | None = None  # built by run(callback)
+        self._used = list({id(be): be for be, _ in self._steps}.values())
         self._names = {t.name: t for t in graph.tensors() if t.name}
         self.stats = PlanStats(
             n_nodes=len(graph.nodes),
-            n_calls=len(self._calls),
+            n_calls=sum(len(s.nodes) - sum(map(is_empty_op, s.nodes)) for s in sched.splits) + sum(
+                len(s.inputs) for s in sched.splits),
             n_splits=len(sched.splits),
             n_copies=sum(len(s.inputs) for s in sched.splits),
             compute_bytes=dict(alloc.sizes),
@@ -80,6 +80,25 @@ class Plan:
             inplace=alloc.inplace,
             refused=list(alloc.refused),
         )
+
+    def _copies(self, split) -> list[Call]:
+        """Prepared calls copying the split's inputs from the backends that hold them."""
+        be, home = split.backend, self.schedule.home
+        return [be.copy_from(self.place(o, be), o, home[o], self.place(o, home[o])) for o in split.inputs]
+
+    def _per_node_steps(self) -> list[tuple[Tensor | None, Backend, Call]]:
+        """Copies and one call per computing node: the plan of a run with an eval callback."""
+        if self._node_steps is None:
+            steps: list[tuple[Tensor | None, Backend, Call]] = []
+            for split in self.schedule.splits:
+                be = split.backend
+                steps.extend((None, be, call) for call in self._copies(split))
+                for n in split.nodes:
+                    if not is_empty_op(n):
+                        srcs = [None if s is None else self.place(s, be) for s in n.src]
+                        steps.append((n, be, be.lower(n, self.place(n, be), srcs)))
+            self._node_steps = steps
+        return self._node_steps
 
     # ---- places ----
     def place(self, t: Tensor, backend: Backend | None = None) -> Place:
@@ -144,12 +163,13 @@ class Plan:
     # ---- run ----
     def run(self, callback: EvalCallback | None = None) -> None:
         """Run every prepared call in order. With `callback`, it is called as
-        callback(node, value) after each node (value: a host copy), like llama-eval-callback."""
+        callback(node, value) after each node (value: a host copy), like llama-eval-callback;
+        such a run goes node by node (see `_per_node_steps`)."""
         if callback is None:
             for call in self._calls:
                 call()
         else:
-            for n, be, call in self._steps:
+            for n, be, call in self._per_node_steps():
                 call()
                 if n is not None:
                     be.synchronize()

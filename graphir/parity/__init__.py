@@ -1,4 +1,4 @@
-"""The backend parity harness: every op case on a backend against the cpu reference.
+"""The backend parity harness: every op case on a backend against the reference (`ref`).
 
     from graphir.parity import CASES, check_case, run_all
     table = run_all(["vulkan"], profile="ci")

@@ -1,8 +1,8 @@
-"""Comparing a backend's output with the cpu reference: NMSE, NaN/inf checks, exact
+"""Comparing a backend's output with the reference (`ref`): NMSE, NaN/inf checks, exact
 comparison for integer results, and the result type of a parity check.
 
 NMSE follows ggml's test-backend-ops: `sum((a - b)^2) / sum(a^2)` where `a` is the output
-of the backend under test and `b` the cpu reference (test-backend-ops calls
+of the backend under test and `b` the reference (`ref`) (test-backend-ops calls
 `nmse(f1, f2)` with f1 from the tested backend, f2 from the CPU).
 """
 

@@ -1,10 +1,10 @@
-"""Check a backend against the cpu reference, one case at a time.
+"""Check a backend against the reference (the `ref` backend), one case at a time.
 
 `check_case(case, params, backend)` builds the case twice (one graph each), runs one on
-the cpu reference and one on the backend under test alone, and checks, in order:
+the reference and one on the backend under test alone, and checks, in order:
 
   1. support: every compute node (and the case's own op node) must be accepted by the
-     backend's `supports_op`, else the result is NOT SUPPORTED (the cpu fallback must
+     backend's `supports_op`, else the result is NOT SUPPORTED (the fallback must
      never silently take the op);
   2. sentinels: every compute buffer is filled with a sentinel pattern before the run;
      afterwards every byte outside the live tensors' extents must still hold it;
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import given
 
-from graphir.backends import Backend, availability, get_backend, names
+from graphir.backends import REFERENCE, Backend, availability, get_backend, names
 from graphir.compile import Plan, compile
 from graphir.graph import Graph, build_graph
 from graphir.layout import host_array
@@ -157,7 +157,7 @@ def resolve(backend: str | Backend) -> Backend | Result:
 
 
 def check_case(case: Case, params: dict, backend: str | Backend) -> Result:
-    """Run `case` with `params` on `backend` and on the cpu reference; compare (see module doc)."""
+    """Run `case` with `params` on `backend` and on the reference backend; compare (see module doc)."""
     be = resolve(backend)
     if isinstance(be, Result):
         return be
@@ -166,7 +166,7 @@ def check_case(case: Case, params: dict, backend: str | Backend) -> Result:
     lacking = [n for n in graph.nodes if (n.op not in VIEW_OPS or n.op is case.op) and not be.supports_op(n)]
     if lacking:
         return not_supported(f"{be.name} does not support " + ", ".join(_desc(n) for n in lacking))
-    ref = _run(case.build(params), get_backend("cpu"), "reference cpu")
+    ref = _run(case.build(params), get_backend(REFERENCE), f"reference {REFERENCE}")
     if isinstance(ref, Result):
         return ref
     got = _run(built, be, be.name, graph)
@@ -274,9 +274,9 @@ class ParityTable:
 
 def run_all(backends: Sequence[str | Backend] | None = None, profile: str | None = None,
             cases: Sequence[str] | None = None) -> ParityTable:  # fmt: skip
-    """Every case (or those named) on every backend (default: all registered but cpu),
+    """Every case (or those named) on every backend (default: all registered but the reference),
     over the profile's examples; unavailable backends are listed with their reason."""
-    backends = list(backends) if backends is not None else [n for n in names() if n != "cpu"]
+    backends = list(backends) if backends is not None else [n for n in names() if n != REFERENCE]
     chosen = [CASES[c] for c in cases] if cases is not None else list(CASES.values())
     labels = [b if isinstance(b, str) else b.name for b in backends]
     table = ParityTable([c.name for c in chosen], labels)

@@ -12,7 +12,7 @@ from gguf.quants import dequantize
 import graphir as gr
 from graphir.backends import availability, names
 from graphir.backends.base import Buffer
-from graphir.backends.cpu import CPUBackend
+from graphir.backends.ref import RefBackend as CPUBackend
 from graphir.ops import Op
 from graphir.parity import CASES, MATMUL_NMSE, PROFILES, Status, check_case, check_examples, examples, profile, run_all
 from graphir.parity.inputs import random_blocks

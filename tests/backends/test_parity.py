@@ -1,4 +1,4 @@
-"""Every op case on every registered backend (but the cpu reference) against the cpu.
+"""Every op case on every registered backend (but the reference) against the reference (`ref`).
 
 Unavailable backends are skipped with their reason; an op missing from the backend's KERNELS
 is skipped as "<backend>: <op> not implemented yet", and a case whose every example the backend
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from graphir.backends import availability, backend_class, names
+from graphir.backends import REFERENCE, availability, backend_class, names
 from graphir.parity import CASES, Status, check_examples
 
-BACKENDS = [n for n in names() if n != "cpu"]
+BACKENDS = [n for n in names() if n != REFERENCE]
 
 
 @pytest.mark.parametrize("case", list(CASES.values()), ids=str)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import graphir as gr
-from graphir.backends.cpu import CPUBackend
+from graphir.backends.ref import RefBackend as CPUBackend
 from graphir.compile import ScheduleError
 from graphir.ops import Op
 

@@ -1,4 +1,4 @@
-"""The cpu dispatch table: the only place an op is wired into the cpu backend."""
+"""The ref dispatch table: the only place an op is wired into the reference backend."""
 
 from __future__ import annotations
 

@@ -7,11 +7,10 @@ float32 once; scales are computed in float32 and applied as a float32 multiply.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from graphir.builders import SORT_DESC
+from graphir.numerics import alibi_slopes
 from graphir.tensor import Tensor
 
 from .common import as_f32, broadcast_src
@@ -49,18 +48,6 @@ def l2_norm(node: Tensor, dst: np.ndarray, a: np.ndarray) -> None:
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = _F32(1.0) / np.maximum(norm, _F32(node.params["eps"]))
     dst[...] = x * scale
-
-
-def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
-    """Per-head ALiBi slopes as ggml computes them (float32); all 1 when max_bias == 0."""
-    if max_bias <= 0.0:
-        return np.ones(n_head, dtype=_F32)
-    n_head_log2 = 1 << int(math.floor(math.log2(n_head)))
-    m0 = np.power(_F32(2.0), _F32(-max_bias / n_head_log2))
-    m1 = np.power(_F32(2.0), _F32(-(max_bias / 2.0) / n_head_log2))
-    h = np.arange(n_head)
-    exps = np.where(h < n_head_log2, h + 1, 2 * (h - n_head_log2) + 1).astype(_F32)
-    return np.where(h < n_head_log2, np.power(m0, exps), np.power(m1, exps)).astype(_F32)
 
 
 def soft_max(node: Tensor, dst: np.ndarray, a: np.ndarray, mask: np.ndarray | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Helpers shared by the cpu reference kernels: type conversion on numpy views.
+"""Helpers shared by the reference kernels: type conversion on numpy views.
 
 Kernels receive numpy views in (ne3, ne2, ne1, ne0) order (raw uint8 rows for quantized
 types) and write the destination view in place. Every kernel must be correct when its
@@ -37,7 +37,7 @@ def store(dst: np.ndarray, value: np.ndarray, type: DType) -> None:
         shape = dst.shape[:-1] + (dst.shape[-1] // TYPE_INFO[type].block_bytes * TYPE_INFO[type].block_elems,)
         dst[...] = quantize_rows(np.broadcast_to(value, shape).astype(np.float32), type)
     else:
-        raise TypeError(f"[cpu] cannot store into {type!r}")
+        raise TypeError(f"[ref] cannot store into {type!r}")
 
 
 def broadcast_src(b: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

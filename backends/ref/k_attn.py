@@ -17,24 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphir.numerics import alibi_slopes
 from graphir.tensor import Tensor
 
 from .common import as_f32
 
 F32 = np.float32
-
-
-def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
-    """Per-head ALiBi slopes as ggml computes them (all 1 when max_bias == 0), float32 [n_head]."""
-    if max_bias <= 0:
-        return np.ones(n_head, dtype=F32)
-    n_head_log2 = 1 << int(np.floor(np.log2(n_head)))
-    m0 = np.power(F32(2), F32(-max_bias) / F32(n_head_log2))
-    m1 = np.power(F32(2), F32(-max_bias / 2.0) / F32(n_head_log2))
-    h = np.arange(n_head)
-    low = m0 ** (h + 1).astype(F32)  # the first n_head_log2 heads
-    high = m1 ** (2 * (h - n_head_log2) + 1).astype(F32)  # the rest: odd powers of m1
-    return np.where(h < n_head_log2, low, high).astype(F32)
 
 
 def flash_attn_ext(node: Tensor, dst: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,

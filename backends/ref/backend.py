@@ -1,4 +1,4 @@
-"""CPU buffers are numpy uint8 arrays; a prepared call is the kernel bound to numpy views of
+"""The ref backend: buffers are numpy uint8 arrays; a prepared call is the kernel bound to numpy views of
 its destination and sources, so running it makes no decisions."""
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from ..base import Availability, Backend, Buffer, Call, Place
 from .table import KERNELS
 
 
-class CPUBackend(Backend):
-    name = "cpu"
+class RefBackend(Backend):
+    """The NumPy reference of every op: the oracle of the parity tests, readable first."""
+
+    name = "ref"
     KERNELS = KERNELS
 
     @classmethod
@@ -44,7 +46,7 @@ class CPUBackend(Backend):
     def upload_static(self, t: Tensor) -> Place:
         # zero-copy: the host bytes (possibly memory-mapped) are the buffer
         if t.data is None:
-            raise ValueError(f"[cpu] static tensor {t.name!r} has no host data")
+            raise ValueError(f"[ref] static tensor {t.name!r} has no host data")
         raw = t.data.reshape(-1).view(np.uint8)  # new_weight keeps data C-contiguous
         return Place(Buffer(self, raw.nbytes, raw), 0)
 

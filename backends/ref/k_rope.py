@@ -10,33 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from graphir.builders import ROPE_IMROPE, ROPE_MROPE, ROPE_NORMAL
+from graphir.numerics import cmax, yarn_corr_dims
 from graphir.tensor import Tensor
 
 F32 = np.float32
-
-
-def _cmax(a, b):
-    return a if a > b else b  # C's MAX macro (NaN handling included)
-
-
-def _cmin(a, b):
-    return a if a < b else b
-
-
-def yarn_corr_dims(n_dims: int, n_ctx_orig: int, freq_base: float, beta_fast: float, beta_slow: float):
-    """ggml_rope_yarn_corr_dims: the [low, high] pair range over which YaRN ramps (float32)."""
-
-    def corr_dim(n_rot: float) -> F32:
-        return (
-            F32(n_dims)
-            * np.log(F32(n_ctx_orig) / (F32(n_rot) * F32(2) * F32(np.pi)))
-            / (F32(2) * np.log(F32(freq_base)))
-        )
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        start = np.floor(corr_dim(beta_fast))
-        end = np.ceil(corr_dim(beta_slow))
-    return F32(_cmax(F32(0), start)), F32(_cmin(F32(n_dims - 1), end))
 
 
 def _pair_components(n_pairs: int, sections: tuple[int, ...], mode: int) -> np.ndarray:
@@ -90,7 +67,7 @@ def rope_cos_sin(node: Tensor, pos: np.ndarray, n_tokens: int, ff: np.ndarray | 
     theta = freq_scale * theta_extrap
     if ext_factor != 0:
         low, high = yarn_corr_dims(n_dims, p["n_ctx_orig"], p["freq_base"], p["beta_fast"], p["beta_slow"])
-        y = (np.arange(n_pairs, dtype=F32) - low) / _cmax(F32(0.001), F32(high - low))
+        y = (np.arange(n_pairs, dtype=F32) - low) / cmax(F32(0.001), F32(high - low))
         ramp = F32(1) - np.minimum(F32(1), np.maximum(F32(0), y))
         ramp_mix = ramp * ext_factor
         theta = theta * (F32(1) - ramp_mix) + theta_extrap * ramp_mix
