@@ -5,13 +5,16 @@
         ...
     print(gen.stats.summary())
 
-One round (spec="mtp"), with `last` the newest sampled token (position n_past, not yet decoded
-on the target) and the target holding positions 0 .. n_past-1:
+Every sequence has a `SeqState`: `last`, the newest sampled token (position n_past, not yet
+decoded on the target, which holds positions 0 .. n_past-1), and its pending MTP rows. One round
+(`Generator._round`) runs over all the sequences still generating; `generate` is the
+one-sequence case of `generate_batch`:
   1. draft: the MTP head runs (last, h_{n_past-1}) at n_past, then chains its own hidden state
      and greedy token for up to draft_max drafts (stopping early when the draft's probability
-     is below p_min);
-  2. verify: the target decodes [last, d1..dk] at n_past.. in ONE batch, every row an output;
-  3. the user's sampler picks the target's token at each row, drafts are accepted while they
+     is below p_min); every sequence's step is in one MTP batch;
+  2. verify: the target decodes [last, d1..dk] at n_past.. of every sequence in ONE batch,
+     every row an output (spec=None: [last] alone, i.e. plain decoding);
+  3. the sequence's sampler picks the target's token at each row, drafts are accepted while they
      equal it; the first differing (or the bonus) token is the next `last`. One sample per
      emitted token, at the same logits as plain decoding: greedy output and a seeded sampler's
      draws are those of plain decoding;
@@ -42,7 +45,7 @@ from .sampling import Sampler, SamplerConfig
 
 @dataclass
 class SpecStats:
-    """Counters of one `generate` call."""
+    """Counters of one `generate` / `generate_batch` call (all sequences together)."""
 
     n_prompt: int = 0
     n_generated: int = 0
@@ -52,7 +55,7 @@ class SpecStats:
     drafted_at: list[int] = field(default_factory=list)  # per draft position i (0-based): drafts proposed
     accepted_at: list[int] = field(default_factory=list)  # ... and accepted
     t_prompt: float = 0.0
-    t_draft: float = 0.0  # MTP head (feeding the accepted rows + drafting)
+    t_draft: float = 0.0  # MTP head (feeding the accepted rows + drafting), acceptance and rollback
     t_verify: float = 0.0  # target decodes after the prompt (verify batches, or single tokens)
     t_generate: float = 0.0  # from the end of the prompt to the last token
 
@@ -74,6 +77,14 @@ class SpecStats:
     def tokens_per_s(self) -> float:
         return self.n_generated / self.t_generate if self.t_generate > 0 else 0.0
 
+    def count(self, k: int, n_acc: int) -> None:
+        """Record one sequence's round: k drafts proposed, the first n_acc accepted."""
+        self.drafted += k
+        self.accepted += n_acc
+        for i in range(k):
+            self.drafted_at[i] += 1
+            self.accepted_at[i] += int(i < n_acc)
+
     def summary(self) -> str:
         per_pos = " ".join(f"{r:.2f}" for r in self.acceptance_at)
         return (f"rounds {self.rounds}, drafted {self.drafted}, accepted {self.accepted} "
@@ -83,15 +94,54 @@ class SpecStats:
                 f"({self.tokens_per_s:.1f} tok/s)")  # fmt: skip
 
 
+@dataclass
+class SeqState:
+    """One sequence being generated: where it stands and the MTP rows it still has to feed.
+
+    The target holds positions 0 .. n_past-1; `last` (the newest sampled token) sits at n_past and
+    is not decoded yet. The pending rows are true MTP entries (token x_p with the target's h_{p-1})
+    at positions pend_pos0 ..; the last of them is the next round's first draft step.
+    """
+
+    seq: int  # the sequence id in both contexts
+    prompt: list[int]
+    sampler: Sampler
+    n_predict: int
+    stop_at_eog: bool  # done after an end-of-generation token
+    out: list[int] = field(default_factory=list)  # emitted tokens
+    last: int = -1
+    n_past: int = 0
+    pend_tok: list[int] = field(default_factory=list)
+    pend_h: list[np.ndarray] = field(default_factory=list)
+    pend_pos0: int = 0
+    done: bool = False
+
+    def k_max(self, draft_max: int) -> int:
+        """The most drafts this round: never more tokens than n_predict allows."""
+        return min(draft_max, self.n_predict - len(self.out) - 1)
+
+    def queue(self, toks: Sequence[int], h: np.ndarray, pos0: int) -> None:
+        """Queue true MTP rows: toks[i] at pos0 + i with the target's hidden state h[i]."""
+        self.pend_tok, self.pend_h, self.pend_pos0 = list(toks), list(h[: len(toks)]), pos0
+
+
+def _seq_batch(rows: Sequence[Sequence[int]], pos0: Sequence[int], seq: Sequence[int]) -> Batch:
+    """One target batch of several sequences' rows (rows[i] at pos0[i].. of sequence seq[i]), all outputs."""
+    n = sum(map(len, rows))
+    return Batch(np.concatenate([np.asarray(r, np.int64) for r in rows]),
+                 pos=np.concatenate([np.arange(p, p + len(r)) for r, p in zip(rows, pos0)]),
+                 seq_id=np.concatenate([np.full(len(r), s) for r, s in zip(rows, seq)]), output=np.ones(n, bool))  # fmt: skip
+
+
 class Generator:
-    """Generates from one sequence of a model, plainly (spec=None) or with MTP self-speculation.
+    """Generates from one or several sequences of a model, plainly (spec=None) or with MTP self-speculation.
 
     Args:
         model: the loaded model (for spec="mtp" it needs a nextn block: NoMtpHeadError otherwise).
         spec: None or "mtp".
         draft_max: the most drafts per round (>= 1).
         p_min: stop drafting when the draft's probability (softmax of the head's logits) is below.
-        sampler: the user's sampler (default: greedy).
+        sampler: the user's sampler of `generate` (default: greedy).
         n_ctx, n_ubatch, backends, type_k, type_v: the target context's (and the head's) sizes.
         n_rs_seq: rollback snapshots of the target (default draft_max); must be >= draft_max.
         n_seq: the most sequences `generate_batch` runs together.
@@ -124,11 +174,160 @@ class Generator:
         self.mtp = (MtpContext(model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ubatch, backends=backends,
                                type_k=type_k, type_v=type_v, n_seq_max=n_seq) if spec == "mtp" else None)  # fmt: skip
         self.stats = SpecStats()
-        self.tokens: list[int] = []  # the sequence so far: prompt + generated
-        # MTP rows waiting to be fed (true entries: token x_p with the target's h_{p-1})
-        self._pend_tok: list[int] = []
-        self._pend_h: list[np.ndarray] = []
-        self._pend_pos0 = 0
+        self.states: list[SeqState] = []  # the sequences of the last call
+
+    # ---- sequence 0 (the sequence of `generate`) ---------------------------------------------
+    @property
+    def tokens(self) -> list[int]:
+        """Sequence 0 so far: prompt + generated."""
+        return [*self.states[0].prompt, *self.states[0].out] if self.states else []
+
+    @property
+    def _pend_tok(self) -> list[int]:
+        return self.states[0].pend_tok
+
+    @property
+    def _pend_h(self) -> list[np.ndarray]:
+        return self.states[0].pend_h
+
+    @property
+    def _pend_pos0(self) -> int:
+        return self.states[0].pend_pos0
+
+    # ---- generation -------------------------------------------------------------------------
+    def generate(self, prompt: Sequence[int], n_predict: int, *, stop_at_eog: bool = False) -> Iterator[int]:
+        """Yield up to n_predict tokens continuing `prompt` (a fresh sequence 0 in both contexts) as they
+        are accepted; `self.stats` holds the counters. stop_at_eog: end after an end-of-generation token."""
+        for _, tok in self._run([prompt], n_predict, [self.sampler], stop_at_eog):
+            yield tok
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], n_predict: int,
+                       samplers: Sequence[Sampler] | None = None, *, stop_at_eog: bool = False) -> list[list[int]]:  # fmt: skip
+        """Up to n_predict tokens for each prompt (sequence s continues prompts[s]); every round runs the
+        drafting steps of all sequences in one MTP batch per step and all their verify rows in one
+        target batch, then accepts and rolls back per sequence. samplers: one per sequence
+        (default greedy). Not streaming; `self.stats` counts all sequences together."""
+        if samplers is None:
+            samplers = [Sampler(SamplerConfig(greedy=True))] * len(prompts)
+        out: list[list[int]] = [[] for _ in prompts]
+        for s, tok in self._run(prompts, n_predict, samplers, stop_at_eog):
+            out[s].append(tok)
+        return out
+
+    def _run(self, prompts: Sequence[Sequence[int]], n_predict: int, samplers: Sequence[Sampler],
+             stop_at_eog: bool) -> Iterator[tuple[int, int]]:  # fmt: skip
+        """Yield (sequence, token) as the rounds emit them, until every sequence is done."""
+        states = self._start(prompts, n_predict, samplers, stop_at_eog)
+        if n_predict == 0:
+            return
+        t0 = time.perf_counter()
+        first = self._prefill(states)
+        t_gen0 = time.perf_counter()
+        self.stats.t_prompt = t_gen0 - t0
+        try:
+            yield from self._emit(states, first)
+            while active := [s for s in states if not s.done]:
+                yield from self._emit(active, self._round(active))
+        finally:
+            self.stats.t_generate = time.perf_counter() - t_gen0
+
+    def _start(self, prompts: Sequence[Sequence[int]], n_predict: int, samplers: Sequence[Sampler],
+               stop_at_eog: bool) -> list[SeqState]:  # fmt: skip
+        """Check the request, clear both contexts and the counters; one fresh state per prompt."""
+        S = len(prompts)
+        if not 1 <= S <= self.target.n_seq_max:
+            raise ValueError(f"[spec] {S} prompts: need 1 .. n_seq ({self.target.n_seq_max})")
+        prompts = [[int(t) for t in p] for p in prompts]
+        if any(not p for p in prompts):
+            raise ValueError("[spec] a prompt is empty")
+        if n_predict < 0:
+            raise ValueError(f"[spec] n_predict must be >= 0, got {n_predict}")
+        n_tok = sum(len(p) + n_predict for p in prompts)
+        if n_tok > self.target.n_ctx:
+            raise ValueError(f"[spec] the prompts + n_predict ({n_tok} tokens) exceed n_ctx ({self.target.n_ctx})")
+        if len(samplers) != S:
+            raise ValueError(f"[spec] {len(samplers)} samplers for {S} prompts")
+        self.target.clear()
+        if self.mtp is not None:
+            self.mtp.clear()
+        self.stats = SpecStats(n_prompt=sum(map(len, prompts)), drafted_at=[0] * self.draft_max,
+                               accepted_at=[0] * self.draft_max)  # fmt: skip
+        self.states = [SeqState(s, p, samplers[s], n_predict, stop_at_eog) for s, p in enumerate(prompts)]
+        return self.states
+
+    def _prefill(self, states: list[SeqState]) -> list[list[int]]:
+        """Decode every prompt in one batch and sample each sequence's first token; queue the MTP rows
+        p = 1 .. N (x_p with h_{p-1}). NOTE: every prompt row is an output: the head needs every h."""
+        res = self.target.decode(_seq_batch([s.prompt for s in states], [0] * len(states), [s.seq for s in states]))
+        row0 = 0
+        for s in states:
+            n = len(s.prompt)
+            s.last, s.n_past = s.sampler.sample(res.logits[row0 + n - 1]), n
+            if self.mtp is not None:
+                s.queue([*s.prompt[1:], s.last], res.h_nextn[row0 : row0 + n], 1)
+            row0 += n
+        return [[s.last] for s in states]
+
+    def _emit(self, states: list[SeqState], emitted: list[list[int]]) -> Iterator[tuple[int, int]]:
+        """Append each sequence's emitted tokens and yield them; a sequence is done at n_predict tokens
+        or (stop_at_eog) after an end-of-generation token."""
+        is_eog = self.model.tokenizer.is_eog
+        for s, toks in zip(states, emitted):
+            for tok in toks:
+                s.out.append(tok)
+                self.stats.n_generated += 1
+                yield s.seq, tok
+                if len(s.out) >= s.n_predict or (s.stop_at_eog and is_eog(tok)):
+                    s.done = True
+                    break
+
+    # ---- one round --------------------------------------------------------------------------
+    def _round(self, states: list[SeqState]) -> list[list[int]]:
+        """One speculative round over the given sequences (the module docstring's steps 1-4); returns
+        each sequence's emitted tokens (its accepted drafts, then its next `last`)."""
+        st = self.stats
+        t = time.perf_counter()
+        drafts = self._draft(states) if self.mtp is not None else [[] for _ in states]
+        t_verify = time.perf_counter()
+        st.t_draft += t_verify - t
+        res = self.target.decode(_seq_batch([[s.last, *d] for s, d in zip(states, drafts)],
+                                            [s.n_past for s in states], [s.seq for s in states]))  # fmt: skip
+        t = time.perf_counter()
+        st.t_verify += t - t_verify
+        st.rounds += 1
+        emitted, row0 = [], 0
+        for s, ds in zip(states, drafts):
+            n = len(ds) + 1
+            toks, n_acc = self._accept(s, res.logits[row0 : row0 + n], ds)
+            st.count(len(ds), n_acc)
+            self._advance(s, len(ds), toks, n_acc, res.h_nextn[row0 : row0 + n] if self.mtp is not None else None)
+            emitted.append(toks)
+            row0 += n
+        st.t_draft += time.perf_counter() - t
+        return emitted
+
+    def _accept(self, s: SeqState, logits: np.ndarray, drafts: list[int]) -> tuple[list[int], int]:
+        """Sample the target's token at each verify row; drafts are accepted while they equal it.
+        Returns (emitted, n_acc): the accepted drafts and the first differing (or the bonus) token, or
+        the accepted drafts alone when one of them ends generation (stop_at_eog)."""
+        is_eog, emitted = self.model.tokenizer.is_eog, []
+        for i in range(len(drafts) + 1):
+            emitted.append(s.sampler.sample(logits[i]))
+            accepted = i < len(drafts) and emitted[-1] == drafts[i]
+            if not accepted or (s.stop_at_eog and is_eog(emitted[-1])):
+                return emitted, i + int(accepted)
+        raise AssertionError("unreachable: the bonus row is never accepted")
+
+    def _advance(self, s: SeqState, k: int, emitted: list[int], n_acc: int, h: np.ndarray | None) -> None:
+        """Roll back the rejected drafts of the target, drop the MTP head's draft-time entries (chained
+        hidden states) and queue the true rows; `last` becomes the newest emitted token."""
+        keep = s.n_past + n_acc + 1  # target positions kept: .. last, d1..d_nacc
+        if n_acc < k and not self.target.seq_rm(s.seq, keep, -1):
+            raise RuntimeError(f"[spec] the target refused to roll back {k - n_acc} tokens of seq {s.seq}")
+        if self.mtp is not None:
+            self.mtp.seq_rm(s.seq, s.n_past + 1, -1)
+            s.queue(emitted, h, s.n_past + 1)
+        s.n_past, s.last = keep, emitted[-1]
 
     # ---- drafting ---------------------------------------------------------------------------
     def _pick_draft(self, logits: np.ndarray, pos: int, seq: int = 0) -> tuple[int, float]:
@@ -138,245 +337,44 @@ class Generator:
         tok = int(np.argmax(x))
         return tok, float(1.0 / np.exp(x - x[tok]).sum())
 
-    def _draft(self, n_max: int) -> list[int]:
-        """Feed the pending true rows (the last one is the first draft step), then chain up to
-        n_max drafts; the chained entries stay in the MTP cache until the next round drops them."""
+    def _draft(self, states: list[SeqState]) -> list[list[int]]:
+        """Feed every sequence's pending rows in one MTP batch (the last row of each is its first draft
+        step), then chain the drafts of the sequences still drafting, one MTP batch per step. The
+        chained entries stay in the MTP cache until the round drops them."""
         assert self.mtp is not None
-        drafts: list[int] = []
-        n = len(self._pend_tok)
-        pos = np.arange(self._pend_pos0, self._pend_pos0 + n)
-        out = np.zeros(n, bool)
-        out[-1] = n_max >= 1
-        res = self.mtp.decode(Batch(self._pend_tok, embd=np.stack(self._pend_h), pos=pos, output=out))
-        self._pend_tok, self._pend_h = [], []
-        if n_max < 1:
-            return drafts
-        p = int(pos[-1])
-        while True:
-            tok, prob = self._pick_draft(res.logits[-1], p)
-            if prob < self.p_min:
-                break
-            drafts.append(tok)
-            if len(drafts) >= n_max:
-                break
-            p += 1
-            res = self.mtp.decode(Batch([tok], embd=res.hidden[-1:], pos=[p]))
-        return drafts
-
-    # ---- generation -------------------------------------------------------------------------
-    def generate(self, prompt: Sequence[int], n_predict: int, *, stop_at_eog: bool = False) -> Iterator[int]:
-        """Yield up to n_predict tokens continuing `prompt` (a fresh sequence 0 in both contexts);
-        `self.stats` holds the counters. stop_at_eog: end after an end-of-generation token."""
-        prompt = [int(t) for t in prompt]
-        if not prompt:
-            raise ValueError("[spec] the prompt is empty")
-        if n_predict < 0:
-            raise ValueError(f"[spec] n_predict must be >= 0, got {n_predict}")
-        if len(prompt) + n_predict > self.target.n_ctx:
-            raise ValueError(f"[spec] prompt ({len(prompt)}) + n_predict ({n_predict}) exceed n_ctx "
-                             f"({self.target.n_ctx})")  # fmt: skip
-        self.target.clear()
-        if self.mtp is not None:
-            self.mtp.clear()
-        st = self.stats = SpecStats(n_prompt=len(prompt), drafted_at=[0] * self.draft_max,
-                                    accepted_at=[0] * self.draft_max)  # fmt: skip
-        self.tokens = list(prompt)
-        if n_predict == 0:
-            return
-        t0 = time.perf_counter()
-        spec = self.mtp is not None
-        # NOTE: every prompt row is an output: the MTP head needs h_{p-1} for every position
-        res = self.target.decode(Batch.simple(prompt, 0, all_outputs=True))
-        st.t_prompt = time.perf_counter() - t0
-        t_gen0 = time.perf_counter()
-        last = self.sampler.sample(res.logits[-1])
-        if spec:  # rows p = 1 .. N: x_p with h_{p-1}
-            self._pend_tok = prompt[1:] + [last]
-            self._pend_h = list(res.h_nextn)
-            self._pend_pos0 = 1
-        is_eog = self.model.tokenizer.is_eog
-        n_past = len(prompt)  # position of `last`
-        try:
-            while True:
-                self.tokens.append(last)
-                st.n_generated += 1
-                yield last
-                if st.n_generated >= n_predict or (stop_at_eog and is_eog(last)):
-                    return
-                if not spec:
-                    t = time.perf_counter()
-                    logits = self.target.decode(Batch.simple([last], n_past)).logits[-1]
-                    st.t_verify += time.perf_counter() - t
-                    st.rounds += 1
-                    n_past += 1
-                    last = self.sampler.sample(logits)
-                    continue
-                # ---- one speculative round ----
-                k_max = min(self.draft_max, n_predict - st.n_generated - 1)
-                t = time.perf_counter()
-                drafts = self._draft(k_max)
-                st.t_draft += time.perf_counter() - t
-                k = len(drafts)
-                t = time.perf_counter()
-                res = self.target.decode(Batch.simple([last, *drafts], n_past, all_outputs=True))
-                st.t_verify += time.perf_counter() - t
-                st.rounds += 1
-                emitted: list[int] = []
-                n_acc = 0
-                for i in range(k + 1):
-                    tok = self.sampler.sample(res.logits[i])
-                    emitted.append(tok)
-                    if i < k and tok == drafts[i]:
-                        n_acc += 1
-                        if stop_at_eog and is_eog(tok):
-                            break
-                        continue
-                    break
-                st.drafted += k
-                st.accepted += n_acc
-                for i in range(k):
-                    st.drafted_at[i] += 1
-                    st.accepted_at[i] += int(i < n_acc)
-                t = time.perf_counter()
-                keep = n_past + n_acc + 1  # target positions kept: .. last, d1..d_nacc
-                if n_acc < k and not self.target.seq_rm(0, keep, -1):
-                    raise RuntimeError(f"[spec] the target refused to roll back {k - n_acc} tokens")
-                # drop the MTP head's draft-time entries (chained hidden states), queue the true rows
-                self.mtp.seq_rm(0, n_past + 1, -1)
-                self._pend_tok = [*drafts[:n_acc], emitted[n_acc]] if len(emitted) > n_acc else list(drafts[:n_acc])
-                self._pend_h = list(res.h_nextn[: len(self._pend_tok)])
-                self._pend_pos0 = n_past + 1
-                st.t_draft += time.perf_counter() - t
-                for tok in emitted[:-1]:
-                    self.tokens.append(tok)
-                    st.n_generated += 1
-                    yield tok
-                    if stop_at_eog and is_eog(tok):
-                        return
-                n_past = keep
-                last = emitted[-1]
-        finally:
-            st.t_generate = time.perf_counter() - t_gen0
-
-    # ---- several sequences ------------------------------------------------------------------
-    def generate_batch(self, prompts: Sequence[Sequence[int]], n_predict: int,
-                       samplers: Sequence[Sampler] | None = None) -> list[list[int]]:  # fmt: skip
-        """n_predict tokens for each prompt (sequence s continues prompts[s]); every round runs the
-        drafting steps of all sequences in one MTP batch per step and all their verify rows in one
-        target batch, then accepts and rolls back per sequence. samplers: one per sequence
-        (default greedy). Not streaming; `self.stats` counts all sequences together."""
-        S = len(prompts)
-        if not 1 <= S <= self.target.n_seq_max:
-            raise ValueError(f"[spec] {S} prompts: need 1 .. n_seq ({self.target.n_seq_max})")
-        prompts = [[int(t) for t in p] for p in prompts]
-        if any(not p for p in prompts):
-            raise ValueError("[spec] a prompt is empty")
-        if n_predict < 0:
-            raise ValueError(f"[spec] n_predict must be >= 0, got {n_predict}")
-        if sum(len(p) + n_predict for p in prompts) > self.target.n_ctx:
-            raise ValueError(f"[spec] the prompts + n_predict each exceed n_ctx ({self.target.n_ctx})")
-        samplers = list(samplers) if samplers is not None else [Sampler(SamplerConfig(greedy=True))] * S
-        if len(samplers) != S:
-            raise ValueError(f"[spec] {len(samplers)} samplers for {S} prompts")
-        self.target.clear()
-        if self.mtp is not None:
-            self.mtp.clear()
-        st = self.stats = SpecStats(n_prompt=sum(map(len, prompts)), drafted_at=[0] * self.draft_max,
-                                    accepted_at=[0] * self.draft_max)  # fmt: skip
-        out: list[list[int]] = [[] for _ in range(S)]
-        if n_predict == 0:
-            return out
-        spec = self.mtp is not None
-        t0 = time.perf_counter()
-        seq_ids = np.concatenate([np.full(len(p), s) for s, p in enumerate(prompts)])
-        res = self.target.decode(Batch(np.concatenate(prompts), pos=np.concatenate([np.arange(len(p)) for p in prompts]),
-                                       seq_id=seq_ids, output=np.ones(len(seq_ids), bool)))  # fmt: skip
-        st.t_prompt = time.perf_counter() - t0
-        t_gen0 = time.perf_counter()
-        ends = np.cumsum([len(p) for p in prompts])
-        last = [samplers[s].sample(res.logits[ends[s] - 1]) for s in range(S)]
-        n_past = [len(p) for p in prompts]
-        pend: dict[int, tuple[list[int], list[np.ndarray], int]] = {}
-        for s in range(S):
-            out[s].append(last[s])
-            if spec:
-                pend[s] = (prompts[s][1:] + [last[s]], list(res.h_nextn[ends[s] - len(prompts[s]) : ends[s]]), 1)
-        while True:
-            active = [s for s in range(S) if len(out[s]) < n_predict]
-            if not active:
-                break
-            drafts: dict[int, list[int]] = {s: [] for s in active}
-            if spec:
-                t = time.perf_counter()
-                drafts = self._draft_batch(active, pend, {s: min(self.draft_max, n_predict - len(out[s]) - 1)
-                                                          for s in active})  # fmt: skip
-                st.t_draft += time.perf_counter() - t
-            t = time.perf_counter()
-            rows = [(s, [last[s], *drafts[s]]) for s in active]
-            res = self.target.decode(Batch(np.concatenate([r for _, r in rows]),
-                                           pos=np.concatenate([np.arange(n_past[s], n_past[s] + len(r)) for s, r in rows]),
-                                           seq_id=np.concatenate([np.full(len(r), s) for s, r in rows]),
-                                           output=np.ones(sum(len(r) for _, r in rows), bool)))  # fmt: skip
-            st.t_verify += time.perf_counter() - t
-            st.rounds += 1
-            t = time.perf_counter()
-            row0 = 0
-            for s, r in rows:
-                k, ds = len(r) - 1, drafts[s]
-                emitted: list[int] = []
-                for i in range(k + 1):
-                    emitted.append(samplers[s].sample(res.logits[row0 + i]))
-                    if i == k or emitted[-1] != ds[i]:
-                        break
-                n_acc = len(emitted) - 1
-                st.drafted += k
-                st.accepted += n_acc
-                for i in range(k):
-                    st.drafted_at[i] += 1
-                    st.accepted_at[i] += int(i < n_acc)
-                keep = n_past[s] + n_acc + 1
-                if n_acc < k and not self.target.seq_rm(s, keep, -1):
-                    raise RuntimeError(f"[spec] the target refused to roll back {k - n_acc} tokens of seq {s}")
-                if spec:
-                    self.mtp.seq_rm(s, n_past[s] + 1, -1)
-                    pend[s] = ([*ds[:n_acc], emitted[-1]], list(res.h_nextn[row0 : row0 + n_acc + 1]), n_past[s] + 1)
-                out[s].extend(emitted)
-                n_past[s], last[s] = keep, emitted[-1]
-                row0 += len(r)
-            st.t_draft += time.perf_counter() - t
-        st.n_generated = sum(map(len, out))
-        st.t_generate = time.perf_counter() - t_gen0
-        return out
-
-    def _draft_batch(self, active: list[int], pend: dict, k_max: dict[int, int]) -> dict[int, list[int]]:
-        """Feed every active sequence's pending rows in one MTP batch, then chain drafts of all the
-        sequences still drafting, one MTP batch per step."""
-        assert self.mtp is not None
-        toks, embd, pos, seq, outp = [], [], [], [], []
-        for s in active:
-            t, h, p0 = pend.pop(s)
-            toks += t
-            embd += h
-            pos += range(p0, p0 + len(t))
-            seq += [s] * len(t)
-            outp += [False] * (len(t) - 1) + [k_max[s] >= 1]
-        res = self.mtp.decode(Batch(toks, embd=np.stack(embd), pos=pos, seq_id=seq, output=outp))
-        flagged = [s for s in active if k_max[s] >= 1]
-        last_pos = {s: p for s, p in zip(seq, pos)}
-        cur = {s: (res.logits[i], res.hidden[i], last_pos[s]) for i, s in enumerate(flagged)}
-        drafts: dict[int, list[int]] = {s: [] for s in active}
+        k_max = [s.k_max(self.draft_max) for s in states]
+        res = self.mtp.decode(self._pending_batch(states, k_max))
+        flagged = [i for i, k in enumerate(k_max) if k >= 1]
+        cur = [(i, res.logits[j], res.hidden[j], states[i].pend_pos0 + len(states[i].pend_tok) - 1)
+               for j, i in enumerate(flagged)]  # fmt: skip
+        for s in states:
+            s.pend_tok, s.pend_h = [], []
+        drafts: list[list[int]] = [[] for _ in states]
         while cur:
             step = []
-            for s, (lg, hid, p) in cur.items():
-                tok, prob = self._pick_draft(lg, p, s)
+            for i, lg, hid, p in cur:
+                tok, prob = self._pick_draft(lg, p, states[i].seq)
                 if prob < self.p_min:
                     continue
-                drafts[s].append(tok)
-                if len(drafts[s]) < k_max[s]:
-                    step.append((s, tok, hid, p + 1))
+                drafts[i].append(tok)
+                if len(drafts[i]) < k_max[i]:
+                    step.append((i, tok, hid, p + 1))
             if not step:
                 break
             res = self.mtp.decode(Batch([x[1] for x in step], embd=np.stack([x[2] for x in step]),
-                                        pos=[x[3] for x in step], seq_id=[x[0] for x in step]))  # fmt: skip
-            cur = {x[0]: (res.logits[i], res.hidden[i], x[3]) for i, x in enumerate(step)}
+                                        pos=[x[3] for x in step], seq_id=[states[x[0]].seq for x in step]))  # fmt: skip
+            cur = [(i, res.logits[j], res.hidden[j], p) for j, (i, _, _, p) in enumerate(step)]
         return drafts
+
+    @staticmethod
+    def _pending_batch(states: list[SeqState], k_max: list[int]) -> Batch:
+        """The pending MTP rows of every sequence; the last row of a sequence is an output iff it drafts."""
+        toks, embd, pos, seq, outp = [], [], [], [], []
+        for s, k in zip(states, k_max):
+            n = len(s.pend_tok)
+            toks += s.pend_tok
+            embd += s.pend_h
+            pos += range(s.pend_pos0, s.pend_pos0 + n)
+            seq += [s.seq] * n
+            outp += [False] * (n - 1) + [k >= 1]
+        return Batch(toks, embd=np.stack(embd), pos=pos, seq_id=seq, output=outp)
