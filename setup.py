@@ -2,6 +2,20 @@
 graphir.tools (top-level folders mapped with package_dir); shaders ship as package data."""
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """Build the native cpu backend; without a working C compiler, say so and install the rest
+    (graphir then runs on the NumPy reference, and `graphir ops` reports cpu as not built)."""
+
+    def build_extension(self, ext) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as e:  # noqa: BLE001 - any compiler/linker failure
+            print(f"\ngraphir: WARNING: the native cpu backend ({ext.name}) could not be compiled: {e}\n"
+                  "graphir: install a C compiler (e.g. apt install gcc) and reinstall; until then the 'cpu' "
+                  "backend falls back to the NumPy reference ('ref').\n")  # fmt: skip
 
 PACKAGES = {
     "graphir": "graphir",
@@ -12,6 +26,8 @@ PACKAGES = {
     "graphir.backends.ref": "backends/ref",
     "graphir.backends.opencl": "backends/opencl",
     "graphir.models": "models",
+    "graphir.models.memory": "models/memory",
+    "graphir.models.archs": "models/archs",
     "graphir.tools": "tools",
     "graphir.shaders": "shaders",
 }
@@ -25,12 +41,13 @@ setup(
     package_dir=PACKAGES,
     package_data={
         "graphir.models": ["data/*.txt", "data/*.gguf", "data/*.json", "data/*.md"],
-        "graphir.shaders": ["vulkan/*.comp", "vulkan/*.glsl", "opencl/*.cl", "opencl/*.h", "cuda/*.cu", "cuda/*.cuh"]
+        "graphir.shaders": ["vulkan/*.comp", "vulkan/*.glsl", "opencl/*.cl", "opencl/*.h", "cuda/*.cu", "cuda/*.cuh",
+                            "cpu/*.c", "cpu/*.h"]
     },
     # NOTE: `import graphir` needs only numpy; gguf (GGUF files and the block-format oracle) and
     # tokenizers (exact BPE from the GGUF vocabulary, see models/tokenizer.py) are imported by
     # graphir.models only, but the main job (running a GGUF model) needs both.
-    install_requires=["numpy>=1.26", "gguf>=0.10", "tokenizers>=0.20"],
+    install_requires=["numpy>=1.26", "gguf>=0.10", "tokenizers>=0.20", "cffi>=1.16"],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100"],
         "opencl": ["pyopencl>=2024.1"],
@@ -39,5 +56,8 @@ setup(
         # tools/train_tiny only; pinned: an unpinned torch pulls several GB of CUDA packages
         "train": ["torch==2.13.0"],
     },
+    setup_requires=["cffi>=1.16"],
+    cffi_modules=["backends/cpu/build.py:ffibuilder"],
+    cmdclass={"build_ext": OptionalBuildExt},
     entry_points={"console_scripts": ["graphir=graphir.tools.cli:main"]},
 )

@@ -5,6 +5,7 @@ error of `graphir`."""
 from __future__ import annotations
 
 import importlib
+import warnings
 
 from .base import Availability, Backend, Buffer, Place
 
@@ -15,6 +16,7 @@ _MODULES: dict[str, str] = {
     "opencl": "graphir.backends.opencl",
     "cpu": "graphir.backends.cpu",
     "ref": "graphir.backends.ref",
+    "native": "graphir.backends.cpu.backend",  # NOTE(interim): becomes `cpu` once every op is native
 }
 FALLBACK = "cpu"  # runs what no chosen backend supports (every op); the default of compile/Context
 REFERENCE = "ref"  # the NumPy oracle that parity tests and `graphir compare` check against
@@ -64,6 +66,11 @@ def get_backend(name: str | Backend) -> Backend:
     if name in _INSTANCES:
         return _INSTANCES[name]
     av = availability(name)
+    if not av.ok and name == FALLBACK:
+        # NOTE: the default backend must always run: without its native extension, the reference
+        warnings.warn(f"graphir: backend {name!r} is unavailable ({av.reason}); using {REFERENCE!r}", stacklevel=2)
+        _INSTANCES[name] = get_backend(REFERENCE)
+        return _INSTANCES[name]
     if not av.ok:
         raise BackendUnavailable(f"backend {name!r} is unavailable: {av.reason}")
     inst = backend_class(name)()  # type: ignore[misc]

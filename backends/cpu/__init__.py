@@ -1,7 +1,8 @@
-"""The cpu backend: what users run by default.
+"""The cpu backend: native C kernels through cffi, a whole split per call, a thread pool.
+What users run by default; the NumPy reference is the `ref` backend.
 
-NOTE: until the native C backend lands, `cpu` runs the NumPy reference kernels under its
-own name (so the default backend and the oracle are two instances, as they will be).
+NOTE(interim): while the kernel families are being written, the native backend registers as
+`native` and `cpu` still runs the reference kernels under its own name.
 """
 
 from ..ref.backend import RefBackend

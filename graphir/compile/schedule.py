@@ -5,7 +5,7 @@ Rules, in order, for a node that computes something:
   1. a write-into op (cpy, set_rows) runs where its target's memory lives;
   2. a node reading a weight pinned to a backend (`t.backend`) runs there if it can;
   3. else the first backend, in priority order, whose `supports_op` accepts it;
-  4. else the fallback backend (`cpu`, which supports every op).
+  4. else the fallback backend (`cpu`), else the reference (`ref`, which supports every op).
 Views run nowhere; they follow their storage. Leafs live where they are pinned, else with
 their first consumer. A split reading storage that lives on another backend gets one copy
 of it per split (weights are uploaded once per backend instead).
@@ -50,15 +50,18 @@ def is_static(t: Tensor) -> bool:
 
 
 def resolve_backends(backends) -> list[Backend]:
-    """Backend instances in priority order, with the fallback backend last unless the list already
-    holds a backend that runs every op (the fallback itself or the reference)."""
+    """Backend instances in priority order, then the fallback (`cpu`) and, last, the reference
+    (`ref`, which runs every op and every type combination), unless the list holds it already."""
     if isinstance(backends, (str, Backend)):
         backends = [backends]
     out = [get_backend(b) for b in backends]
     if not out:
         raise ScheduleError("compile needs at least one backend")
-    if all(b.name not in (FALLBACK, REFERENCE) for b in out):
-        out.append(get_backend(FALLBACK))
+    names = {b.name for b in out}
+    if REFERENCE not in names:
+        if FALLBACK not in names:
+            out.append(get_backend(FALLBACK))
+        out.append(get_backend(REFERENCE))
     return out
 
 

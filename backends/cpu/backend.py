@@ -1,0 +1,96 @@
+"""The native cpu backend: buffers are numpy uint8 arrays (so host access and zero-copy
+weights work as on the reference); a split is lowered to an array of C op records and run by
+ONE call into the compiled module, which walks the records with a persistent thread pool.
+
+The GIL is released during the call (cffi API mode). Threads: `n_threads` (default: the CPUs
+this process may use); a split whose work is small runs on one thread, where waking the pool
+would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from graphir.layout import host_array, np_view
+from graphir.tensor import Tensor, is_empty_op
+
+from ..base import Availability, Backend, Buffer, Call, Place
+from . import native
+
+# NOTE: below this many bytes touched per split, one thread: a pool wake-up and a barrier per
+# op cost more than the work (the tiny model's decode is ~1 MB per step).
+SMALL_SPLIT_BYTES = 1 << 20
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class NativeCPUBackend(Backend):
+    name = "native"
+    KERNELS = native.KERNELS
+
+    @classmethod
+    def availability(cls) -> Availability:
+        if native.lib is None:
+            return Availability(False, native.REASON)
+        return Availability(True)
+
+    def __init__(self) -> None:
+        self.n_threads = default_threads()
+
+    def describe(self) -> str:
+        return f"cpu (native, {self.n_threads} threads, isa {native.isa_name()})"
+
+    # ---- memory ----
+    def alloc_buffer(self, nbytes: int) -> Buffer:
+        return Buffer(self, nbytes, np.zeros(max(nbytes, 1), dtype=np.uint8))
+
+    def view(self, place: Place, t: Tensor) -> np.ndarray:
+        return np_view(place.buffer.handle, place.offset, t)
+
+    def set_tensor(self, place: Place, t: Tensor, data: np.ndarray) -> None:
+        self.view(place, t)[...] = host_array(data, t)
+
+    def get_tensor(self, place: Place, t: Tensor) -> np.ndarray:
+        return self.view(place, t).copy()
+
+    def write_bytes(self, buffer: Buffer, offset: int, data: np.ndarray) -> None:
+        raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        buffer.handle[offset : offset + raw.size] = raw
+
+    def read_bytes(self, buffer: Buffer, offset: int, nbytes: int) -> np.ndarray:
+        return buffer.handle[offset : offset + nbytes].copy()
+
+    def upload_static(self, t: Tensor) -> Place:
+        # zero-copy: the host bytes (possibly memory-mapped) are the buffer
+        if t.data is None:
+            raise ValueError(f"[cpu] static tensor {t.name!r} has no host data")
+        raw = t.data.reshape(-1).view(np.uint8)
+        return Place(Buffer(self, raw.nbytes, raw), 0)
+
+    # ---- execution ----
+    def lower(self, node: Tensor, dst: Place, srcs: list[Place | None]) -> Call:
+        places = {id(node): dst, **{id(s): p for s, p in zip(node.src, srcs) if s is not None}}
+        return self.lower_split([node], lambda t: places[id(t)])
+
+    def lower_split(self, nodes: list[Tensor], place) -> Call:
+        """One C call over the split's op records (views and leafs compute nothing)."""
+        work = [n for n in nodes if not is_empty_op(n)]
+        program = native.Program(work, place, max_threads=default_threads())
+        small = program.bytes_touched < SMALL_SPLIT_BYTES
+        run, backend = program.run, self
+
+        def call() -> None:
+            run(1 if small else backend.n_threads)
+
+        call.program = program  # for inspection (graphir profile) and to keep it alive
+        return call
+
+
+BACKEND = NativeCPUBackend

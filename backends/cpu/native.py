@@ -1,0 +1,83 @@
+"""The compiled module (`_native`, built by backends/cpu/build.py) and op-record programs.
+
+A `Program` holds a cffi array of `gr_op` records for a run of nodes: pointers, ne/nb and
+parameters bound once at lower time, plus the scratch memory the kernels ask for. Running it
+is one call to `gr_run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from graphir.backends.base import Place
+from graphir.tensor import Tensor
+
+from .ops import Kernel, build_table
+
+try:
+    from ._native import ffi, lib
+except ImportError as e:  # the extension was not built (no C compiler at install time)
+    ffi = lib = None
+    REASON = (f"the native extension is not built ({e}); install a C compiler and reinstall "
+              "(pip install -e .)")  # fmt: skip
+    KERNELS: dict = {}
+else:
+    REASON = ""
+    lib.gr_init()
+    KERNELS: dict = build_table(lib, ffi)
+
+
+def isa_name() -> str:
+    if lib is None:
+        return "none"
+    isa = lib.gr_isa()
+    return "avx512-vnni" if isa & 4 else "avx512" if isa & 2 else "avx2" if isa & 1 else "portable"
+
+
+def _address(place: Place) -> int:
+    return place.buffer.handle.ctypes.data + place.offset
+
+
+def _bind(rec_t, t: Tensor, place: Place) -> None:
+    rec_t.data = ffi.cast("char *", _address(place))
+    rec_t.type = int(t.type)
+    for i in range(4):
+        rec_t.ne[i] = t.ne[i]
+        rec_t.nb[i] = t.nb[i]
+
+
+class Program:
+    """Op records for `nodes` (each computing something), bound to their places."""
+
+    def __init__(self, nodes: list[Tensor], place: Callable[[Tensor], Place], max_threads: int) -> None:
+        self.n = len(nodes)
+        self.recs = ffi.new("gr_op[]", max(self.n, 1))
+        self.keep: list = []  # host constants the records point at
+        self.bytes_touched = 0
+        for rec, node in zip(self.recs, nodes):
+            k: Kernel = KERNELS[node.op]
+            rec.op = k.code
+            rec.n_src = len(node.src)
+            _bind(rec.dst, node, place(node))
+            for i, s in enumerate(node.src):
+                if s is not None:
+                    _bind(rec.src[i], s, place(s))
+                    self.bytes_touched += s.nbytes
+            self.bytes_touched += node.nbytes
+            if k.pack is not None:
+                k.pack(node, rec, self.keep)
+        wsize = max((lib.gr_op_wsize(self.recs + i, max_threads) for i in range(self.n)), default=0)
+        self.max_threads = max_threads
+        self.scratch = np.zeros(max(int(wsize), 1) + 64, dtype=np.uint8)
+        base = (self.scratch.ctypes.data + 63) // 64 * 64  # cache-line aligned
+        for rec in self.recs[0 : self.n]:
+            rec.wdata = ffi.cast("char *", base)
+            rec.wsize = wsize
+
+    def run(self, n_threads: int) -> None:
+        err = lib.gr_run(self.recs, self.n, min(n_threads, self.max_threads))
+        if err:
+            raise RuntimeError(f"[cpu] gr_run failed (errno {err}): an op is not compiled in or threads "
+                               "could not be created")  # fmt: skip
