@@ -86,5 +86,10 @@ ffibuilder.set_source(
     libraries=["m", "pthread"],
 )
 
-if __name__ == "__main__":  # a manual build in place: python backends/cpu/build.py
-    ffibuilder.compile(tmpdir=str(ROOT / "build" / "cffi"), verbose=True)
+if __name__ == "__main__":  # rebuild in place while editing kernels: python backends/cpu/build.py
+    import shutil
+    import sys
+
+    built = Path(ffibuilder.compile(tmpdir=str(ROOT / "build" / "cffi"), verbose="-v" in sys.argv))
+    shutil.copy2(built, Path(__file__).parent / built.name)
+    print(f"built {Path(__file__).parent / built.name}")
