@@ -35,8 +35,8 @@ from graphir.compile import PlanStats
 from graphir.compile.schedule import resolve_backends
 
 from .batch import Batch, BatchError, split
-from .graph_context import GraphResult, StateTensors, UBatchShape, build_state_update
-from .memory import MemorySizes, UBatchInputs, make_memory
+from .graph_context import GraphResult, StateTensors, UBatchShape
+from .memory import MemorySizes, UBatchInputs, build_state_update, make_memory
 from .model import Model
 
 
@@ -246,7 +246,7 @@ class Context:
     def n_cached_plans(self) -> int:
         return len(self._plans)
 
-    # ---- sequences (memory passthroughs; see models/memory.py) --------------------------------
+    # ---- sequences (memory passthroughs; see models/memory/) --------------------------------
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         """Remove positions [p0, p1) of `seq` (every sequence if seq < 0; p0 < 0 -> 0, p1 < 0 -> end).
         On recurrent state only whole sequences, or a tail of at most the snapshots the sequence's

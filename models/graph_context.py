@@ -26,7 +26,7 @@ context expands them into the graph as they are made, as ggml_build_forward_expa
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -162,7 +162,7 @@ class GraphInputs:
 
     def set_from(self, plan: gr.Plan, ubi: UBatchInputs) -> None:
         """Write the values of the memory's inputs for one ubatch. ubi.kv.k_shift, ubi.rs.copies and
-        ubi.rs.zero_rows are not graph inputs: run `build_state_update` with them first."""
+        ubi.rs.zero_rows are not graph inputs: run `memory.build_state_update` with them first."""
         ub, kv, rs = ubi.ubatch, ubi.kv, ubi.rs
         out_rows = ub.out_rows if self.out_ids is not None else None
         self.set(plan, pos=ub.pos, tokens=ub.tokens, embd=ub.embd, out_ids=out_rows,
@@ -473,52 +473,6 @@ def rope(hp: Qwen35HParams, x: gr.Tensor, pos: gr.Tensor) -> gr.Tensor:
     x [hd, heads, n], pos I32 [4 * n] -> [hd, heads, n]"""
     return gr.rope_multi(x, pos, None, hp.n_rot, hp.rope_sections, gr.ROPE_IMROPE,
                          n_ctx_orig=hp.n_ctx_train, freq_base=hp.rope_freq_base)  # fmt: skip
-
-
-def build_state_update(hp: Qwen35HParams, state: StateTensors, *, copies: Sequence[tuple[int, int]] = (),
-                       zero_rows: Sequence[int] = (), k_shift: np.ndarray | None = None) -> gr.Graph | None:  # fmt: skip
-    """The memory's pending updates as a graph, to run before the next ubatch's graph (so they
-    land wherever the state lives, on any backend); None when there is nothing to do.
-
-    - copies (src_row, dst_row), in order, then `zero_rows` set to zero, on every r and s state
-      (`RSInputs.copies` / `RSInputs.zero_rows`);
-    - k_shift (n_ctx,) per-cell position deltas (`KVInputs.k_shift`): the K rows of those cells
-      are re-rotated by their delta (rotations compose, so K then sits at its new position).
-    The values are baked in as constants: these are rare events, a plan per event is fine.
-    """
-    gf = gr.Graph()
-    const: dict[str, gr.Tensor] = {}  # shared by the layers
-
-    def constant(name: str, values: np.ndarray) -> gr.Tensor:
-        if name not in const:
-            const[name] = gr.from_numpy(values, name)
-        return const[name]
-
-    def i32(name: str, values: Sequence[int]) -> gr.Tensor:
-        return constant(name, np.asarray(values, np.int32))
-
-    for kind, states in (("r", state.r_l), ("s", state.s_l)):
-        for il, cur in states.items():
-            for i, (src, dst) in enumerate(copies):
-                # reading the stored result orders each copy after the previous write
-                rows = GraphContext.cb(gr.get_rows(cur, i32(f"copy_src_{i}", [src])), f"{kind}_copy_rows_{i}", il)
-                cur = GraphContext.cb(gr.set_rows(cur, rows, i32(f"copy_dst_{i}", [dst])), f"{kind}_copy_{i}", il)
-            if zero_rows:
-                zeros = constant(f"zeros_{kind}", np.zeros((len(zero_rows), cur.ne[0]), np.float32))
-                cur = GraphContext.cb(gr.set_rows(cur, zeros, i32("zero_rows", zero_rows)), f"{kind}_zero", il)
-            if cur is not states[il]:
-                gr.build_forward_expand(gf, cur)
-    if k_shift is not None and np.any(k_shift):
-        cells = np.flatnonzero(k_shift)
-        cells_t, pos_t = i32("shift_cells", cells), i32("shift_pos", np.tile(np.asarray(k_shift)[cells], 4))
-        n, hd = len(cells), hp.head_dim
-        for il, k in state.k_l.items():
-            rows = GraphContext.cb(gr.get_rows(k, cells_t), "k_shift_rows", il)  # F32 [n_embd_k_gqa, n]
-            rows = GraphContext.cb(gr.reshape(rows, hd, k.ne[0] // hd, n), "k_shift_heads", il)  # [hd, H_kv, n]
-            rows = GraphContext.cb(rope(hp, rows, pos_t), "k_shift_rope", il)
-            rows = GraphContext.cb(gr.reshape(rows, k.ne[0], n), "k_shifted", il)  # [n_embd_k_gqa, n]
-            gr.build_forward_expand(gf, GraphContext.cb(gr.set_rows(k, rows, cells_t), "k_shift_store", il))
-    return gf if gf.nodes else None
 
 
 def model_graph(arch: str) -> Any:

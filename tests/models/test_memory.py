@@ -13,9 +13,15 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 import graphir as gr
 from graphir.models.batch import Batch, BatchError, split
 from graphir.models.hparams import Qwen35HParams
-from graphir.models.kv_cache import KVCache
-from graphir.models.memory import HybridMemory, Memory, MemoryFullError, UBatchInputs, make_memory
-from graphir.models.recurrent import RecurrentMemory
+from graphir.models.memory import (
+    HybridMemory,
+    KVCache,
+    Memory,
+    MemoryFullError,
+    RecurrentMemory,
+    UBatchInputs,
+    make_memory,
+)
 
 # ---- helpers -----------------------------------------------------------------------------------
 

@@ -22,9 +22,9 @@ from gguf import GGMLQuantizationType, dequantize
 import graphir as gr
 from graphir.models.batch import Batch, split
 from graphir.models.gguf_write import random_qwen35, write_qwen35
-from graphir.models.graph_context import StateTensors, UBatchShape, build_state_update, model_graph
+from graphir.models.graph_context import StateTensors, UBatchShape, model_graph
 from graphir.models.hparams import Qwen35HParams
-from graphir.models.memory import make_memory
+from graphir.models.memory import build_state_update, make_memory
 from graphir.models.weights import Qwen35Weights
 from graphir.types import DType
 

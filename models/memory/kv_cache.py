@@ -14,30 +14,29 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import graphir as gr
 from graphir.types import DType, parse_type
 
-from .memory import KVInputs, Memory, MemoryFullError, MemorySizes, check_continuity, norm_range
+from .base import (
+    STATE_TYPES,
+    KVInputs,
+    MemoryComponent,
+    MemoryFullError,
+    MemorySizes,
+    check_continuity,
+    norm_range,
+    state_leaf,
+)
 
 if TYPE_CHECKING:
-    from .batch import UBatch
-    from .hparams import Qwen35HParams
-
-_NP_TYPES = {DType.F16: np.float16, DType.F32: np.float32}
-
-
-def state_leaf(type: DType, ne: tuple[int, int], name: str) -> gr.Tensor:
-    """A zeroed leaf with host data that graphs may write (set_rows/cpy): state, not a weight."""
-    t = gr.new_weight(type, ne, np.zeros((ne[1], ne[0]), _NP_TYPES[type]), name)
-    t.flags &= ~gr.Flag.PARAM
-    return t
+    from ..batch import UBatch
+    from ..hparams import Qwen35HParams
 
 
 def _round_up(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
-class KVCache(Memory):
+class KVCache(MemoryComponent):
     """Cells with a position (-1: empty) and a set of sequences; slot finding and causal masks.
 
     Args:
@@ -60,7 +59,7 @@ class KVCache(Memory):
             raise ValueError(f"[kv_cache] need n_ctx, kv_pad, mask_row_pad >= 1, got {n_ctx}, {kv_pad}, {mask_row_pad}")
         type_k, type_v = parse_type(type_k), parse_type(type_v)
         for what, t in (("type_k", type_k), ("type_v", type_v)):
-            if t not in _NP_TYPES:
+            if t not in STATE_TYPES:
                 raise ValueError(f"[kv_cache] {what} must be F16 or F32, got {t.name}")
         self.layers = tuple(layers)
         self.n_ctx, self.kv_pad, self.mask_row_pad = n_ctx, kv_pad, mask_row_pad

@@ -1,4 +1,4 @@
-"""The memory interface (KV cache + recurrent state), its per-ubatch graph inputs, and the hybrid.
+"""The memory interface (KV cache + recurrent state), its per-ubatch graph inputs and helpers.
 
 Only `MemoryContext.apply()` mutates what a graph depends on: `init_batch` plans every ubatch
 of a batch on copies (slots, position checks) and raises before anything changes; `apply()`
@@ -6,9 +6,12 @@ then commits one ubatch at a time, in order, and returns the inputs its graph ne
 `seq_*` calls mutate directly, but only after all their checks pass (a refusal returns False
 or raises and changes nothing). Any mutation outdates a pending MemoryContext.
 
-Implementations: `KVCache` (models/kv_cache.py, attention layers), `RecurrentMemory`
-(models/recurrent.py, delta-net layers) and `HybridMemory` (one of each, split by layer).
-`make_memory` picks the right one for a model's layers.
+`Memory` is the interface (every public call); `MemoryComponent` is a memory that keeps state
+itself and implements the per-component hooks (abstract: a missing hook fails at construction).
+Implementations: `KVCache` (kv_cache.py, attention layers), `RecurrentMemory` (recurrent.py,
+delta-net layers) and `HybridMemory` (hybrid.py: one of each, split by layer); `make_memory`
+(hybrid.py) picks the right one for a model's layers. Imports run one way:
+base <- kv_cache, recurrent <- hybrid; update.py builds the pending state updates as a graph.
 
 A decode, as the Context drives it:
 
@@ -25,16 +28,20 @@ A decode, as the Context drives it:
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .batch import BatchError, UBatch
+import graphir as gr
+from graphir.types import DType
 
-if TYPE_CHECKING:
-    from .hparams import Qwen35HParams
+from ..batch import BatchError, UBatch
+
+# the types a state leaf may have, and their numpy types (host data)
+STATE_TYPES = {DType.F16: np.float16, DType.F32: np.float32}
 
 
 class MemoryFullError(RuntimeError):
@@ -140,9 +147,16 @@ def check_continuity(name: str, ubatches: Sequence[UBatch], pos_max: Callable[[i
             last[s] = int(p[-1])
 
 
-class Memory:
-    """Base of the memories. Subclasses provide `components` (themselves, or their parts) and,
-    per component, `_plan(ubatches) -> list` (pure; raises) and `_commit(ubatch, plan_item)`.
+def state_leaf(type: DType, ne: tuple[int, int], name: str) -> gr.Tensor:
+    """A zeroed leaf with host data that graphs may write (set_rows/cpy): state, not a weight."""
+    t = gr.new_weight(type, ne, np.zeros((ne[1], ne[0]), STATE_TYPES[type]), name)
+    t.flags &= ~gr.Flag.PARAM
+    return t
+
+
+class Memory(abc.ABC):
+    """The memory interface. A memory is made of `components` (itself, or its parts), each a
+    `MemoryComponent` that keeps state; every call below goes to every component.
 
     The seq_* API, with `seq < 0` meaning every sequence where noted and [p0, p1) ranges
     normalized by `norm_range`:
@@ -159,11 +173,12 @@ class Memory:
         self.n_seq_max = n_seq_max
         self._version = 0
 
-    # ---- planning / applying --------------------------------------------------------------
     @property
-    def components(self) -> tuple[Memory, ...]:
-        return (self,)
+    @abc.abstractmethod
+    def components(self) -> tuple[MemoryComponent, ...]:
+        """The parts that keep state, in a fixed order (one plan item and one input each)."""
 
+    # ---- planning / applying --------------------------------------------------------------
     def init_batch(self, ubatches: Sequence[UBatch]) -> MemoryContext:
         """Plan all ubatches (no mutation). Raises BatchError (bad seq ids, positions that do not
         continue the memory) or MemoryFullError (e.g. "context full: need N cells, M free")."""
@@ -174,12 +189,6 @@ class Memory:
         plans = [c._plan(ubatches) for c in self.components]
         return MemoryContext(self, list(ubatches), [list(p) for p in zip(*plans)] if ubatches else [])
 
-    def _plan(self, ubatches: Sequence[UBatch]) -> list[Any]:
-        raise NotImplementedError
-
-    def _commit(self, ubatch: UBatch, plan_item: Any) -> KVInputs | RSInputs:
-        raise NotImplementedError
-
     def init_full(self, n_seq_tokens: int, n_seqs: int = 1) -> UBatchInputs:
         """Placeholder inputs of the worst-case shapes (n_kv = n_ctx, snapshots for this
         ubatch shape) for a ubatch of n_seqs x n_seq_tokens, to compile/reserve the largest
@@ -187,9 +196,6 @@ class Memory:
         ub = UBatch.dummy(n_seqs, n_seq_tokens)
         parts = {type(c)._field: c._reserve(ub) for c in self.components}
         return UBatchInputs(ub, reserve=True, **parts)
-
-    def _reserve(self, ubatch: UBatch) -> KVInputs | RSInputs:
-        raise NotImplementedError
 
     # ---- versions: a mutation outdates pending contexts ------------------------------------
     def _touch(self) -> None:
@@ -269,17 +275,64 @@ class Memory:
         """A deep copy of all bookkeeping (for tests and debugging)."""
         return {k: v for c in self.components for k, v in c._bookkeeping().items()}
 
-    # per-component hooks (subclasses)
-    def _seq_rm(self, seq: int, p0: int, p1: int) -> None: ...
+
+class MemoryComponent(Memory):
+    """A memory that keeps state itself (its one component). Subclasses set `_field` (the
+    `UBatchInputs` field its inputs go to) and implement every hook below; the public calls of
+    `Memory` check arguments first and call a mutating hook only once every component agreed."""
+
+    _field: ClassVar[str]  # "kv" or "rs"
+
+    @property
+    def components(self) -> tuple[MemoryComponent, ...]:
+        return (self,)
+
+    # ---- planning / applying --------------------------------------------------------------
+    @abc.abstractmethod
+    def _plan(self, ubatches: Sequence[UBatch]) -> list[Any]:
+        """One plan item per ubatch (pure: no mutation); raises when the ubatches do not fit."""
+
+    @abc.abstractmethod
+    def _commit(self, ubatch: UBatch, plan_item: Any) -> KVInputs | RSInputs:
+        """Apply one planned ubatch; returns its graph inputs."""
+
+    @abc.abstractmethod
+    def _reserve(self, ubatch: UBatch) -> KVInputs | RSInputs:
+        """Placeholder inputs of the worst-case shapes for `ubatch` (no mutation)."""
+
+    # ---- sequences (arguments already checked by Memory) --------------------------------------
+    @abc.abstractmethod
     def _can_seq_rm(self, seq: int, p0: int, p1: int) -> bool: ...
-    def _check_seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None: ...
+
+    @abc.abstractmethod
+    def _seq_rm(self, seq: int, p0: int, p1: int) -> None: ...
+
+    @abc.abstractmethod
+    def _check_seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        """Raise ValueError when this component cannot copy (before any component mutates)."""
+
+    @abc.abstractmethod
     def _seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None: ...
+
+    @abc.abstractmethod
     def _seq_keep(self, seq: int) -> None: ...
+
+    @abc.abstractmethod
     def _seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None: ...
+
+    @abc.abstractmethod
     def _seq_pos_min(self, seq: int) -> int: ...
+
+    @abc.abstractmethod
     def _seq_pos_max(self, seq: int) -> int: ...
+
+    @abc.abstractmethod
     def _clear(self) -> None: ...
+
+    @abc.abstractmethod
     def _sizes(self) -> MemorySizes: ...
+
+    @abc.abstractmethod
     def _bookkeeping(self) -> dict[str, Any]: ...
 
 
@@ -314,37 +367,3 @@ class MemoryContext:
         self.next += 1
         self._versions = self.memory._versions()
         return UBatchInputs(ub, **parts)
-
-
-class HybridMemory(Memory):
-    """One KV cache (attention layers) and one recurrent memory (delta-net layers). Every call
-    goes to both; `seq_rm` dry-runs both first, so a refusal by either changes neither."""
-
-    def __init__(self, kv: Memory, rs: Memory) -> None:
-        if kv.n_seq_max != rs.n_seq_max:
-            raise ValueError(f"[hybrid] n_seq_max differs: kv {kv.n_seq_max}, recurrent {rs.n_seq_max}")
-        super().__init__(kv.n_seq_max)
-        self.kv, self.rs = kv, rs
-
-    @property
-    def components(self) -> tuple[Memory, ...]:
-        return (self.kv, self.rs)
-
-
-def make_memory(hp: Qwen35HParams, layers: Sequence[int], n_ctx: int, n_seq_max: int = 1, n_rs_seq: int = 0,
-                type_k: Any = "f16", type_v: Any = "f16", kv_pad: int = 256) -> Memory:  # fmt: skip
-    """The memory for `layers` of a model (the trunk for the main context, the nextn blocks for
-    the MTP head): a KVCache if none is recurrent, a RecurrentMemory if all are, else a hybrid."""
-    # NOTE: imported here because kv_cache and recurrent import this module
-    from .kv_cache import KVCache
-    from .recurrent import RecurrentMemory
-
-    attn = [il for il in layers if not hp.is_recurrent(il)]
-    recr = [il for il in layers if hp.is_recurrent(il)]
-    kv = KVCache.for_model(hp, attn, n_ctx, n_seq_max, type_k, type_v, kv_pad) if attn else None
-    rs = RecurrentMemory.for_model(hp, recr, n_seq_max, n_rs_seq) if recr else None
-    if kv is not None and rs is not None:
-        return HybridMemory(kv, rs)
-    if kv is None and rs is None:
-        raise ValueError("[memory] no layers given")
-    return kv or rs

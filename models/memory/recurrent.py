@@ -30,15 +30,14 @@ import numpy as np
 
 from graphir.types import DType
 
-from .kv_cache import state_leaf
-from .memory import Memory, MemorySizes, RSInputs, check_continuity, norm_range
+from .base import MemoryComponent, MemorySizes, RSInputs, check_continuity, norm_range, state_leaf
 
 if TYPE_CHECKING:
-    from .batch import UBatch
-    from .hparams import Qwen35HParams
+    from ..batch import UBatch
+    from ..hparams import Qwen35HParams
 
 
-class RecurrentMemory(Memory):
+class RecurrentMemory(MemoryComponent):
     """Per-sequence bookkeeping: pos_min/pos_max (-1: empty, the state must be zeroed), `valid`
     snapshot planes, `pending` rollback plane (0: none), and pending `seq_cp` row copies.
 
