@@ -1,12 +1,14 @@
-"""GGUF files: memory-mapped reading (`load_gguf`) and Qwen3.5 validation (`validate_qwen35`).
+"""GGUF files: memory-mapped reading (`load_gguf`) and the file-level checks every architecture uses.
 
 `load_gguf` maps the file (np.memmap, so tensor data is never copied) and parses it with
 bounds checks: truncation, bad magic/version and corrupt headers come out as a GGUFError naming
-the file and the part that is bad, never as a crash or a hang. `validate_qwen35` then checks, before any graph is built,
-the architecture, every key (presence and GGUF type, as llama.cpp's loader demands), the
-tokenizer keys the model needs, and every tensor's presence, shape and type. The tensor table
-follows llama.cpp's `llama_model_qwen35*::load_arch_tensors`; shapes are in ne order and
-compared padded to 4 dims with 1s, as llama.cpp does.
+the file and the part that is bad, never as a crash or a hang.
+
+The checks an architecture's validation is made of (models/archs/ runs them, before any graph
+is built): `get_key` / `read_keys` (presence and GGUF type of keys, as llama.cpp's loader
+demands), `check_tokenizer` (the tokenizer keys a BPE vocab needs) and `check_tensors` (every
+tensor of an architecture's table of `TensorGroup`s present, with its shape and type). Shapes are
+in ne order and compared padded to 4 dims with 1s, as llama.cpp does.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,7 @@ import numpy as np
 
 from graphir.types import TYPE_INFO, DType, row_size
 
-from .hparams import ARCHS, F32, I32X4, U32, U32_LAYERS, HParamsError, Qwen35HParams, keys_for
+from .hparams import F32, I32X4, U32, U32_LAYERS, KeySpec
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)  # what llama.cpp and gguf-py read (v1 is long gone)
@@ -288,7 +290,7 @@ def _read_with_gguf_reader(path: str, size: int) -> tuple[dict[str, Any], dict[s
 
 
 # --------------------------------------------------------------------------------------------
-# Qwen3.5 tensor table
+# Tensor tables
 # --------------------------------------------------------------------------------------------
 
 WEIGHT_TYPES = (DType.F32, DType.F16, DType.BF16, DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q5_K, DType.Q6_K)
@@ -314,106 +316,23 @@ class TensorGroup:
     required: bool = True
 
 
-def _w(name: str, *ne: int, types: tuple[DType, ...] | None = None) -> TensorSpec:
-    # 1-D tensors (norms, biases) are F32 by the converter's rule and llama.cpp's kernels
+def tensor_spec(name: str, *ne: int, types: tuple[DType, ...] | None = None) -> TensorSpec:
+    """An expected tensor; by default 1-D tensors (norms, biases) are F32 only, by the converter's
+    rule and llama.cpp's kernels, and matrices may have any WEIGHT_TYPES type."""
     return TensorSpec(name, tuple(ne), types if types is not None else (ONLY_F32 if len(ne) == 1 else WEIGHT_TYPES))
 
 
-def _one(spec: TensorSpec, required: bool = True) -> TensorGroup:
+def single(spec: TensorSpec, required: bool = True) -> TensorGroup:
+    """A group of one tensor without alternatives."""
     return TensorGroup(((spec,),), required)
 
 
-def qwen35_tensor_groups(hp: Qwen35HParams) -> list[TensorGroup]:
-    """Every tensor a Qwen3.5 (dense or MoE) file has, in writing order."""
-    E, V = hp.n_embd, hp.n_vocab
-    groups = [
-        _one(_w("token_embd.weight", E, V)),
-        _one(_w("output_norm.weight", E)),
-        _one(_w("output.weight", E, V), required=False),  # absent: tied to token_embd
-    ]
-    for il in range(hp.block_count):
-        p = f"blk.{il}."
-        groups += [_one(_w(p + "attn_norm.weight", E)), _one(_w(p + "post_attention_norm.weight", E))]
-        groups += _recurrent_groups(hp, p) if hp.is_recurrent(il) else _attention_groups(hp, p)
-        groups += _moe_groups(hp, p) if hp.is_moe else _ffn_groups(hp, p)
-        if hp.is_nextn(il):
-            groups += _nextn_groups(hp, p)
-    return groups
-
-
-def _attention_groups(hp: Qwen35HParams, p: str) -> list[TensorGroup]:
-    E, q2, k, v = hp.n_embd, 2 * hp.n_embd_q, hp.n_embd_k_gqa, hp.n_embd_v_gqa
-    separate = (_w(p + "attn_q.weight", E, q2), _w(p + "attn_k.weight", E, k), _w(p + "attn_v.weight", E, v))
-    fused = (_w(p + "attn_qkv.weight", E, q2 + k + v),)  # newer llama.cpp accepts a fused q|k|v
-    return [
-        TensorGroup((separate, fused)),
-        _one(_w(p + "attn_output.weight", hp.n_embd_q, E)),
-        _one(_w(p + "attn_q_norm.weight", hp.head_dim)),
-        _one(_w(p + "attn_k_norm.weight", hp.head_dim)),
-    ]
-
-
-def _recurrent_groups(hp: Qwen35HParams, p: str) -> list[TensorGroup]:
-    E, H_v = hp.n_embd, hp.H_v
-    return [
-        _one(_w(p + "attn_qkv.weight", E, hp.conv_channels)),
-        _one(_w(p + "attn_gate.weight", E, hp.value_dim)),
-        _one(_w(p + "ssm_conv1d.weight", hp.conv_kernel, hp.conv_channels, types=ONLY_F32)),
-        _one(_w(p + "ssm_dt.bias", H_v)),  # NOTE: a .bias, not a .weight
-        _one(_w(p + "ssm_a", H_v)),  # NOTE: no suffix at all; holds -exp(A_log)
-        _one(_w(p + "ssm_beta.weight", E, H_v)),
-        _one(_w(p + "ssm_alpha.weight", E, H_v)),
-        _one(_w(p + "ssm_norm.weight", hp.S_v)),
-        _one(_w(p + "ssm_out.weight", hp.value_dim, E)),
-    ]
-
-
-def _ffn_groups(hp: Qwen35HParams, p: str) -> list[TensorGroup]:
-    E, F = hp.n_embd, hp.n_ff
-    return [
-        _one(_w(p + "ffn_gate.weight", E, F)),
-        _one(_w(p + "ffn_up.weight", E, F)),
-        _one(_w(p + "ffn_down.weight", F, E)),
-    ]
-
-
-def _moe_groups(hp: Qwen35HParams, p: str) -> list[TensorGroup]:
-    E, F, X, S = hp.n_embd, hp.ff_exp, hp.n_expert, hp.ff_shexp
-    separate = (_w(p + "ffn_gate_exps.weight", E, F, X), _w(p + "ffn_up_exps.weight", E, F, X))
-    fused = (_w(p + "ffn_gate_up_exps.weight", E, 2 * F, X),)  # [gate | up] along ne[1]
-    return [
-        _one(_w(p + "ffn_gate_inp.weight", E, X)),
-        _one(_w(p + "ffn_down_exps.weight", F, E, X)),
-        TensorGroup((separate, fused)),
-        # NOTE: converted from HF as [n_embd, 1] and kept in the float type of the conversion
-        _one(_w(p + "ffn_gate_inp_shexp.weight", E, types=FLOATS)),
-        _one(_w(p + "ffn_gate_shexp.weight", E, S)),
-        _one(_w(p + "ffn_up_shexp.weight", E, S)),
-        _one(_w(p + "ffn_down_shexp.weight", S, E)),
-    ]
-
-
-def _nextn_groups(hp: Qwen35HParams, p: str) -> list[TensorGroup]:
-    E, V = hp.n_embd, hp.n_vocab
-    return [
-        _one(_w(p + "nextn.eh_proj.weight", 2 * E, E)),
-        _one(_w(p + "nextn.enorm.weight", E)),
-        _one(_w(p + "nextn.hnorm.weight", E)),
-        _one(_w(p + "nextn.embed_tokens.weight", E, V), required=False),  # fallback: token_embd
-        _one(_w(p + "nextn.shared_head_head.weight", E, V), required=False),  # fallback: output (or token_embd)
-        _one(_w(p + "nextn.shared_head_norm.weight", E), required=False),  # fallback: output_norm
-    ]
-
-
-def check_tensors(hp: Qwen35HParams, found: Mapping[str, tuple[int, tuple[int, ...]]], where: str) -> None:
-    """Check `{name: (type id, ne)}` against the Qwen3.5 table: every required tensor present,
+def check_tensors(groups: Sequence[TensorGroup], found: Mapping[str, tuple[int, tuple[int, ...]]], where: str,
+                  arch: str) -> None:  # fmt: skip
+    """Check `{name: (type id, ne)}` against an architecture's table: every required tensor present,
     nothing unexpected, shapes and types right. Raises GGUFError naming the first bad tensor."""
-    blocks = {n.split(".")[1] for n in found if n.startswith("blk.")}
-    if hp.nextn_predict_layers and not any(str(il) in blocks for il in range(hp.n_layer_trunk)):
-        # llama.cpp can load the MTP head alone as a draft model; graphir runs the head with its trunk
-        raise GGUFError(f"{where}: an MTP-only file (no trunk blocks) is not supported")
     expected: set[str] = set()
-    for group in qwen35_tensor_groups(hp):
+    for group in groups:
         option = next((o for o in group.options if all(s.name in found for s in o)), None)
         expected.update(s.name for o in group.options for s in o)
         if option is None:
@@ -429,7 +348,7 @@ def check_tensors(hp: Qwen35HParams, found: Mapping[str, tuple[int, tuple[int, .
     extra = [n for n in found if n not in expected]
     if extra:
         more = f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""
-        raise GGUFError(f"{where}: unexpected tensor(s) for {hp.arch}: {', '.join(extra[:5])}{more}")
+        raise GGUFError(f"{where}: unexpected tensor(s) for {arch}: {', '.join(extra[:5])}{more}")
 
 
 def _check_one(spec: TensorSpec, type_id: int, ne: tuple[int, ...], where: str) -> None:
@@ -463,33 +382,26 @@ def _ggml_type_name(type_id: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Validation
+# Keys and tokenizer
 # --------------------------------------------------------------------------------------------
 
 SPECIAL_TOKEN_KEYS = ("bos_token_id", "eos_token_id", "eot_token_id", "unknown_token_id", "padding_token_id")
 
 
-def validate_qwen35(f: GGUFModelFile) -> Qwen35HParams:
-    """Check everything a Qwen3.5 graph needs from `f`; return its hyperparameters or raise GGUFError."""
-    where = f.path
-    arch = _get(f, "general.architecture", "STRING")
-    if arch not in ARCHS:
-        raise GGUFError(f"{where}: unknown architecture {arch!r}; supported: {', '.join(ARCHS)}")
-    n_vocab = _check_tokenizer(f)
+def read_keys(f: GGUFModelFile, arch: str, specs: Sequence[KeySpec]) -> dict[str, Any]:
+    """`{full key: value}` of the `{arch}.<key>` keys of `specs` that `f` has, each checked for a
+    GGUF type llama.cpp accepts for its kind (missing keys are for the hparams to default or refuse)."""
     values: dict[str, Any] = {}
-    for spec in keys_for(arch):
+    for spec in specs:
         key = f"{arch}.{spec.key}"
         if key in f.metadata:
             values[key] = _typed_value(f, key, spec.kind)
-    try:
-        hp = Qwen35HParams.from_metadata(arch, values, n_vocab)
-    except HParamsError as e:
-        raise GGUFError(f"{where}: {e}") from e
-    check_tensors(hp, {n: (t.type_id, t.ne) for n, t in f.tensors.items()}, where)
-    return hp
+    return values
 
 
-def _get(f: GGUFModelFile, key: str, kind: str, required: bool = True) -> Any:
+def get_key(f: GGUFModelFile, key: str, kind: str, required: bool = True) -> Any:
+    """The value of `key`, which must have GGUF type `kind` ("STRING", "UINT32", "ARRAY[STRING]", ...);
+    None when absent and not required. Raises GGUFError naming the file and the key."""
     if key not in f.metadata:
         if required:
             raise GGUFError(f"{f.path}: missing required key {key}")
@@ -529,23 +441,23 @@ def _typed_value(f: GGUFModelFile, key: str, kind: str) -> Any:
     raise GGUFError(f"{f.path}: key {key} has type {t}; expected {expected}")
 
 
-def _check_tokenizer(f: GGUFModelFile) -> int:
+def check_tokenizer(f: GGUFModelFile) -> int:
     """The tokenizer keys llama.cpp's vocab loader needs for a BPE ("gpt2") vocab; returns n_vocab."""
-    model = _get(f, "tokenizer.ggml.model", "STRING")
+    model = get_key(f, "tokenizer.ggml.model", "STRING")
     if model != "gpt2":
         raise GGUFError(f"{f.path}: key tokenizer.ggml.model must be 'gpt2' (byte-level BPE), found {model!r}")
-    _get(f, "tokenizer.ggml.pre", "STRING", required=False)
-    tokens = _get(f, "tokenizer.ggml.tokens", "ARRAY[STRING]")
-    merges = _get(f, "tokenizer.ggml.merges", "ARRAY[STRING]")
+    get_key(f, "tokenizer.ggml.pre", "STRING", required=False)
+    tokens = get_key(f, "tokenizer.ggml.tokens", "ARRAY[STRING]")
+    merges = get_key(f, "tokenizer.ggml.merges", "ARRAY[STRING]")
     n_vocab = len(tokens)
     if n_vocab == 0 or len(merges) == 0:
         raise GGUFError(f"{f.path}: tokenizer.ggml.tokens and tokenizer.ggml.merges must be non-empty")
     for key, kind in (("token_type", "ARRAY[INT32]"), ("scores", "ARRAY[FLOAT32]")):
-        arr = _get(f, f"tokenizer.ggml.{key}", kind, required=False)
+        arr = get_key(f, f"tokenizer.ggml.{key}", kind, required=False)
         if arr is not None and len(arr) != n_vocab:
             raise GGUFError(f"{f.path}: key tokenizer.ggml.{key} has {len(arr)} entries; expected {n_vocab} (tokens)")
     for key in SPECIAL_TOKEN_KEYS:
-        tid = _get(f, f"tokenizer.ggml.{key}", "UINT32", required=False)
+        tid = get_key(f, f"tokenizer.ggml.{key}", "UINT32", required=False)
         if tid is not None and not 0 <= tid < n_vocab:
             raise GGUFError(f"{f.path}: key tokenizer.ggml.{key}={tid} is out of range 0..{n_vocab - 1}")
     return n_vocab

@@ -21,7 +21,8 @@ import numpy as np
 from graphir.layout import f32_to_bf16
 from graphir.types import TYPE_INFO, DType, row_size
 
-from .gguf import GGUFError, TensorSpec, check_tensors, qwen35_tensor_groups
+from . import archs
+from .gguf import GGUFError, TensorSpec
 from .hparams import F32, I32X4, U32, U32_LAYERS, Qwen35HParams, keys_for
 
 TensorData = tuple[DType, Any]  # (type, numpy array in numpy order (ne reversed) or raw bytes)
@@ -94,7 +95,7 @@ def qwen35_contents(
     c.kv.update(_tokenizer_kv(hp, tokenizer))
     c.tensors.update(_tensor_bytes(hp, tensors))
     try:
-        check_tensors(hp, {n: (t, ne) for n, (t, ne, _) in c.tensors.items()}, "write_qwen35")
+        archs.check_tensors(hp, {n: (t, ne) for n, (t, ne, _) in c.tensors.items()}, "write_qwen35")
     except GGUFError as e:
         raise ValueError(str(e)) from e
     return c
@@ -142,7 +143,7 @@ def _tokenizer_kv(hp: Qwen35HParams, tokenizer: Mapping[str, Any]) -> dict[str, 
 def _tensor_bytes(
     hp: Qwen35HParams, tensors: Mapping[str, TensorData]
 ) -> dict[str, tuple[int, tuple[int, ...], np.ndarray]]:
-    specs = {s.name: s for g in qwen35_tensor_groups(hp) for o in g.options for s in o}
+    specs = {s.name: s for g in archs.tensor_groups(hp) for o in g.options for s in o}
     unknown = [n for n in tensors if n not in specs]
     if unknown:
         raise ValueError(f"[write_qwen35] unknown tensor(s) for {hp.arch}: {', '.join(unknown[:5])}")
@@ -194,7 +195,7 @@ def random_qwen35(
     """
     rng = np.random.default_rng(seed)
     out: dict[str, TensorData] = {}
-    for group in qwen35_tensor_groups(hp):
+    for group in archs.tensor_groups(hp):
         first = group.options[0][0].name
         wanted = first.endswith("nextn.shared_head_norm.weight") or (first == "output.weight" and not tied_output)
         if not group.required and not wanted:

@@ -473,12 +473,3 @@ def rope(hp: Qwen35HParams, x: gr.Tensor, pos: gr.Tensor) -> gr.Tensor:
     x [hd, heads, n], pos I32 [4 * n] -> [hd, heads, n]"""
     return gr.rope_multi(x, pos, None, hp.n_rot, hp.rope_sections, gr.ROPE_IMROPE,
                          n_ctx_orig=hp.n_ctx_train, freq_base=hp.rope_freq_base)  # fmt: skip
-
-
-def model_graph(arch: str) -> Any:
-    """The `build_graph` function of an architecture ("qwen35" or "qwen35moe")."""
-    if arch in ("qwen35", "qwen35moe"):
-        from .qwen35 import build_graph
-    else:
-        raise ValueError(f"[graph] unknown architecture {arch!r}")
-    return build_graph

@@ -1,6 +1,7 @@
 """A loaded model: validated hyperparameters, memory-mapped weights, tokenizer, graph builder.
 
-`Model.load(path)` maps and validates a Qwen3.5 GGUF once; any number of `Context`s
+`Model.load(path)` maps and validates a GGUF once (its architecture's module, found through the
+registry in models/archs/, says what to check and builds the graph); any number of `Context`s
 (models/context.py) can then run it: they share the weight leafs (so a backend uploads each
 weight once) and each owns its own memory.
 """
@@ -10,12 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from . import archs
 from .gguf import GGUFError
-from .graph_context import GraphResult, model_graph
-from .hparams import Qwen35HParams
+from .graph_context import GraphResult
 from .tokenizer import Tokenizer
-from .weights import Qwen35Weights
+from .weights import ModelWeights
+
+if TYPE_CHECKING:
+    from .hparams import Qwen35HParams
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,7 +36,7 @@ class Model:
     """
 
     path: str
-    weights: Qwen35Weights
+    weights: ModelWeights
     tokenizer: Tokenizer
     build_graph: Callable[..., GraphResult]
 
@@ -40,12 +45,12 @@ class Model:
         """Map and validate `path`. Raises GGUFError naming the file and what is wrong with it
         (unreadable, bad header, missing/mistyped key or tensor, unknown architecture, a
         tokenizer this code cannot run)."""
-        weights = Qwen35Weights.load(path)
+        weights = archs.load(path)
         try:
             tokenizer = Tokenizer.from_gguf_fields(weights.file.metadata)
         except ValueError as e:
             raise GGUFError(f"{weights.file.path}: {e}") from e
-        return cls(weights.file.path, weights, tokenizer, model_graph(weights.hp.arch))
+        return cls(weights.file.path, weights, tokenizer, archs.get(weights.hp.arch).build_graph)
 
     @property
     def hp(self) -> Qwen35HParams:

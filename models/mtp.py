@@ -16,7 +16,7 @@ own post-norm state, the same kind of row the trunk's h_nextn is).
 
 `MtpContext` is a `Context` whose "trunk" is the one nextn block: the same ubatch splitting,
 validation, plan reuse and `seq_*` calls, a KV cache for that block only, and the target model's
-`Qwen35Weights` (so the embedding/head leafs are the very same objects the trunk uses).
+`ModelWeights` (so the embedding/head leafs are the very same objects the trunk uses).
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from .batch import Batch
 from .context import Context, DecodeResult
 from .graph_context import GraphContext, GraphResult, StateTensors, UBatchShape
 from .model import Model
-from .weights import Qwen35Weights
+from .weights import ModelWeights
 
 
 class NoMtpHeadError(ValueError):
     """The model has no nextn (MTP) block."""
 
 
-def mtp_layer(w: Qwen35Weights) -> int:
+def mtp_layer(w: ModelWeights) -> int:
     """The layer index of the (first) nextn block; NoMtpHeadError when the model has none."""
     hp = w.hp
     if hp.nextn_predict_layers < 1:
@@ -50,7 +50,7 @@ def mtp_layer(w: Qwen35Weights) -> int:
     return il
 
 
-def build_mtp_graph(w: Qwen35Weights, shape: UBatchShape, state: StateTensors, *,
+def build_mtp_graph(w: ModelWeights, shape: UBatchShape, state: StateTensors, *,
                     want_h_nextn: bool = True) -> GraphResult:  # fmt: skip
     """The MTP head graph of one ubatch: inputs inp_tokens I32 [n_tokens] and inp_embd F32
     [n_embd, n_tokens] (h_{p-1} rows); outputs logits [n_vocab, n_outputs] and the head's

@@ -236,10 +236,11 @@ def summary(path: str | os.PathLike[str]) -> str:
     """One line describing a Qwen3.5 GGUF: layers, widths, vocab, parameters, weight type, size."""
     from collections import Counter
 
-    from .gguf import load_gguf, validate_qwen35
+    from .archs import validate
+    from .gguf import load_gguf
 
     f = load_gguf(path)
-    hp = validate_qwen35(f)
+    hp = validate(f)
     n_rec = sum(hp.is_recurrent(il) for il in range(hp.n_layer_trunk))
     n_params = sum(math.prod(t.ne) for t in f.tensors.values())
     types = Counter(t.type_name for t in f.tensors.values() if len(t.ne) >= 2).most_common(1)

@@ -1,9 +1,10 @@
-"""Weight leafs of a validated Qwen3.5 GGUF: memory-mapped, created on first use, shared.
+"""Weight leafs of a validated GGUF: memory-mapped, created on first use, shared.
 
-`Qwen35Weights.load(path)` maps and validates the file; tensors become graphir weight leafs
-(`gr.new_weight`) over the file's memory map (never copied), each named exactly as in the GGUF
+`archs.load(path)` maps and validates the file and returns its architecture's weights (a
+`ModelWeights` for the Qwen3.5 family); tensors become graphir weight leafs (`gr.new_weight`)
+over the file's memory map (never copied), each named exactly as in the GGUF
 (`blk.3.attn_q.weight`). Leafs are created on first use and cached, so the trunk graph and the
-MTP head's graph built from the same `Qwen35Weights` share the same leaf objects (a backend
+MTP head's graph built from the same `ModelWeights` share the same leaf objects (a backend
 uploads each weight once) and a context that needs only some blocks maps only those.
 
 Per-layer attributes are named exactly as the GGUF tensors, without the `blk.N.` prefix and the
@@ -13,13 +14,14 @@ Per-layer attributes are named exactly as the GGUF tensors, without the `blk.N.`
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import graphir as gr
 
-from .gguf import GGUFModelFile, load_gguf, validate_qwen35
-from .hparams import Qwen35HParams
+if TYPE_CHECKING:
+    from .gguf import GGUFModelFile
+    from .hparams import Qwen35HParams
 
 # the GGUF suffix of each attribute that is not a plain ".weight"
 _SUFFIX = {"ssm_dt": ".bias", "ssm_a": ""}
@@ -82,24 +84,19 @@ class LayerWeights:
     nextn: NextNWeights | None = None
 
 
-class Qwen35Weights:
-    """The weight leafs of one validated Qwen3.5 GGUF, created on first use and cached.
+class ModelWeights:
+    """The weight leafs of one validated GGUF, created on first use and cached: the model-level
+    tensors and the blocks as `LayerWeights` (trunk and nextn blocks, `hp.block_count` in all).
 
     Attributes:
         file: the memory-mapped GGUF.
-        hp: its hyperparameters.
+        hp: its hyperparameters (from the architecture's `load_hparams`).
     """
 
     def __init__(self, file: GGUFModelFile, hp: Qwen35HParams) -> None:
         self.file, self.hp = file, hp
         self._leafs: dict[str, gr.Tensor] = {}
         self._layers: dict[int, LayerWeights] = {}
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Qwen35Weights:
-        """Map and validate a Qwen3.5 GGUF (raises GGUFError naming what is wrong)."""
-        f = load_gguf(path)
-        return cls(f, validate_qwen35(f))
 
     # ---- leafs ----------------------------------------------------------------------------
     def get(self, name: str) -> gr.Tensor | None:

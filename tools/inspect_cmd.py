@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from graphir.models.gguf import GGUFError, GGUFModelFile, load_gguf, validate_qwen35
+from graphir.models.archs import validate
+from graphir.models.gguf import GGUFError, GGUFModelFile, load_gguf
 
 
 def add_inspect_args(p: argparse.ArgumentParser) -> None:
@@ -19,7 +20,7 @@ def add_inspect_args(p: argparse.ArgumentParser) -> None:
 
 def run_inspect(path: str, args: argparse.Namespace | None = None) -> int:
     """Print metadata (arrays abbreviated), a tensor table and the verdict. Returns 0 if the file
-    is a valid Qwen3.5 model, 1 otherwise (the error is printed, never raised)."""
+    is a valid model of a supported architecture, 1 otherwise (the error is printed, never raised)."""
     show_tensors = not getattr(args, "no_tensors", False)
     n_items = max(0, getattr(args, "array_items", 8))
     try:
@@ -35,7 +36,7 @@ def run_inspect(path: str, args: argparse.Namespace | None = None) -> int:
         _print_tensors(f)
     print()
     try:
-        hp = validate_qwen35(f)
+        hp = validate(f)
     except GGUFError as e:
         print(f"INVALID: {e}")
         return 1

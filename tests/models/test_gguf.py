@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphir.models.gguf import GGUFError, load_gguf, qwen35_tensor_groups, validate_qwen35
+from graphir.models.archs import tensor_groups, validate
+from graphir.models.gguf import GGUFError, load_gguf
 from graphir.models.gguf_write import GGUFContents, qwen35_contents, random_qwen35, write_gguf, write_qwen35
 from graphir.models.hparams import HParamsError, Qwen35HParams, required_keys
 from graphir.tools.inspect_cmd import run_inspect
@@ -83,7 +84,7 @@ def expect_error(tmp_path: Path, c: GGUFContents, *fragments: str) -> str:
     path = tmp_path / "bad.gguf"
     write_gguf(path, c)
     with pytest.raises(GGUFError) as e:
-        validate_qwen35(load_gguf(path))
+        validate(load_gguf(path))
     msg = str(e.value)
     assert str(path) in msg
     for frag in fragments:
@@ -160,7 +161,7 @@ def test_round_trip(tmp_path: Path, hp: Qwen35HParams, kw: dict) -> None:
     path = tmp_path / "m.gguf"
     tensors = write_model(path, hp, **kw)
     f = load_gguf(path)
-    assert validate_qwen35(f) == hp
+    assert validate(f) == hp
     assert f.arch == hp.arch and f.version == 3
     assert f.metadata["general.name"] == "tiny"
     tok = tiny_tokenizer()
@@ -169,7 +170,7 @@ def test_round_trip(tmp_path: Path, hp: Qwen35HParams, kw: dict) -> None:
     assert f.metadata["tokenizer.ggml.model"] == "gpt2" and f.metadata["tokenizer.ggml.pre"] == "qwen35"
     assert f.kv_types[f"{hp.arch}.block_count"] == "UINT32"
     assert f.kv_types[f"{hp.arch}.rope.dimension_sections"] == "ARRAY[INT32]"
-    table_order = [s.name for g in qwen35_tensor_groups(hp) for o in g.options for s in o]
+    table_order = [s.name for g in tensor_groups(hp) for o in g.options for s in o]
     assert list(f.tensors) == [n for n in table_order if n in tensors]  # written in the table's order
     assert set(f.tensors) == set(tensors)
     assert ("output.weight" in f.tensors) == (not kw.get("tied_output", False))
@@ -197,7 +198,7 @@ def test_parser_matches_gguf_reader(tmp_path: Path, hp: Qwen35HParams) -> None:
         b = theirs.tensors[name]
         assert (a.type_id, a.type_name, a.ne, a.offset, a.nbytes) == (b.type_id, b.type_name, b.ne, b.offset, b.nbytes)
         np.testing.assert_array_equal(a.data, b.data)
-    assert validate_qwen35(theirs) == hp
+    assert validate(theirs) == hp
 
 
 def test_random_model_is_deterministic_and_scaled() -> None:
@@ -230,7 +231,7 @@ def test_quantized_weights_are_accepted(tmp_path: Path) -> None:
     path = tmp_path / "q.gguf"
     write_gguf(path, c)
     f = load_gguf(path)
-    assert validate_qwen35(f) == DENSE
+    assert validate(f) == DENSE
     assert f.tensors["token_embd.weight"].array().shape == (1, 1, N_VOCAB, row_size(DType.Q8_0, 64))
 
 
@@ -247,7 +248,7 @@ def test_quantized_random_model_uses_quants(tmp_path: Path) -> None:
     w = dequantize_rows(tensors["blk.0.ffn_up.weight"][1].reshape(96, -1), DType.Q8_0)
     np.testing.assert_allclose(w, ref["blk.0.ffn_up.weight"][1], atol=0.02)  # same draws, quantized
     write_qwen35(tmp_path / "q8.gguf", DENSE, tensors, tiny_tokenizer())
-    assert validate_qwen35(load_gguf(tmp_path / "q8.gguf")) == DENSE
+    assert validate(load_gguf(tmp_path / "q8.gguf")) == DENSE
     # rows of 64 do not fit Q4_K's 256-blocks: fall back to Q8_0, as llama-quantize does
     assert random_qwen35(DENSE, 0, DType.Q4_K)["blk.0.ffn_up.weight"][0] == DType.Q8_0
 
@@ -268,7 +269,7 @@ def test_fused_alternatives_llama_cpp_accepts(tmp_path: Path, kind: str) -> None
             c.tensors[p + "attn_qkv.weight"] = (parts[0][0], ne, np.concatenate([q[2] for q in parts]))
     path = tmp_path / "fused.gguf"
     write_gguf(path, c)
-    assert validate_qwen35(load_gguf(path)) == MOE
+    assert validate(load_gguf(path)) == MOE
 
 
 def test_writer_refuses_invalid_models(tmp_path: Path) -> None:
@@ -320,7 +321,7 @@ def test_missing_optional_keys_take_llama_cpp_defaults(tmp_path: Path) -> None:
         del c.kv[f"qwen35.{key}"]
     path = tmp_path / "defaults.gguf"
     write_gguf(path, c)
-    got = validate_qwen35(load_gguf(path))
+    got = validate(load_gguf(path))
     assert got == hp
     assert (got.n_head_kv, got.head_dim_k, got.n_rot, got.full_attention_interval) == (4, 64 // 4, 16, 4)
     assert got.rope_freq_base == 10000.0
@@ -373,7 +374,7 @@ def test_per_layer_arrays_that_agree_are_accepted(tmp_path: Path) -> None:
     c.kv["qwen35.attention.head_count"] = ([4] * 5, "ARRAY", "INT32")
     path = tmp_path / "arr.gguf"
     write_gguf(path, c)
-    assert validate_qwen35(load_gguf(path)).n_head == 4
+    assert validate(load_gguf(path)).n_head == 4
 
 
 def test_unknown_architecture(tmp_path: Path) -> None:
@@ -437,7 +438,7 @@ def test_trailing_unit_dims_match_like_llama_cpp(tmp_path: Path) -> None:
     c.tensors["blk.0.ffn_gate_inp_shexp.weight"] = (int(DType.F16), (64, 1), raw[: 64 * 2])
     path = tmp_path / "shexp.gguf"
     write_gguf(path, c)
-    assert validate_qwen35(load_gguf(path)) == MOE
+    assert validate(load_gguf(path)) == MOE
 
 
 @pytest.mark.parametrize(
@@ -570,7 +571,7 @@ def test_inspect_valid_and_invalid(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "tokenizer.ggml.tokens" in out and f"ARRAY[STRING] x{N_VOCAB}" in out
     assert "blk.0.ssm_a" in out and "blk.4.nextn.eh_proj.weight" in out
     assert "VALID" in out and "INVALID" not in out
-    n_tensors = sum(len(o) for g in qwen35_tensor_groups(MOE) for o in g.options[:1] if g.required) + 2
+    n_tensors = sum(len(o) for g in tensor_groups(MOE) for o in g.options[:1] if g.required) + 2
     assert f"{n_tensors} tensors" in out
 
     c = contents()

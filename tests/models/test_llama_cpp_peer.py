@@ -20,12 +20,11 @@ import numpy as np
 import pytest
 
 import graphir as gr
-from graphir.models import tiny
+from graphir.models import archs, tiny
 from graphir.models.gguf import load_gguf
 from graphir.models.gguf_write import write_gguf
-from graphir.models.graph_context import StateTensors, UBatchShape, model_graph
+from graphir.models.graph_context import StateTensors, UBatchShape
 from graphir.models.tokenizer import Tokenizer
-from graphir.models.weights import Qwen35Weights
 from graphir.types import DType
 
 INSTALL = "CMAKE_ARGS=-DGGML_NATIVE=ON pip install llama-cpp-python==0.3.36"
@@ -104,7 +103,7 @@ def _state_leaf(ne: tuple[int, int], name: str) -> gr.Tensor:
 def graph_outputs(path: Path, tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Logits and h_nextn of one fresh sequence in one ubatch, from the trunk graph on the cpu
     reference: zero recurrent state in row 0, K/V in cells 0..n-1, a causal mask."""
-    w = Qwen35Weights.load(path)
+    w = archs.load(path)
     hp = w.hp
     n = len(tokens)
     n_kv = -(-n // 32) * 32
@@ -116,7 +115,7 @@ def graph_outputs(path: Path, tokens: list[int]) -> tuple[np.ndarray, np.ndarray
         r_l={il: _state_leaf(((hp.ssm_d_conv - 1) * hp.conv_channels, 1), f"cache_r_l{il}") for il in recr},
         s_l={il: _state_leaf((hp.S_v * hp.S_v * hp.H_v, 1), f"cache_s_l{il}") for il in recr},
     )
-    res = model_graph(hp.arch)(w, UBatchShape(1, n, n, n_kv=n_kv), state, want_h_nextn=True)
+    res = archs.get(hp.arch).build_graph(w, UBatchShape(1, n, n, n_kv=n_kv), state, want_h_nextn=True)
     plan = gr.compile(res.graph, ["cpu"])
     mask = np.where(np.arange(n_kv)[None, :] <= np.arange(n)[:, None], 0.0, -np.inf)
     res.inputs.set(plan, pos=np.arange(n), tokens=np.array(tokens), kv_slots=np.arange(n), kq_mask=mask,

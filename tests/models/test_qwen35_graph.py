@@ -20,12 +20,13 @@ import pytest
 from gguf import GGMLQuantizationType, dequantize
 
 import graphir as gr
+from graphir.models import archs
 from graphir.models.batch import Batch, split
 from graphir.models.gguf_write import random_qwen35, write_qwen35
-from graphir.models.graph_context import StateTensors, UBatchShape, model_graph
+from graphir.models.graph_context import StateTensors, UBatchShape
 from graphir.models.hparams import Qwen35HParams
 from graphir.models.memory import build_state_update, make_memory
-from graphir.models.weights import Qwen35Weights
+from graphir.models.weights import ModelWeights
 from graphir.types import DType
 
 N_VOCAB = 300
@@ -198,20 +199,20 @@ def ref_rows(hp: Qwen35HParams, st: dict, il: int) -> tuple[np.ndarray, np.ndarr
 # --------------------------------------------------------------------------------------------
 
 
-def write(tmp_path: Path, hp: Qwen35HParams, tensors: dict, name: str) -> Qwen35Weights:
+def write(tmp_path: Path, hp: Qwen35HParams, tensors: dict, name: str) -> ModelWeights:
     path = tmp_path / f"{name}.gguf"
     write_qwen35(path, hp, tensors, TOKENIZER)
-    return Qwen35Weights.load(path)
+    return archs.load(path)
 
 
 @pytest.fixture(scope="module")
-def dense(tmp_path_factory) -> tuple[Qwen35Weights, RefModel, dict]:
+def dense(tmp_path_factory) -> tuple[ModelWeights, RefModel, dict]:
     tensors = random_qwen35(DENSE, 1)
     return write(tmp_path_factory.mktemp("dense"), DENSE, tensors, "dense"), RefModel(DENSE, tensors), tensors
 
 
 @pytest.fixture(scope="module")
-def moe(tmp_path_factory) -> tuple[Qwen35Weights, RefModel, dict]:
+def moe(tmp_path_factory) -> tuple[ModelWeights, RefModel, dict]:
     tensors = random_qwen35(MOE, 2)
     return write(tmp_path_factory.mktemp("moe"), MOE, tensors, "moe"), RefModel(MOE, tensors), tensors
 
@@ -230,7 +231,7 @@ ZERO = N_ROWS - 1
 class Runner:
     """Persistent tensors of one model plus the KV cells' (seq, pos), with masks built here."""
 
-    def __init__(self, w: Qwen35Weights, kv_type: DType = DType.F32) -> None:
+    def __init__(self, w: ModelWeights, kv_type: DType = DType.F32) -> None:
         hp = self.hp = w.hp
         self.w = w
         attn = [il for il in range(hp.n_layer_trunk) if not hp.is_recurrent(il)]
@@ -262,7 +263,7 @@ class Runner:
         dst = np.asarray(dst).reshape(-1, ns)
         n_out = ns * nt if out_rows is None else len(out_rows)
         shape = UBatchShape(ns, nt, n_out, n_kv=N_KV, n_snapshots=dst.shape[0] - 1)
-        res = model_graph(self.hp.arch)(self.w, shape, self.state, want_h_nextn=h_nextn)
+        res = archs.get(self.hp.arch).build_graph(self.w, shape, self.state, want_h_nextn=h_nextn)
         plan = gr.compile(res.graph, ["cpu"])
         res.inputs.set(plan, pos=pos, tokens=tokens.reshape(-1), out_ids=out_rows, kv_slots=slots,
                        kq_mask=mask, rs_src=src, rs_dst=dst)  # fmt: skip
@@ -402,7 +403,7 @@ def assert_named_by_layer(graph: gr.Graph, n_layer: int) -> None:
 def test_every_intermediate_is_named_by_layer(model, request) -> None:
     w = request.getfixturevalue(model)[0]
     shape = UBatchShape(2, 3, 2, n_kv=N_KV, n_snapshots=2)
-    res = model_graph(w.hp.arch)(w, shape, Runner(w).state, want_h_nextn=True)
+    res = archs.get(w.hp.arch).build_graph(w, shape, Runner(w).state, want_h_nextn=True)
     assert_named_by_layer(res.graph, w.hp.n_layer_trunk)
     inputs = {t.name for t in res.graph.leafs if t.is_input}
     assert inputs == {"inp_tokens", "inp_pos", "inp_out_ids", "kv_slots", "kq_mask", "rs_src", "rs_dst"}
@@ -421,7 +422,7 @@ def test_weights_are_mapped_named_and_shared(dense) -> None:
     assert w.output.name == "output.weight"
 
 
-def decode(w: Qwen35Weights, mem, batch, n_ubatch: int) -> np.ndarray:
+def decode(w: ModelWeights, mem, batch, n_ubatch: int) -> np.ndarray:
     """A minimal decode loop on the memory module: split, plan, then per ubatch apply, run the
     pending state updates, build, fill and run the graph. Returns the logits of the output rows."""
     ubatches = split(batch, n_ubatch, mem.rs.n_rs_seq)
@@ -433,7 +434,7 @@ def decode(w: Qwen35Weights, mem, batch, n_ubatch: int) -> np.ndarray:
         )
         if update is not None:
             gr.compile(update, ["cpu"]).run()
-        res = model_graph(w.hp.arch)(w, UBatchShape.of(ubi), state)
+        res = archs.get(w.hp.arch).build_graph(w, UBatchShape.of(ubi), state)
         plan = gr.compile(res.graph, ["cpu"])
         res.inputs.set_from(plan, ubi)
         plan.run()
@@ -485,7 +486,7 @@ def test_embeddings_input(dense) -> None:
     w, ref, tensors = dense
     r = Runner(w)
     shape = UBatchShape(1, 4, 4, n_kv=N_KV, n_mask_rows=8, embd=True)
-    res = model_graph("qwen35")(w, shape, r.state)
+    res = archs.get("qwen35").build_graph(w, shape, r.state)
     plan = gr.compile(res.graph, ["cpu"])
     mask = np.where(np.arange(N_KV)[None, :] <= np.arange(8)[:, None], 0, -np.inf).astype(np.float32)
     mask[4:] = -np.inf

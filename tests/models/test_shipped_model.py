@@ -14,9 +14,10 @@ import tokenizers
 
 import graphir
 from graphir.models import tiny
+from graphir.models.archs import validate
 from graphir.models.batch import Batch
 from graphir.models.context import Context
-from graphir.models.gguf import load_gguf, validate_qwen35
+from graphir.models.gguf import load_gguf
 from graphir.models.model import Model
 from graphir.tools.inspect_cmd import run_inspect
 
@@ -47,7 +48,7 @@ def test_inspect_says_valid(capsys) -> None:
 
 def test_file_layout() -> None:
     f = load_gguf(tiny.shipped_model_path())
-    hp = validate_qwen35(f)
+    hp = validate(f)
     assert (hp.arch, hp.nextn_predict_layers, hp.n_vocab) == ("qwen35", 1, 1024)
     assert "output.weight" not in f.tensors  # tied embeddings
     for name, t in f.tensors.items():

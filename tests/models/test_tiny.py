@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from graphir.models import tiny
-from graphir.models.gguf import load_gguf, validate_qwen35
+from graphir.models.archs import validate
+from graphir.models.gguf import load_gguf
 from graphir.models.tokenizer import Tokenizer, TokenType
 from graphir.types import DType
 
@@ -99,7 +100,7 @@ def test_same_version_in_a_fresh_process(dense) -> None:
 def test_file_is_valid(tmp_path, arch, dtype) -> None:
     path = tiny.make_tiny(tmp_path / "m.gguf", arch, dtype)
     f = load_gguf(path)
-    assert validate_qwen35(f) == tiny.tiny_hparams(arch)
+    assert validate(f) == tiny.tiny_hparams(arch)
     assert f.metadata["general.name"] == f"graphir-tiny-{arch}"
     assert f.metadata["general.version"].startswith(tiny.TINY_VERSION + "+")
     assert f.metadata["tokenizer.ggml.pre"] == "qwen35"
@@ -176,7 +177,7 @@ def test_cached_model_regenerated_when_stale_or_missing(cache, dense, monkeypatc
 
 def test_cached_model_per_arch(cache) -> None:
     moe = tiny.cached_tiny_path("qwen35moe")
-    assert moe.name == "tiny-qwen35moe.gguf" and validate_qwen35(load_gguf(moe)).is_moe
+    assert moe.name == "tiny-qwen35moe.gguf" and validate(load_gguf(moe)).is_moe
     assert tiny.cached_tiny_path() != moe
 
 
