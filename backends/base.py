@@ -18,6 +18,7 @@ Lowering happens at two grains:
 
 from __future__ import annotations
 
+import os
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -30,6 +31,14 @@ from graphir.ops import Op
 from graphir.tensor import Tensor, is_empty_op
 
 Call = Callable[[], None]
+
+
+def default_threads() -> int:
+    """The CPUs this process may use (its affinity mask; os.cpu_count where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

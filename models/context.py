@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import graphir as gr
+from graphir.backends.base import default_threads
 from graphir.compile import PlanStats
 from graphir.compile.schedule import resolve_backends
 
@@ -94,6 +95,8 @@ class Context:
         embeddings_nextn: also return each output row's post-norm hidden state (`h_nextn`).
         plan_cache_size: how many (shape -> graph + plan) entries to keep (least recently used
             are dropped; each holds a compute buffer).
+        n_threads: threads of the cpu backend for this context's runs (default: the CPUs this
+            process may use, `os.sched_getaffinity`).
     Raises:
         ValueError on bad sizes or types, BackendUnavailable for a backend that cannot run,
         MemoryError when the memory or the worst-case compute buffer cannot be allocated.
@@ -101,11 +104,15 @@ class Context:
 
     def __init__(self, model: Model, n_ctx: int = 512, n_batch: int = 512, n_ubatch: int = 512, n_seq_max: int = 1,
                  n_rs_seq: int = 0, backends: Sequence[str] = ("cpu",), type_k: str = "f16", type_v: str = "f16",
-                 *, embeddings_nextn: bool = False, plan_cache_size: int = 16) -> None:  # fmt: skip
+                 *, embeddings_nextn: bool = False, plan_cache_size: int = 16,
+                 n_threads: int | None = None) -> None:  # fmt: skip
         for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch), ("n_seq_max", n_seq_max),
                         ("plan_cache_size", plan_cache_size)):  # fmt: skip
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"[context] {name} must be an integer >= 1, got {v!r}")
+        if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer))
+                                      or n_threads < 1):  # fmt: skip
+            raise ValueError(f"[context] n_threads must be an integer >= 1, got {n_threads!r}")
         if not isinstance(n_rs_seq, (int, np.integer)) or n_rs_seq < 0:
             raise ValueError(f"[context] n_rs_seq must be an integer >= 0, got {n_rs_seq!r}")
         n_ubatch = min(n_ubatch, n_batch)
@@ -117,7 +124,11 @@ class Context:
         self.n_ctx, self.n_batch, self.n_ubatch = int(n_ctx), int(n_batch), int(n_ubatch)
         self.n_seq_max, self.n_rs_seq = int(n_seq_max), int(n_rs_seq)
         self.embeddings_nextn = bool(embeddings_nextn)
-        self.backends = [b.name for b in resolve_backends(backends)]
+        resolved = resolve_backends(backends)
+        self.backends = [b.name for b in resolved]
+        # backends with a thread pool get this context's thread count before each run
+        self._threaded = [b for b in resolved if hasattr(b, "n_threads")]
+        self.n_threads = int(n_threads) if n_threads is not None else default_threads()
         self.stats = ContextStats()
         self._plans: OrderedDict[UBatchShape, _Entry] = OrderedDict()
         self._plan_cache_size = int(plan_cache_size)
@@ -197,6 +208,7 @@ class Context:
             entry = self._entry(UBatchShape.of(ubi))
             res, plan = entry.result, entry.plan
             res.inputs.set_from(plan, ubi)
+            self._use_threads()
             plan.run()
             self.stats.plan_runs += 1
             if res.logits is not None:
@@ -215,8 +227,13 @@ class Context:
         gf = build_state_update(self.hp, self.state, copies=rs.copies if rs else (),
                                 zero_rows=rs.zero_rows if rs else (), k_shift=kv.k_shift if kv else None)  # fmt: skip
         if gf is not None:
+            self._use_threads()
             gr.compile(gf, self.backends, cache=False).run()
             self.stats.state_updates += 1
+
+    def _use_threads(self) -> None:
+        for be in self._threaded:  # NOTE: backends are shared; each context sets its own count
+            be.n_threads = self.n_threads
 
     def _entry(self, shape: UBatchShape) -> _Entry:
         """The cached graph + plan of a ubatch shape, built and compiled on a miss."""

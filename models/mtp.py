@@ -124,12 +124,12 @@ class MtpContext(Context):
 
     def __init__(self, model: Model, n_ctx: int = 512, n_batch: int = 512, n_ubatch: int = 512, n_seq_max: int = 1,
                  backends: Sequence[str] = ("cpu",), type_k: str = "f16", type_v: str = "f16",
-                 *, plan_cache_size: int = 16) -> None:  # fmt: skip
+                 *, plan_cache_size: int = 16, n_threads: int | None = None) -> None:  # fmt: skip
         mtp_layer(model.weights)  # fail early and clearly
         head = _MtpModel(model.path, model.weights, model.tokenizer, build_mtp_graph)
         self.target = model
         super().__init__(head, n_ctx, n_batch, n_ubatch, n_seq_max, 0, backends, type_k, type_v,
-                         embeddings_nextn=True, plan_cache_size=plan_cache_size)  # fmt: skip
+                         embeddings_nextn=True, plan_cache_size=plan_cache_size, n_threads=n_threads)  # fmt: skip
 
     def check(self, batch: Batch) -> None:
         super().check(batch)

@@ -150,7 +150,7 @@ class Generator:
     def __init__(self, model: Model, spec: str | None = "mtp", draft_max: int = 3, p_min: float = 0.0,
                  sampler: Sampler | None = None, n_ctx: int = 512, n_ubatch: int = 128,
                  n_rs_seq: int | None = None, backends: Sequence[str] = ("cpu",), type_k: str = "f16",
-                 type_v: str = "f16", n_seq: int = 1) -> None:  # fmt: skip
+                 type_v: str = "f16", n_seq: int = 1, n_threads: int | None = None) -> None:  # fmt: skip
         if spec not in (None, "mtp"):
             raise ValueError(f"[spec] unknown speculative mode {spec!r} (None or 'mtp')")
         if not isinstance(draft_max, (int, np.integer)) or draft_max < 1:
@@ -170,9 +170,11 @@ class Generator:
         self.sampler = sampler or Sampler(SamplerConfig(greedy=True))
         n_ubatch = max(min(n_ubatch, n_ctx), 1 + n_rs)
         self.target = Context(model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ubatch, n_rs_seq=n_rs, backends=backends,
-                              type_k=type_k, type_v=type_v, embeddings_nextn=spec == "mtp", n_seq_max=n_seq)  # fmt: skip
+                              type_k=type_k, type_v=type_v, embeddings_nextn=spec == "mtp", n_seq_max=n_seq,
+                              n_threads=n_threads)  # fmt: skip
         self.mtp = (MtpContext(model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ubatch, backends=backends,
-                               type_k=type_k, type_v=type_v, n_seq_max=n_seq) if spec == "mtp" else None)  # fmt: skip
+                               type_k=type_k, type_v=type_v, n_seq_max=n_seq, n_threads=n_threads)
+                    if spec == "mtp" else None)  # fmt: skip
         self.stats = SpecStats()
         self.states: list[SeqState] = []  # the sequences of the last call
 

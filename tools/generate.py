@@ -18,6 +18,8 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx-size", "-c", type=int, default=512, help="context size in tokens (default 512)")
     p.add_argument("--ubatch", type=int, default=128, help="tokens per compute step (default 128)")
     p.add_argument("--backend", "-b", action="append", help="backend(s) in priority order (default cpu)")
+    p.add_argument("--threads", "-t", type=int, default=None,
+                   help="cpu threads (default: the CPUs this process may use)")  # fmt: skip
     p.add_argument("--greedy", action="store_true", help="argmax decoding (overrides the sampling options)")
     p.add_argument("--temp", type=float, default=0.8, help="temperature (default 0.8; <= 0 is greedy)")
     p.add_argument("--top-k", type=int, default=40, help="top-k cut (default 40; 0 = off)")
@@ -57,7 +59,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.spec:
         return _run_spec(args, model, prompt, sampler, n_ubatch)
     ctx = Context(model, n_ctx=args.ctx_size, n_batch=max(len(prompt), n_ubatch), n_ubatch=n_ubatch,
-                  backends=tuple(args.backend or ["cpu"]))  # fmt: skip
+                  backends=tuple(args.backend or ["cpu"]), n_threads=args.threads)  # fmt: skip
 
     t0 = time.perf_counter()
     logits = ctx.decode(Batch.simple(prompt, 0)).logits[-1]
@@ -93,7 +95,8 @@ def _run_spec(args: argparse.Namespace, model, prompt: list[int], sampler, n_uba
     from graphir.models.speculative import Generator
 
     gen = Generator(model, spec=args.spec, draft_max=args.draft_max, p_min=args.p_min, sampler=sampler,
-                    n_ctx=args.ctx_size, n_ubatch=n_ubatch, backends=tuple(args.backend or ["cpu"]))  # fmt: skip
+                    n_ctx=args.ctx_size, n_ubatch=n_ubatch, backends=tuple(args.backend or ["cpu"]),
+                    n_threads=args.threads)  # fmt: skip
     tok = model.tokenizer
     sys.stdout.write(args.prompt)
     sys.stdout.flush()

@@ -9,26 +9,17 @@ would cost more than it saves.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from graphir.layout import host_array, np_view
 from graphir.tensor import Tensor, is_empty_op
 
-from ..base import Availability, Backend, Buffer, Call, Place
+from ..base import Availability, Backend, Buffer, Call, Place, default_threads
 from . import native
 
 # NOTE: below this many bytes touched per split, one thread: a pool wake-up and a barrier per
 # op cost more than the work (the tiny model's decode is ~1 MB per step).
 SMALL_SPLIT_BYTES = 1 << 20
-
-
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class NativeCPUBackend(Backend):
