@@ -91,5 +91,7 @@ if __name__ == "__main__":  # rebuild in place while editing kernels: python bac
     import sys
 
     built = Path(ffibuilder.compile(tmpdir=str(ROOT / "build" / "cffi"), verbose="-v" in sys.argv))
+    for old in Path(__file__).parent.glob("_native*.so"):  # e.g. the abi3 build of pip install -e
+        old.unlink()
     shutil.copy2(built, Path(__file__).parent / built.name)
     print(f"built {Path(__file__).parent / built.name}")
