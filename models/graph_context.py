@@ -376,7 +376,7 @@ class GraphContext:
         """A gated delta net layer. x [n_embd, n_tokens] -> [n_embd, n_tokens]"""
         hp, ns, nt = self.hp, self.n_seqs, self.n_seq_tokens
         S_k, H_k, S_v, H_v = hp.S_k, hp.H_k, hp.S_v, hp.H_v
-        d_conv, channels = hp.ssm_d_conv, hp.conv_channels
+        d_conv, channels = hp.d_conv, hp.conv_channels
         r_l, s_l = self.state.r_l[il], self.state.s_l[il]
         _, dst = self.build_inp_rs()
 

@@ -7,7 +7,10 @@ write is a file we read. Requiredness and defaults follow llama.cpp's loader
 llama.cpp reads with a default is optional here with the same default, so every file
 llama.cpp loads loads here too. Our writer always writes every key.
 
-Shapes below are in ne order (innermost first), as everywhere in graphir.
+Shapes below are in ne order (innermost first), as everywhere in graphir. Each quantity has
+its GGUF-named field and at most one short name (a property) that the graphs use:
+`head_dim` (= head_dim_k), `d_conv` (= ssm_d_conv), `S_k` (= ssm_d_state), `H_k` (= ssm_n_group),
+`H_v` (= ssm_dt_rank) and the derived `S_v` (= ssm_d_inner / H_v).
 """
 
 from __future__ import annotations
@@ -111,11 +114,11 @@ class Qwen35HParams:
     n_rot: int  # rotated dims per head (Qwen3.5: a quarter of the head)
     rope_sections: tuple[int, int, int, int]  # IMRoPE sections (t, h, w, e), summing to n_rot / 2
     rope_freq_base: float
-    ssm_d_conv: int  # conv kernel width (4)
+    ssm_d_conv: int  # d_conv: the conv kernel width (4)
     ssm_d_inner: int  # = value head dim * value heads (S_v * H_v)
-    ssm_d_state: int  # key/value head dim S_v (llama.cpp sizes value heads with it too)
-    ssm_dt_rank: int  # NOTE: "time_step_rank" is the number of VALUE heads H_v
-    ssm_n_group: int  # NOTE: "group_count" is the number of KEY heads H_k
+    ssm_d_state: int  # S_k: the key head dim (llama.cpp sizes value heads with it too: S_v == S_k)
+    ssm_dt_rank: int  # NOTE: "time_step_rank" is H_v, the number of VALUE heads
+    ssm_n_group: int  # NOTE: "group_count" is H_k, the number of KEY heads
     full_attention_interval: int = 4
     nextn_predict_layers: int = 0
     n_expert: int = 0
@@ -168,53 +171,44 @@ class Qwen35HParams:
 
     # --- gated delta net ------------------------------------------------------------------
     @property
-    def d_inner(self) -> int:
-        return self.ssm_d_inner
-
-    @property
-    def d_state(self) -> int:
-        return self.ssm_d_state
-
-    @property
-    def S_k(self) -> int:
-        return self.ssm_d_state
-
-    @property
-    def S_v(self) -> int:
-        return self.ssm_d_inner // self.ssm_dt_rank
-
-    @property
-    def n_group(self) -> int:
-        return self.ssm_n_group
-
-    @property
-    def H_k(self) -> int:
-        return self.ssm_n_group
-
-    @property
-    def time_step_rank(self) -> int:
-        return self.ssm_dt_rank
-
-    @property
-    def H_v(self) -> int:
-        return self.ssm_dt_rank
-
-    @property
-    def conv_kernel(self) -> int:
+    def d_conv(self) -> int:
+        """The conv kernel width (ssm_d_conv)."""
         return self.ssm_d_conv
 
     @property
+    def S_k(self) -> int:
+        """The key head dim (ssm_d_state)."""
+        return self.ssm_d_state
+
+    @property
+    def H_k(self) -> int:
+        """The key (and query) heads (ssm_n_group)."""
+        return self.ssm_n_group
+
+    @property
+    def S_v(self) -> int:
+        """The value head dim (ssm_d_inner / H_v)."""
+        return self.ssm_d_inner // self.ssm_dt_rank
+
+    @property
+    def H_v(self) -> int:
+        """The value heads (ssm_dt_rank)."""
+        return self.ssm_dt_rank
+
+    @property
     def key_dim(self) -> int:
+        """Width of q (and of k): S_k * H_k."""
         return self.S_k * self.H_k
 
     @property
     def value_dim(self) -> int:
+        """Width of v and of the delta net's output: S_v * H_v (= ssm_d_inner)."""
         return self.S_v * self.H_v
 
     @property
     def conv_channels(self) -> int:
         """Channels of the causal conv (and of attn_qkv's output): q, k (H_k heads each) and v."""
-        return self.d_inner + 2 * self.n_group * self.d_state
+        return 2 * self.key_dim + self.value_dim
 
     # --- MoE ------------------------------------------------------------------------------
     @property

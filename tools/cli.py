@@ -84,7 +84,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
     """Write a small deterministic random-weight Qwen3.5 GGUF (test models)."""
-    from graphir.models.tiny import make_tiny_main
+    from .make_tiny import make_tiny_main
 
     return make_tiny_main(args)
 
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     m = sub.add_parser("make-tiny", help="write the tiny deterministic qwen35 / qwen35moe GGUF")
-    from graphir.models.tiny import add_make_tiny_args
+    from .make_tiny import add_make_tiny_args
 
     add_make_tiny_args(m)
     m.set_defaults(func=cmd_make_tiny)

@@ -94,7 +94,7 @@ def _recurrent_groups(hp: Qwen35HParams, p: str) -> list[TensorGroup]:
     return [
         _one(_w(p + "attn_qkv.weight", E, hp.conv_channels)),
         _one(_w(p + "attn_gate.weight", E, hp.value_dim)),
-        _one(_w(p + "ssm_conv1d.weight", hp.conv_kernel, hp.conv_channels, types=ONLY_F32)),
+        _one(_w(p + "ssm_conv1d.weight", hp.d_conv, hp.conv_channels, types=ONLY_F32)),
         _one(_w(p + "ssm_dt.bias", H_v)),  # NOTE: a .bias, not a .weight
         _one(_w(p + "ssm_a", H_v)),  # NOTE: no suffix at all; holds -exp(A_log)
         _one(_w(p + "ssm_beta.weight", E, H_v)),

@@ -68,7 +68,7 @@ class RecurrentMemory(MemoryComponent):
     @classmethod
     def for_model(cls, hp: Qwen35HParams, layers: Sequence[int], n_seq_max: int = 1,
                   n_rs_seq: int = 0) -> RecurrentMemory:  # fmt: skip
-        n_embd_r = (hp.ssm_d_conv - 1) * hp.conv_channels
+        n_embd_r = (hp.d_conv - 1) * hp.conv_channels
         return cls(layers, n_embd_r, hp.S_v * hp.S_v * hp.H_v, n_seq_max, n_rs_seq)
 
     def row(self, seq: int, plane: int = 0) -> int:

@@ -102,9 +102,10 @@ def test_layer_pattern_and_derived_dims() -> None:
     assert hp.n_layer_trunk == 4
     assert [hp.is_recurrent(il) for il in range(5)] == [True, False, True, False, False]  # block 4 is MTP
     assert [hp.is_nextn(il) for il in range(5)] == [False] * 4 + [True]
-    assert (hp.d_inner, hp.d_state, hp.S_v, hp.n_group, hp.H_k, hp.time_step_rank, hp.H_v) == (64, 16, 16, 2, 2, 4, 4)
+    assert (hp.ssm_d_inner, hp.ssm_d_state, hp.S_v, hp.ssm_n_group) == (64, 16, 16, 2)
+    assert (hp.H_k, hp.ssm_dt_rank, hp.H_v) == (2, 4, 4)
     assert hp.conv_channels == 64 + 2 * 2 * 16 == hp.key_dim * 2 + hp.value_dim
-    assert (hp.n_embd_q, hp.n_embd_k_gqa, hp.n_embd_v_gqa, hp.conv_kernel) == (64, 32, 32, 4)
+    assert (hp.n_embd_q, hp.n_embd_k_gqa, hp.n_embd_v_gqa, hp.d_conv) == (64, 32, 32, 4)
     assert (MOE.ff_exp, MOE.ff_shexp) == (32, 48)
     # llama.cpp's fallbacks for the expert widths
     fallback = dataclasses.replace(MOE, n_ff_exp=0, n_ff_shexp=0)

@@ -17,6 +17,7 @@ from graphir.models import tiny
 from graphir.models.archs import validate
 from graphir.models.gguf import load_gguf
 from graphir.models.tokenizer import Tokenizer, TokenType
+from graphir.tools.make_tiny import make_tiny_main
 from graphir.types import DType
 
 
@@ -60,7 +61,7 @@ def test_hparams_scale_qwen35_down() -> None:
     assert [hp.is_recurrent(il) for il in range(5)] == [True, True, True, False, False]
     assert hp.is_nextn(4) and not hp.is_moe
     assert hp.n_rot == hp.head_dim // 4 and sum(hp.rope_sections) == hp.n_rot // 2
-    assert (hp.S_k, hp.H_k, hp.H_v, hp.conv_kernel) == (32, 2, 4, 4)
+    assert (hp.S_k, hp.H_k, hp.H_v, hp.d_conv) == (32, 2, 4, 4)
     assert 64 <= hp.n_embd <= 128 and hp.n_vocab == 512
     moe = tiny.tiny_hparams("qwen35moe")
     assert moe.is_moe and (moe.n_expert, moe.n_expert_used) == (8, 2) and moe.ff_exp > 0 and moe.ff_shexp > 0
@@ -198,7 +199,7 @@ def test_concurrent_creators_leave_one_complete_file(cache, dense) -> None:
 
 def test_make_tiny_main_writes_and_summarizes(tmp_path, capsys) -> None:
     out = tmp_path / "sub" / "moe16.gguf"
-    assert tiny.make_tiny_main(["-o", str(out), "--arch", "qwen35moe", "--dtype", "f16", "--seed", "3"]) == 0
+    assert make_tiny_main(["-o", str(out), "--arch", "qwen35moe", "--dtype", "f16", "--seed", "3"]) == 0
     path, line = capsys.readouterr().out.splitlines()
     assert path == str(out)
     assert line.startswith("qwen35moe: 4 layers (3 delta-net + 1 attention) + 1 MTP, n_embd 128, 8 experts top-2")
@@ -208,10 +209,10 @@ def test_make_tiny_main_writes_and_summarizes(tmp_path, capsys) -> None:
 
 def test_make_tiny_main_default_is_the_cache(cache, capsys) -> None:
     ns = argparse.Namespace(output=None, arch="qwen35", dtype="f32", seed=0)  # as the graphir CLI passes it
-    assert tiny.make_tiny_main(ns) == 0
+    assert make_tiny_main(ns) == 0
     path, line = capsys.readouterr().out.splitlines()
     assert path == str(tiny.cached_tiny_path()) and "n_ff 256" in line and "F32 weights" in line
-    assert tiny.make_tiny_main(["--seed", "2"]) == 0
+    assert make_tiny_main(["--seed", "2"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == str(cache / "tiny-qwen35-f32-seed2.gguf")
     with pytest.raises(SystemExit):
-        tiny.make_tiny_main(["--dtype", "q4_0"])
+        make_tiny_main(["--dtype", "q4_0"])
