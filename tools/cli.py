@@ -110,6 +110,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return run_inspect(args.file, args)
 
 
+def cmd_bench_ops(args: argparse.Namespace) -> int:
+    """Time every op's perf shapes on the chosen backends, side by side (us, GB/s, GFLOP/s)."""
+    from .bench_ops import run
+
+    return run(args)
+
+
 def cmd_parity(args: argparse.Namespace) -> int:
     """Every op case on the chosen backends against the reference (ref)."""
     from graphir.parity.harness import run_all
@@ -184,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--case", "-c", action="append", help="only these op cases (default: all)")
     q.add_argument("--profile", choices=["ci", "thorough"], help="examples per case (default ci, fixed seed)")
     q.set_defaults(func=cmd_parity)
+
+    from .bench_ops import add_args as add_bench_ops_args
+
+    bo = sub.add_parser("bench-ops", help="time each op's perf shapes on every chosen backend (us, GB/s, GFLOP/s)")
+    add_bench_ops_args(bo)
+    bo.set_defaults(func=cmd_bench_ops)
 
     o = sub.add_parser("ops", help="print the op x backend support matrix")
     o.set_defaults(func=cmd_ops)

@@ -6,7 +6,7 @@
 
 Cases (one per op) live in `cases` (their seeded data in `inputs`), their hypothesis strategies and
 the "ci"/"thorough" profiles in `strategies`, NMSE and the result type in `compare`, the checks
-in `harness`.
+in `harness`; `perf` gives cases model-sized shapes and their flops / bytes (`graphir bench-ops`).
 """
 
 from .cases import CASES, Case

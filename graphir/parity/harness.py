@@ -123,6 +123,16 @@ def _keep_changed(plan: Plan, built: Built) -> str | None:
     return None
 
 
+def unsupported(case: Case, graph: Graph, be: Backend) -> list[Tensor]:
+    """The compute nodes of a case's graph (and its own op node, even a view) that `be` refuses."""
+    return [n for n in graph.nodes if (n.op not in VIEW_OPS or n.op is case.op) and not be.supports_op(n)]
+
+
+def scheduled_elsewhere(plan: Plan, graph: Graph, be: Backend) -> list[Tensor]:
+    """The compute nodes that a plan compiled for `be` alone did not place on it."""
+    return [n for n in graph.nodes if n.op not in VIEW_OPS and plan.schedule.node_backend[n] is not be]
+
+
 def _run(built: Built, be: Backend, label: str, graph: Graph | None = None) -> list[np.ndarray] | Result:
     """Compile `built` onto `be` alone, run it over sentinel-filled buffers, check memory,
     and return host copies of its outputs (or a FAIL)."""
@@ -131,7 +141,7 @@ def _run(built: Built, be: Backend, label: str, graph: Graph | None = None) -> l
         plan = compile(graph, [be], cache=False)
     except Exception as e:
         return failed(f"{label}: compile raised {_exc(e)}")
-    elsewhere = [n for n in graph.nodes if n.op not in VIEW_OPS and plan.schedule.node_backend[n] is not be]
+    elsewhere = scheduled_elsewhere(plan, graph, be)
     if elsewhere:
         return failed(f"{label}: scheduled elsewhere: " + ", ".join(_desc(n) for n in elsewhere))
     try:
@@ -163,7 +173,7 @@ def check_case(case: Case, params: dict, backend: str | Backend) -> Result:
         return be
     built = case.build(params)
     graph = build_graph(*built.outputs)
-    lacking = [n for n in graph.nodes if (n.op not in VIEW_OPS or n.op is case.op) and not be.supports_op(n)]
+    lacking = unsupported(case, graph, be)
     if lacking:
         return not_supported(f"{be.name} does not support " + ", ".join(_desc(n) for n in lacking))
     ref = _run(case.build(params), get_backend(REFERENCE), f"reference {REFERENCE}")
