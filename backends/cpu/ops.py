@@ -97,6 +97,20 @@ def _f32_only(node: Tensor) -> bool:
     return all(s is None or s.type == DType.F32 for s in node.src) and node.type == DType.F32
 
 
+def _f32_src(node: Tensor) -> bool:  # argmax/argsort/top_k: F32 rows in, I32 out
+    return node.src[0].type == DType.F32
+
+
+def _soft_max_types(node: Tensor) -> bool:
+    mask = node.src[1] if len(node.src) > 1 else None
+    return _f32_src(node) and node.type == DType.F32 and (mask is None or mask.type in (DType.F32, DType.F16))
+
+
+def _rope_types(node: Tensor) -> bool:
+    ff = node.src[2] if len(node.src) > 2 else None
+    return _f32_src(node) and node.src[1].type == DType.I32 and (ff is None or ff.type == DType.F32)
+
+
 def build_table(lib, ffi) -> dict[Op, Kernel]:
     """KERNELS for the compiled module `lib`: every op whose C kernel is present."""
     packs: dict[Op, Pack | None] = {
@@ -112,7 +126,17 @@ def build_table(lib, ffi) -> dict[Op, Kernel]:
         Op.FLASH_ATTN_EXT: _pack_flash_attn(ffi),
         Op.GATED_DELTA_NET: _ip("snapshots"),
     }
-    supports: dict[Op, Callable[[Tensor], bool]] = {}
+    supports: dict[Op, Callable[[Tensor], bool]] = {
+        Op.SUM_ROWS: _f32_only,
+        Op.MEAN: _f32_only,
+        Op.RMS_NORM: _f32_only,
+        Op.L2_NORM: _f32_only,
+        Op.SOFT_MAX: _soft_max_types,
+        Op.ARGMAX: _f32_src,
+        Op.ARGSORT: _f32_src,
+        Op.TOP_K: _f32_src,
+        Op.ROPE: _rope_types,
+    }
     table: dict[Op, Kernel] = {op: Kernel(0) for op in VIEW_OPS}
     for op in Op:
         if op is Op.NONE or op in VIEW_OPS:
