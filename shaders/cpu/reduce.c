@@ -469,11 +469,16 @@ void gr_k_argmax(const gr_op *op, const gr_thread *th) {
     }
 }
 
-/* Sorting works on keys (x, or -x for descending: exact) in ascending order, NaNs last;
- * "before" is strict, so equal keys keep their index order (stability). */
+/* Sorting works on keys (x, or -x for descending: exact) in ascending order, NaNs last.
+ * Ties go to the lower index, so `precedes` is a total order: every sort and selection
+ * below gives the one stable order, whatever the order it visits elements in. */
 static bool before(float a, float b) { return a < b || (b != b && a == a); }
 
-/* stable merge sort of idx[0, n) by keys, tmp: n ints of scratch; insertion sort on runs of 16 */
+static bool precedes(const float *key, int32_t a, int32_t b) {
+    return before(key[a], key[b]) || (!before(key[b], key[a]) && a < b);
+}
+
+/* merge sort of idx[0, n) (tmp: n ints of scratch), insertion-sorted runs of 16 first */
 static void sort_indices(const float *key, int32_t *idx, int32_t *tmp, int64_t n) {
     const int64_t RUN = 16;
     for (int64_t s = 0; s < n; s += RUN) {
@@ -481,7 +486,7 @@ static void sort_indices(const float *key, int32_t *idx, int32_t *tmp, int64_t n
         for (int64_t i = s + 1; i < e; i++) {
             int32_t v = idx[i];
             int64_t j = i;
-            for (; j > s && before(key[v], key[idx[j - 1]]); j--) idx[j] = idx[j - 1];
+            for (; j > s && precedes(key, v, idx[j - 1]); j--) idx[j] = idx[j - 1];
             idx[j] = v;
         }
     }
@@ -490,7 +495,7 @@ static void sort_indices(const float *key, int32_t *idx, int32_t *tmp, int64_t n
         for (int64_t s = 0; s < n; s += 2 * w) {
             int64_t m = s + w < n ? s + w : n, e = s + 2 * w < n ? s + 2 * w : n;
             int64_t i = s, j = m, o = s;
-            while (i < m && j < e) to[o++] = before(key[from[j]], key[from[i]]) ? from[j++] : from[i++];
+            while (i < m && j < e) to[o++] = precedes(key, from[j], from[i]) ? from[j++] : from[i++];
             while (i < m) to[o++] = from[i++];
             while (j < e) to[o++] = from[j++];
         }
@@ -499,19 +504,29 @@ static void sort_indices(const float *key, int32_t *idx, int32_t *tmp, int64_t n
     if (from != idx) memcpy(idx, from, (size_t)n * sizeof(int32_t));
 }
 
-/* the first k of the sorted order by insertion into a sorted list: O(n) on typical data when
- * k is small (a candidate is compared with the current k-th first) */
-static void select_top(const float *key, int32_t *top, int64_t n, int64_t k) {
-    int64_t len = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (len == k && !before(key[i], key[top[k - 1]])) continue;
-        int64_t j = len < k ? len++ : k - 1;
-        for (; j > 0 && before(key[i], key[top[j - 1]]); j--) top[j] = top[j - 1];
-        top[j] = (int32_t)i;
+/* restore the heap below i: every parent comes after its children (the root is the last) */
+static void sift_down(const float *key, int32_t *heap, int64_t k, int64_t i) {
+    for (int64_t c; (c = 2 * i + 1) < k; i = c) {
+        if (c + 1 < k && precedes(key, heap[c], heap[c + 1])) c++;
+        if (!precedes(key, heap[i], heap[c])) return;
+        int32_t t = heap[i]; heap[i] = heap[c]; heap[c] = t;
     }
 }
 
-#define TOPK_SELECT_MAX 32 /* above this k a full sort is cheaper than insertion */
+/* the first k of the sorted order, sorted: a heap of the k best so far whose root is the one
+ * to drop next; most candidates are rejected by one comparison with it. O(n log k). */
+static void select_top(const float *key, int32_t *top, int32_t *tmp, int64_t n, int64_t k) {
+    for (int64_t i = 0; i < k; i++) top[i] = (int32_t)i;
+    for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(key, top, k, i);
+    float last = key[top[0]];
+    for (int64_t i = k; i < n; i++) {
+        if (!before(key[i], last)) continue; /* i is above every index in the heap: ties lose */
+        top[0] = (int32_t)i;
+        sift_down(key, top, k, 0);
+        last = key[top[0]];
+    }
+    sort_indices(key, top, tmp, k);
+}
 
 /* per thread: keys (n floats), idx (n ints), tmp (n ints) */
 static void sort_rows(const gr_op *op, const gr_thread *th, bool desc, int64_t k) {
@@ -522,10 +537,11 @@ static void sort_rows(const gr_op *op, const gr_thread *th, bool desc, int64_t k
     gr_chunk(gr_nrows(a), th->ith, th->nth, &r0, &r1);
     for (int64_t r = r0; r < r1; r++) {
         gr_unravel_row(a, r, &i1, &i2, &i3);
-        const char *row = gr_row(a, i1, i2, i3);
-        for (int64_t i = 0; i < n; i++) key[i] = desc ? -elem(a, row, i) : elem(a, row, i);
-        if (k <= TOPK_SELECT_MAX && k < n) {
-            select_top(key, idx, n, k);
+        const float *x = load_row(a, i1, i2, i3, key);
+        const float sign = desc ? -1.0f : 1.0f; /* exact, and -NaN is still NaN */
+        for (int64_t i = 0; i < n; i++) key[i] = sign * x[i];
+        if (k < n) {
+            select_top(key, idx, tmp, n, k);
         } else {
             for (int64_t i = 0; i < n; i++) idx[i] = (int32_t)i;
             sort_indices(key, idx, tmp, n);

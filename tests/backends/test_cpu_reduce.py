@@ -197,13 +197,14 @@ def test_ties_and_nans_follow_the_reference(native, name: str, nan: bool) -> Non
 
     def build(p: dict) -> Built:
         mk = Inputs(p["seed"])
-        a = _rows_input(mk, 100, 7, False, _tied(mk, nan))
+        a = _rows_input(mk, p["ne0"], 7, False, _tied(mk, nan))
         return mk.done(gr.top_k(a, p["k"]) if p["k"] else _row_op(name, a))
 
-    # top_k: k up to 32 selects by insertion, above it sorts the whole row
-    for k in (1, 5, 32, 33, 99, 100) if name == "top_k" else (None,):
-        for seed in range(3):
-            _check(Adhoc(op, build), {"seed": seed, "k": k})
+    # top_k: k < ne0 selects through a heap, k == ne0 sorts the whole row
+    for ne0 in (100, 3001):
+        for k in (1, 5, 33, 99, ne0) if name == "top_k" else (None,):
+            for seed in range(2):
+                _check(Adhoc(op, build), {"seed": seed, "ne0": ne0, "k": k})
 
 
 # ======================================================================================
