@@ -30,7 +30,7 @@ import numpy as np
 from graphir.numerics import alibi_slopes, yarn_corr_dims
 from graphir.ops import VIEW_OPS, Op
 from graphir.tensor import Tensor
-from graphir.types import DType
+from graphir.types import TYPE_INFO, DType
 
 Pack = Callable[[Tensor, object, list], None]
 
@@ -111,6 +111,23 @@ def _rope_types(node: Tensor) -> bool:
     return _f32_src(node) and node.src[1].type == DType.I32 and (ff is None or ff.type == DType.F32)
 
 
+def _cpy_types(node: Tensor) -> bool:
+    """cpy quantizes natively into Q8_0/Q4_0 only: the K-quant quantizers are graphir/quants.py's
+    own scale search, which stays on the reference."""
+    return not TYPE_INFO[node.type].is_quantized or node.type in (DType.Q8_0, DType.Q4_0)
+
+
+# mul_mat / mul_mat_id weight types (shaders/cpu/vecdot*.c); rows of whole blocks, packed along ne0
+_MATMUL_WEIGHTS = (DType.F32, DType.F16, DType.BF16, DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q5_K, DType.Q6_K)
+
+
+def _matmul_types(node: Tensor) -> bool:
+    a, b = node.src[0], node.src[1]
+    b_types = (DType.F32, DType.F16) if node.op is Op.MUL_MAT else (DType.F32,)
+    return (a.type in _MATMUL_WEIGHTS and a.nb[0] == TYPE_INFO[a.type].block_bytes and b.type in b_types
+            and node.type == DType.F32 and node.nb[0] == 4)  # fmt: skip
+
+
 def build_table(lib, ffi) -> dict[Op, Kernel]:
     """KERNELS for the compiled module `lib`: every op whose C kernel is present."""
     packs: dict[Op, Pack | None] = {
@@ -136,6 +153,9 @@ def build_table(lib, ffi) -> dict[Op, Kernel]:
         Op.ARGSORT: _f32_src,
         Op.TOP_K: _f32_src,
         Op.ROPE: _rope_types,
+        Op.CPY: _cpy_types,
+        Op.MUL_MAT: _matmul_types,
+        Op.MUL_MAT_ID: _matmul_types,
     }
     table: dict[Op, Kernel] = {op: Kernel(0) for op in VIEW_OPS}
     for op in Op:
