@@ -10,14 +10,17 @@ decoded on the target, which holds positions 0 .. n_past-1), and its pending MTP
 (`Generator._round`) runs over all the sequences still generating; `generate` is the
 one-sequence case of `generate_batch`:
   1. draft: the MTP head runs (last, h_{n_past-1}) at n_past, then chains its own hidden state
-     and greedy token for up to draft_max drafts (stopping early when the draft's probability
-     is below p_min); every sequence's step is in one MTP batch;
+     and token for up to draft_max drafts; every sequence's step is in one MTP batch. A draft is
+     the sequence's sampler drawing from the head's logits with the noise of its position
+     (coupled draws, models/sampling.py; greedy: the argmax); drafting stops early when the
+     draft's probability under the sampler's chain is below p_min;
   2. verify: the target decodes [last, d1..dk] at n_past.. of every sequence in ONE batch,
      every row an output (spec=None: [last] alone, i.e. plain decoding);
-  3. the sequence's sampler picks the target's token at each row, drafts are accepted while they
-     equal it; the first differing (or the bonus) token is the next `last`. One sample per
-     emitted token, at the same logits as plain decoding: greedy output and a seeded sampler's
-     draws are those of plain decoding;
+  3. the sequence's sampler draws the target's token from each row i (for position n_past + 1 + i),
+     drafts are accepted while they equal it; the first differing (or the bonus) token is the
+     next `last`. Every draw is a function of (seed, seq, pos) and the logits, the same as plain
+     decoding's there: the emitted tokens are plain decoding's, greedy or sampled, however the
+     sequences are batched and whatever draft_max / p_min;
   4. the rejected tail is removed from the target (`seq_rm`: partial rollback through the
      recurrent snapshots, so n_rs_seq >= draft_max) and the MTP cache's draft-time entries
      (made from chained hidden states) are removed; the accepted rows, with the target's own
@@ -140,7 +143,8 @@ class Generator:
         model: the loaded model (for spec="mtp" it needs a nextn block: NoMtpHeadError otherwise).
         spec: None or "mtp".
         draft_max: the most drafts per round (>= 1).
-        p_min: stop drafting when the draft's probability (softmax of the head's logits) is below.
+        p_min: stop drafting when the draft's probability under the sampler's chain is below (greedy:
+            the softmax of the head's logits).
         sampler: the user's sampler of `generate` (default: greedy).
         n_ctx, n_ubatch, backends, type_k, type_v: the target context's (and the head's) sizes.
         n_rs_seq: rollback snapshots of the target (default draft_max); must be >= draft_max.
@@ -264,7 +268,7 @@ class Generator:
         row0 = 0
         for s in states:
             n = len(s.prompt)
-            s.last, s.n_past = s.sampler.sample(res.logits[row0 + n - 1]), n
+            s.last, s.n_past = s.sampler.sample(res.logits[row0 + n - 1], n, s.seq), n
             if self.mtp is not None:
                 s.queue([*s.prompt[1:], s.last], res.h_nextn[row0 : row0 + n], 1)
             row0 += n
@@ -314,7 +318,7 @@ class Generator:
         the accepted drafts alone when one of them ends generation (stop_at_eog)."""
         is_eog, emitted = self.model.tokenizer.is_eog, []
         for i in range(len(drafts) + 1):
-            emitted.append(s.sampler.sample(logits[i]))
+            emitted.append(s.sampler.sample(logits[i], s.n_past + 1 + i, s.seq))
             accepted = i < len(drafts) and emitted[-1] == drafts[i]
             if not accepted or (s.stop_at_eog and is_eog(emitted[-1])):
                 return emitted, i + int(accepted)
@@ -332,12 +336,11 @@ class Generator:
         s.n_past, s.last = keep, emitted[-1]
 
     # ---- drafting ---------------------------------------------------------------------------
-    def _pick_draft(self, logits: np.ndarray, pos: int, seq: int = 0) -> tuple[int, float]:
-        """The head's draft for position pos + 1 (of sequence seq) from its logits at pos:
-        (argmax, its probability)."""
-        x = np.asarray(logits, np.float64)
-        tok = int(np.argmax(x))
-        return tok, float(1.0 / np.exp(x - x[tok]).sum())
+    def _pick_draft(self, s: SeqState, logits: np.ndarray, pos: int) -> tuple[int, float]:
+        """The head's draft for position pos + 1 of sequence s from its logits at pos: the sequence's
+        sampler drawing with the noise of (seq, pos + 1), as the target's draw there will (greedy: the
+        argmax), and the draft's probability under the sampler's chain."""
+        return s.sampler.sample_p(logits, pos + 1, s.seq)
 
     def _draft(self, states: list[SeqState]) -> list[list[int]]:
         """Feed every sequence's pending rows in one MTP batch (the last row of each is its first draft
@@ -355,7 +358,7 @@ class Generator:
         while cur:
             step = []
             for i, lg, hid, p in cur:
-                tok, prob = self._pick_draft(lg, p, states[i].seq)
+                tok, prob = self._pick_draft(states[i], lg, p)
                 if prob < self.p_min:
                     continue
                 drafts[i].append(tok)

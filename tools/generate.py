@@ -70,7 +70,7 @@ def run_generate(args: argparse.Namespace) -> int:
     n_gen, pos = 0, len(prompt)
     t1 = time.perf_counter()
     for _ in range(args.n_predict):
-        tid = sampler.sample(logits)
+        tid = sampler.sample(logits, pos)  # coupled draws: the token of position pos, sequence 0
         if tok.is_eog(tid):
             break
         sys.stdout.write(stream.push(tid))

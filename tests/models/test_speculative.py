@@ -81,7 +81,7 @@ def patch_drafts(monkeypatch, seq: list[int], wrong_every: int = 0) -> None:
     """Drafts = the target's own tokens (seq = prompt + plain greedy output); with wrong_every=m
     the draft for every position divisible by m is wrong (partial acceptance)."""
 
-    def pick(self, logits, pos, seq_id=0):
+    def pick(self, s, logits, pos):
         tok = seq[pos + 1]
         if wrong_every and (pos + 1) % wrong_every == 0:
             tok = (tok + 1) % self.model.n_vocab
@@ -189,8 +189,8 @@ def test_several_sequences_equal_their_plain_greedy(model, draft_max, monkeypatc
     if draft_max == 4:  # force partial acceptance: drafts are the target's tokens, every 3rd wrong
         seqs = [p + r[0] for p, r in zip(prompts, refs)]
 
-        def pick(self, logits, pos, seq_id=0):
-            tok = seqs[seq_id][pos + 1]
+        def pick(self, s, logits, pos):
+            tok = seqs[s.seq][pos + 1]
             return ((tok + 1) % self.model.n_vocab if (pos + 1) % 3 == 0 else tok), 1.0
 
         monkeypatch.setattr(Generator, "_pick_draft", pick)
@@ -229,3 +229,17 @@ def test_cli_spec_mtp_prints_the_plain_greedy_text_and_stats(tmp_path, monkeypat
     assert "spec mtp" not in plain.err
     assert main([*argv, "--spec", "mtp", "--draft-max", "0"]) == 2
     assert "draft_max" in capsys.readouterr().err
+
+
+def test_cli_sampled_text_is_the_same_with_and_without_spec(tmp_path, monkeypatch, capsys) -> None:
+    from graphir.tools.cli import main
+
+    monkeypatch.setenv("GRAPHIR_CACHE", str(tmp_path / "cache"))
+    argv = ["generate", "-p", "def add(a, b):", "-n", "40", "--seed", "4", "-q"]
+    assert main(argv) == 0
+    plain = capsys.readouterr().out
+    for k in ("1", "4"):
+        assert main([*argv, "--spec", "mtp", "--draft-max", k]) == 0
+        assert capsys.readouterr().out == plain
+    assert main([*argv[:-3], "--seed", "5", "-q"]) == 0
+    assert capsys.readouterr().out != plain
