@@ -1,0 +1,189 @@
+/* mul_mat and mul_mat_id: weights in their GGUF type, activations converted once per row.
+ *
+ * Phase 1: the threads convert the rows of b into the weights' dot-product format (matmul.h)
+ * in the op's scratch (F32 rows of b that are already contiguous are read in place), then meet
+ * at a barrier. Phase 2: the output is cut into units of RB weight rows x NB activation rows
+ * (per b matrix); each thread takes a contiguous run of units, so a decode (one activation
+ * row) has every thread streaming its own contiguous range of weight rows. Inside a unit, tiles
+ * of rt weight rows x ct activation rows: each weight block loaded is used for ct tokens, and
+ * the unit's weight rows stay in cache while its activation rows go by.
+ *
+ * Every output element is one dot product in the canonical order of its weight type (matmul.h)
+ * whatever the tile, the unit or the thread: results are batch-invariant bit for bit.
+ */
+#include "matmul.h"
+
+#define RB 16 /* weight rows per unit */
+#define NB 64 /* activation rows per unit */
+
+static int act_kind(int wtype) {
+    switch (wtype) {
+    case GR_Q8_0: case GR_Q4_0: return GR_ACT_Q8;
+    case GR_Q4_K: case GR_Q5_K: case GR_Q6_K: return GR_ACT_Q8K;
+    default: return GR_ACT_F32;
+    }
+}
+
+/* b read in place: F32 rows already contiguous and the weights want F32 */
+static int act_in_place(int wtype, const gr_tensor *b) {
+    return act_kind(wtype) == GR_ACT_F32 && b->type == GR_F32 && b->nb[0] == 4;
+}
+
+static int64_t act_bytes(int wtype, const gr_tensor *b) {
+    return act_in_place(wtype, b) ? 0 : gr_nrows(b) * gr_act_row_bytes(act_kind(wtype), b->ne[0]);
+}
+
+/* Phase 1: this thread's share of the rows of b into the scratch (row r of b at r * rb). */
+static void convert_rows(const gr_tensor *b, int wtype, char *wdata, const gr_thread *th) {
+    int act = act_kind(wtype);
+    int64_t rb = gr_act_row_bytes(act, b->ne[0]), r0, r1;
+    gr_chunk(gr_nrows(b), th->ith, th->nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t i1, i2, i3;
+        gr_unravel_row(b, r, &i1, &i2, &i3);
+        gr_act_row(gr_row(b, i1, i2, i3), b->type, b->nb[0], b->ne[0], act, gr_act_q8_corr(wtype), wdata + r * rb);
+    }
+}
+
+/* activation row (i1, i2, i3) of b: in place or its converted copy */
+static const char *act_row(const gr_tensor *b, int wtype, const char *wdata, int64_t i1, int64_t i2, int64_t i3) {
+    if (act_in_place(wtype, b)) return gr_row(b, i1, i2, i3);
+    int64_t r = i1 + b->ne[1] * (i2 + b->ne[2] * i3);
+    return wdata + r * gr_act_row_bytes(act_kind(wtype), b->ne[0]);
+}
+
+/* ================================ mul_mat ================================ */
+
+int64_t gr_w_mul_mat(const gr_op *op, int nth) {
+    (void)nth;
+    return act_bytes(op->src[0].type, &op->src[1]);
+}
+
+/* Units: (b matrix, weight row block, activation row block), activation row block fastest. */
+static void mul_mat_unit(const gr_op *op, const gr_mm_kernel *k, int64_t u) {
+    const gr_tensor *a = &op->src[0], *b = &op->src[1], *d = &op->dst;
+    int64_t M = a->ne[1], N = b->ne[1];
+    int64_t nrb = (M + RB - 1) / RB, ntb = (N + NB - 1) / NB;
+    int64_t tb = u % ntb, rb = u / ntb % nrb, bi = u / (ntb * nrb);
+    int64_t i2 = bi % b->ne[2], i3 = bi / b->ne[2];
+    /* a broadcasts over dims 2, 3: each a matrix serves r2 (r3) consecutive b matrices */
+    int64_t r2 = b->ne[2] / a->ne[2], r3 = b->ne[3] / a->ne[3];
+    const char *w = a->data + (i2 / r2) * a->nb[2] + (i3 / r3) * a->nb[3];
+    int64_t m1 = rb * RB + RB < M ? rb * RB + RB : M, n1 = tb * NB + NB < N ? tb * NB + NB : N;
+    const char *act[GR_MM_MAX_CT];
+    float *out[GR_MM_MAX_CT];
+    for (int64_t m = rb * RB; m < m1; m += k->rt) {
+        int nr = (int)(m1 - m < k->rt ? m1 - m : k->rt);
+        for (int64_t n = tb * NB; n < n1; n += k->ct) {
+            int nc = (int)(n1 - n < k->ct ? n1 - n : k->ct);
+            for (int c = 0; c < nc; c++) {
+                act[c] = act_row(b, a->type, op->wdata, n + c, i2, i3);
+                out[c] = (float *)(gr_row(d, n + c, i2, i3) + m * d->nb[0]);
+            }
+            k->tile(a->ne[0], w + m * a->nb[1], a->nb[1], nr, act, out, nc);
+        }
+    }
+}
+
+void gr_k_mul_mat(const gr_op *op, const gr_thread *th) {
+    const gr_tensor *a = &op->src[0], *b = &op->src[1];
+    gr_mm_kernel k = gr_mm_kernel_for(a->type);
+    if (!act_in_place(a->type, b)) {
+        convert_rows(b, a->type, op->wdata, th);
+        gr_barrier(th);
+    }
+    int64_t nrb = (a->ne[1] + RB - 1) / RB, ntb = (b->ne[1] + NB - 1) / NB;
+    int64_t u0, u1;
+    gr_chunk(b->ne[2] * b->ne[3] * nrb * ntb, th->ith, th->nth, &u0, &u1);
+    for (int64_t u = u0; u < u1; u++) mul_mat_unit(op, &k, u);
+}
+
+/* ================================ mul_mat_id ================================
+ * as [K, M, n_expert], b [K, n_b1, n_tokens], ids [n_used, n_tokens] -> dst [M, n_used, n_tokens]:
+ * dst[:, e, t] = as[:, :, ids[e, t]] . b[:, e % n_b1, t]. The (e, t) pairs of each expert are
+ * listed (thread 0, during phase 1) and each expert's weights are tiled over its own pairs.
+ * An id out of range (the reference raises) leaves its output row zero. */
+
+typedef struct {
+    int32_t *start; /* [n_expert + 1]: pairs of expert x at list[start[x] .. start[x + 1]) */
+    int32_t *list;  /* e + n_used * t */
+} id_lists;
+
+static id_lists lists_at(const gr_op *op) {
+    char *p = op->wdata + act_bytes(op->src[0].type, &op->src[1]);
+    id_lists l = {(int32_t *)p, (int32_t *)p + op->src[0].ne[2] + 1};
+    return l;
+}
+
+int64_t gr_w_mul_mat_id(const gr_op *op, int nth) {
+    (void)nth;
+    const gr_tensor *ids = &op->src[2];
+    return act_bytes(op->src[0].type, &op->src[1]) + 4 * (op->src[0].ne[2] + 1 + ids->ne[0] * ids->ne[1]);
+}
+
+static int32_t id_at(const gr_tensor *ids, int64_t e, int64_t t) {
+    return *(const int32_t *)(ids->data + e * ids->nb[0] + t * ids->nb[1]);
+}
+
+static void build_lists(const gr_op *op) {
+    const gr_tensor *ids = &op->src[2];
+    int64_t n_expert = op->src[0].ne[2], n_used = ids->ne[0], n_tokens = ids->ne[1];
+    id_lists l = lists_at(op);
+    memset(l.start, 0, 4 * (size_t)(n_expert + 1));
+    for (int64_t t = 0; t < n_tokens; t++)
+        for (int64_t e = 0; e < n_used; e++) {
+            int32_t x = id_at(ids, e, t);
+            if (x >= 0 && x < n_expert) l.start[x + 1]++;
+        }
+    for (int64_t x = 0; x < n_expert; x++) l.start[x + 1] += l.start[x];
+    for (int64_t t = 0; t < n_tokens; t++)
+        for (int64_t e = 0; e < n_used; e++) {
+            int32_t x = id_at(ids, e, t);
+            if (x >= 0 && x < n_expert) l.list[l.start[x]++] = (int32_t)(e + n_used * t);
+            else memset(gr_row(&op->dst, e, t, 0), 0, (size_t)(op->dst.ne[0] * 4));
+        }
+    for (int64_t x = n_expert; x > 0; x--) l.start[x] = l.start[x - 1]; /* undo the fill's advance */
+    l.start[0] = 0;
+}
+
+static void mul_mat_id_unit(const gr_op *op, const gr_mm_kernel *k, int64_t x, int64_t rb, int64_t tb) {
+    const gr_tensor *as = &op->src[0], *b = &op->src[1], *d = &op->dst;
+    id_lists l = lists_at(op);
+    const int32_t *pairs = l.list + l.start[x];
+    int64_t M = as->ne[1], count = l.start[x + 1] - l.start[x], n_used = op->src[2].ne[0];
+    int64_t m1 = rb * RB + RB < M ? rb * RB + RB : M, n1 = tb * NB + NB < count ? tb * NB + NB : count;
+    const char *w = as->data + x * as->nb[2];
+    const char *act[GR_MM_MAX_CT];
+    float *out[GR_MM_MAX_CT];
+    for (int64_t m = rb * RB; m < m1; m += k->rt) {
+        int nr = (int)(m1 - m < k->rt ? m1 - m : k->rt);
+        for (int64_t n = tb * NB; n < n1; n += k->ct) {
+            int nc = (int)(n1 - n < k->ct ? n1 - n : k->ct);
+            for (int c = 0; c < nc; c++) {
+                int64_t e = pairs[n + c] % n_used, t = pairs[n + c] / n_used;
+                act[c] = act_row(b, as->type, op->wdata, e % b->ne[1], t, 0);
+                out[c] = (float *)(gr_row(d, e, t, 0) + m * d->nb[0]);
+            }
+            k->tile(as->ne[0], w + m * as->nb[1], as->nb[1], nr, act, out, nc);
+        }
+    }
+}
+
+void gr_k_mul_mat_id(const gr_op *op, const gr_thread *th) {
+    const gr_tensor *as = &op->src[0], *b = &op->src[1];
+    gr_mm_kernel k = gr_mm_kernel_for(as->type);
+    if (!act_in_place(as->type, b)) convert_rows(b, as->type, op->wdata, th);
+    if (th->ith == 0) build_lists(op);
+    gr_barrier(th);
+    id_lists l = lists_at(op);
+    int64_t n_expert = as->ne[2], nrb = (as->ne[1] + RB - 1) / RB, units = 0;
+    for (int64_t x = 0; x < n_expert; x++) units += nrb * ((l.start[x + 1] - l.start[x] + NB - 1) / NB);
+    int64_t u0, u1, u = 0;
+    gr_chunk(units, th->ith, th->nth, &u0, &u1);
+    for (int64_t x = 0; x < n_expert && u < u1; x++) {
+        int64_t ntb = (l.start[x + 1] - l.start[x] + NB - 1) / NB;
+        for (int64_t rb = 0; rb < nrb; rb++)
+            for (int64_t tb = 0; tb < ntb; tb++, u++)
+                if (u >= u0 && u < u1) mul_mat_id_unit(op, &k, x, rb, tb);
+    }
+}

@@ -1,0 +1,104 @@
+/* Internals of the matrix family (matmul.c, quantize_act.c, vecdot*.c): the activation
+ * formats the weights' dot products read, and the per-type tile kernels.
+ *
+ * How a product is computed (as ggml-cpu does): each activation row (a row of b) is first
+ * converted once into its weight type's dot-product format (quantize_act.c): Q8 pairs for
+ * Q8_0/Q4_0 weights, Q8K super-blocks for the K-quants, F32 rows for F32/F16/BF16 weights.
+ * Then tile kernels compute nr weight rows x nc activation rows of dot products.
+ *
+ * Numerics: one canonical order per weight type, the same in the scalar, AVX2 and AVX-512
+ * kernels and in every tile shape, so results are bit-identical across ISAs, thread counts and
+ * batch sizes (batch invariance). Every dot product keeps 16 float lanes acc[16]:
+ *   - F32/F16/BF16: acc[k % 16] = fma(w[k], a[k], acc[k % 16]) for k ascending;
+ *   - block types: a "lane" is 4 consecutive elements; 64 consecutive elements (two Q8_0/Q4_0
+ *     blocks, one K-quant chunk) fill lanes 0..15 in order. Integer lane sums are exact, then
+ *     Q8_0/Q4_0: acc[L] = fma(dw * da, (float)sum_L, acc[L]) per block pair;
+ *     K-quants: per super-block, the lanes' scale-weighted integer sums over its 4 chunks are
+ *     converted once: acc[L] = fma(da * d, (float)IL[L], acc[L]) (then the mins, see vecdot.c);
+ *   - the result is the tree sum: for h = 8, 4, 2, 1: acc[i] += acc[i + h] (i < h); acc[0].
+ */
+#ifndef GRAPHIR_MATMUL_H
+#define GRAPHIR_MATMUL_H
+
+#include "graphir_cpu.h"
+
+/* ---- activation formats (one row of b converted for one weight type) ---- */
+enum gr_act_kind { GR_ACT_F32, GR_ACT_Q8, GR_ACT_Q8K };
+
+/* Q8_0 / Q4_0 weights: two 32-element blocks of activations per pair. ggml's block_q8_0
+ * numerics (fp16 scale d = amax/127, q = round-half-even(x * 127/amax)), laid out for the
+ * SIMD kernels: the dot product of weights w with q is computed as (w + C) . q - C * sum(q)
+ * (unsigned x signed bytes), so corr holds -C * (sum of each lane's 4 q) for the weight
+ * type's C (128 for Q8_0 with VNNI, 8 for Q4_0); d is each block's scale (as float) repeated
+ * over its 8 lanes. */
+typedef struct gr_q8_pair {
+    int8_t qs[64];
+    int32_t corr[16];
+    float d[16];
+} gr_q8_pair;
+
+/* K-quant weights: ggml's block_q8_K (float d, q = round-half-even(-127/max * x) where max is
+ * the first element of largest magnitude, d = 1/(-127/max)), plus the sums of q per 16
+ * (bsums) and per 32 (bsum32) elements. */
+typedef struct gr_q8k {
+    int8_t qs[256];
+    float d;
+    int16_t bsums[16];
+    int16_t bsum32[8];
+    int8_t pad_[12];
+} gr_q8k;
+
+_Static_assert(sizeof(gr_q8_pair) == 192, "gr_q8_pair layout");
+_Static_assert(sizeof(gr_q8k) == 320, "gr_q8k layout");
+
+/* ---- tile kernels ---- */
+/* out[c][r] = dot(weight row r, activation row c) for r < nr, c < nc. Weight rows start at
+ * w + r * ws (K elements of the weight type); act[c] is activation row c in the weight type's
+ * format (K elements). nr <= rt, nc <= ct of the kernel. */
+typedef void (*gr_mm_tile_fn)(int64_t K, const char *w, int64_t ws, int nr, const char *const *act,
+                              float *const *out, int nc);
+
+typedef struct gr_mm_kernel {
+    int act;   /* enum gr_act_kind */
+    int rt, ct; /* largest tile: weight rows x activation rows */
+    gr_mm_tile_fn tile;
+} gr_mm_kernel;
+
+#define GR_MM_MAX_RT 4
+#define GR_MM_MAX_CT 4
+
+/* The kernel for weights of `type` at the current ISA level; .tile NULL if unsupported. */
+gr_mm_kernel gr_mm_kernel_for(int type);
+
+/* bytes of one activation row of K elements in format `act` (a multiple of 64) */
+int64_t gr_act_row_bytes(int act, int64_t K);
+/* correction constant C of gr_q8_pair for a weight type (see gr_q8_pair) */
+int gr_act_q8_corr(int wtype);
+
+/* Convert n elements of a row of b (type F32/F16, element stride sb bytes) into the format
+ * `act` at dst (gr_act_row_bytes(act, n) bytes); corr: gr_act_q8_corr of the weight type. */
+void gr_act_row(const char *src, int type, int64_t sb, int64_t n, int act, int corr, char *dst);
+
+/* ---- per-ISA kernel sets (vecdot.c scalar, vecdot_avx2.c, vecdot_avx512.c) ---- */
+gr_mm_kernel gr_mm_scalar(int type);
+gr_mm_kernel gr_mm_avx2(int type);
+gr_mm_kernel gr_mm_avx512(int type);
+
+/* ---- scalar helpers shared by the kernel files ---- */
+static inline uint16_t gr_ld16(const void *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* Q4_K/Q5_K: the 6-bit scales sc[8] and mins m[8] packed in 12 bytes (ggml's get_scale_min_k4) */
+static inline void gr_k4_scales(const uint8_t *s, uint8_t *sc, uint8_t *m) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        m[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 0xF) | ((s[j] >> 6) << 4);
+        m[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+    }
+}
+
+#endif

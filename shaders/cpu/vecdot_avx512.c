@@ -1,0 +1,287 @@
+/* AVX-512 (F, BW, VL, VNNI) tile kernels: nr weight rows x nc activation rows per call, each
+ * dot product in the canonical order of matmul.h (bit-identical to vecdot.c).
+ *
+ * A tile keeps one 16-lane float accumulator per (row, token); weight rows are decoded once per
+ * tile and reused by every token of it, activations once and reused by every row.
+ * Integer dot products: vpdpbusd (unsigned x signed bytes) for Q8_0/Q4_0: Q8_0 weights are
+ * biased by +128 and the activation pair's corr lanes (-128 * lane sum) remove the bias; Q4_0's
+ * nibbles are already unsigned and corr removes the -8. K-quants: vpmaddubsw on the unsigned
+ * quants, then vpdpwssd with the sub-block scales.
+ *
+ * Only called when gr_has_vnni (gr_mm_kernel_for); the whole file is compiled for that target.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
+#pragma GCC optimize("fp-contract=off")
+#include <immintrin.h>
+
+#include "matmul.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* the canonical tree sum of 16 lanes: h = 8, 4, 2, 1 */
+INLINE float tree(__m512 v) {
+    __m256 h8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
+    __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+    return _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2)));
+}
+
+INLINE __m512i cat256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
+
+/* ================= F32 / F16 / BF16 weights, F32 activations ================= */
+
+INLINE __m512 load_w(int type, const char *p, __mmask16 m) {
+    if (type == GR_F32) return _mm512_maskz_loadu_ps(m, p);
+    __m256i h = _mm256_maskz_loadu_epi16(m, p);
+    if (type == GR_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* one 16-element step at k (m: the elements present; absent ones load as 0 and add +0, which
+ * leaves an accumulator unchanged since it is never -0) */
+INLINE void float_step(int type, int NR, int NC, __m512 acc[4][4], const char *w, int64_t ws,
+                       const char *const *act, int64_t k, __mmask16 m) {
+    int es = type == GR_F32 ? 4 : 2;
+    __m512 wv[4];
+    for (int r = 0; r < NR; r++) wv[r] = load_w(type, w + r * ws + k * es, m);
+    for (int c = 0; c < NC; c++) {
+        __m512 av = _mm512_maskz_loadu_ps(m, (const float *)act[c] + k);
+        for (int r = 0; r < NR; r++) acc[r][c] = _mm512_fmadd_ps(wv[r], av, acc[r][c]);
+    }
+}
+
+INLINE void float_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t ws, const char *const *act,
+                       float *const *out) {
+    __m512 acc[4][4];
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) float_step(type, NR, NC, acc, w, ws, act, k, 0xFFFF);
+    if (k < K) float_step(type, NR, NC, acc, w, ws, act, k, (__mmask16)((1u << (K - k)) - 1));
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) out[c][r] = tree(acc[r][c]);
+}
+
+/* ================= Q8_0 / Q4_0 weights, Q8 pairs ================= */
+
+/* fp16 scales at p and p + stride -> [d0 x 8, d1 x 8] (d1 = 0 for a lone last block) */
+INLINE __m512 pair_scale(const char *p, int stride, int two) {
+    __m128i d0 = _mm_set1_epi16((short)gr_ld16(p));
+    __m128i d1 = two ? _mm_set1_epi16((short)gr_ld16(p + stride)) : _mm_setzero_si128();
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(d0), d1, 1));
+}
+
+/* two Q8_0 blocks at p as unsigned bytes (q + 128); a lone block leaves the top half 0 */
+INLINE __m512i q8_0_pair(const char *p, int two) {
+    __m256i x0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 2)), _mm256_set1_epi8((char)0x80));
+    __m256i x1 = two ? _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 36)), _mm256_set1_epi8((char)0x80))
+                     : _mm256_setzero_si256();
+    return cat256(x0, x1);
+}
+
+/* two Q4_0 blocks at p: nibbles in element order [lo0, hi0, lo1, hi1] (16 bytes each) */
+INLINE __m512i q4_0_pair(const char *p, int two) {
+    __m128i q0 = _mm_loadu_si128((const __m128i *)(p + 2));
+    __m128i q1 = two ? _mm_loadu_si128((const __m128i *)(p + 20)) : _mm_setzero_si128();
+    __m256i x = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1), m = _mm256_set1_epi8(15);
+    __m512i z = cat256(_mm256_and_si256(x, m), _mm256_and_si256(_mm256_srli_epi16(x, 4), m)); /* lo0 lo1 hi0 hi1 */
+    return _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+INLINE void q8_step(int type, int NR, int NC, __m512 acc[4][4], const char *w, int64_t ws,
+                    const char *const *act, int64_t p, int two) {
+    int bs = type == GR_Q8_0 ? 34 : 18;
+    __m512i wv[4];
+    __m512 dw[4];
+    for (int r = 0; r < NR; r++) {
+        const char *b = w + r * ws + 2 * bs * p;
+        wv[r] = type == GR_Q8_0 ? q8_0_pair(b, two) : q4_0_pair(b, two);
+        dw[r] = pair_scale(b, bs, two);
+    }
+    for (int c = 0; c < NC; c++) {
+        const gr_q8_pair *ap = (const gr_q8_pair *)act[c] + p;
+        __m512i av = _mm512_load_si512(ap->qs);
+        __m512 da = _mm512_load_ps(ap->d);
+        for (int r = 0; r < NR; r++) {
+            __m512i s = _mm512_dpbusd_epi32(_mm512_load_si512(ap->corr), wv[r], av);
+            acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(dw[r], da), _mm512_cvtepi32_ps(s), acc[r][c]);
+        }
+    }
+}
+
+INLINE void q8_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t ws, const char *const *act,
+                    float *const *out) {
+    __m512 acc[4][4];
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_ps();
+    int64_t nblk = K / 32, p = 0;
+    for (; 2 * p + 2 <= nblk; p++) q8_step(type, NR, NC, acc, w, ws, act, p, 1);
+    if (nblk & 1) q8_step(type, NR, NC, acc, w, ws, act, p, 0);
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) out[c][r] = tree(acc[r][c]);
+}
+
+/* ================= K-quants, Q8K super-blocks ================= */
+
+/* One super-block of one weight row decoded: quants of chunk c (64 unsigned bytes in element
+ * order), the int16 scale vector of each chunk, the float scales and (Q4_K/Q5_K) the mins. */
+typedef struct {
+    __m512i sc;  /* int16 sub-block scales in the low lanes (8 for Q4_K/Q5_K, 16 for Q6_K) */
+    __m256i m;   /* Q4_K/Q5_K: 8 mins as int32 */
+    float d, dmin;
+} ksb;
+
+/* chunk c's int16 scale vector: sub-block scale of each int16 pair position */
+INLINE __m512i chunk_scales(int type, const ksb *s, int c) {
+    /* Q4_K/Q5_K: sub-blocks 2c, 2c + 1 (32 elements = 16 pairs each); Q6_K: 4c .. 4c + 3 (8 pairs each) */
+    __m512i idx = type == GR_Q6_K
+        ? _mm512_add_epi16(_mm512_set1_epi16((short)(4 * c)),
+                           _mm512_set_epi64(0x0003000300030003, 0x0003000300030003, 0x0002000200020002, 0x0002000200020002,
+                                            0x0001000100010001, 0x0001000100010001, 0, 0))
+        : _mm512_add_epi16(_mm512_set1_epi16((short)(2 * c)),
+                           _mm512_set_epi64(0x0001000100010001, 0x0001000100010001, 0x0001000100010001, 0x0001000100010001,
+                                            0, 0, 0, 0));
+    return _mm512_permutexvar_epi16(idx, s->sc);
+}
+
+INLINE void k_head(int type, const uint8_t *b, ksb *s) {
+    if (type == GR_Q6_K) {
+        s->sc = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 192))));
+        s->d = gr_f16_to_f32(gr_ld16(b + 208));
+        return;
+    }
+    uint8_t sc[8], m[8];
+    gr_k4_scales(b + 4, sc, m);
+    s->sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
+    s->m = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)m));
+    s->d = gr_f16_to_f32(gr_ld16(b));
+    s->dmin = gr_f16_to_f32(gr_ld16(b + 2));
+}
+
+/* the unsigned quants of chunk c (64 elements) of a super-block at b */
+INLINE __m512i k_chunk(int type, const uint8_t *b, int c) {
+    const __m512i m4 = _mm512_set1_epi8(15);
+    if (type == GR_Q6_K) {
+        int h = c / 2, s = c % 2;
+        __m512i ql = _mm512_loadu_si512(b + 64 * h);
+        __m512i lo = s ? _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4) : _mm512_and_si512(ql, m4);
+        __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+        __m512i hh = cat256(qh, qh);
+        /* bits 2k..2k+1 of qh to bits 4..5: k = 0, 1 (s = 0) shift left 4, 2; k = 2, 3 shift right 0, 2 */
+        __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16(s ? 0 : 4), _mm256_set1_epi16(2), 1);
+        __m512i hi = s ? _mm512_srlv_epi16(hh, sh) : _mm512_sllv_epi16(hh, sh);
+        return _mm512_or_si512(lo, _mm512_and_si512(hi, _mm512_set1_epi8(0x30)));
+    }
+    const uint8_t *qs = b + (type == GR_Q5_K ? 48 : 16);
+    __m256i x = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+    __m512i q = _mm512_and_si512(cat256(x, _mm256_srli_epi16(x, 4)), m4);
+    if (type == GR_Q5_K) { /* bit 2c (low half) / 2c + 1 (high half) of qh[l] is the 5th bit */
+        __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 16));
+        __m512i bit = cat256(_mm256_set1_epi8((char)(1 << (2 * c))), _mm256_set1_epi8((char)(1 << (2 * c + 1))));
+        __mmask64 k = _mm512_test_epi8_mask(cat256(qh, qh), bit);
+        q = _mm512_mask_add_epi8(q, k, q, _mm512_set1_epi8(16));
+    }
+    return q;
+}
+
+INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t ws, const char *const *act,
+                   float *const *out) {
+    int bytes = type == GR_Q4_K ? 144 : type == GR_Q5_K ? 176 : 210;
+    __m512 acc[4][4];
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < K / 256; i++) {
+        ksb s[4];
+        __m512i IL[4][4];
+        for (int r = 0; r < NR; r++) k_head(type, (const uint8_t *)w + r * ws + bytes * i, &s[r]);
+        for (int c = 0; c < NC; c++) {
+            const gr_q8k *ak = (const gr_q8k *)act[c] + i;
+            for (int r = 0; r < NR; r++) {
+                if (type == GR_Q6_K) { /* -32 * (sc[2k] bsums[2k] + sc[2k+1] bsums[2k+1]) in lanes k < 8 */
+                    __m256i t = _mm256_madd_epi16(_mm512_castsi512_si256(s[r].sc), _mm256_loadu_si256((const __m256i *)ak->bsums));
+                    IL[r][c] = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(t, 5)));
+                } else {
+                    IL[r][c] = _mm512_setzero_si512();
+                }
+            }
+        }
+        for (int ch = 0; ch < 4; ch++) {
+            __m512i q[4], sc[4];
+            for (int r = 0; r < NR; r++) {
+                q[r] = k_chunk(type, (const uint8_t *)w + r * ws + bytes * i, ch);
+                sc[r] = chunk_scales(type, &s[r], ch);
+            }
+            for (int c = 0; c < NC; c++) {
+                __m512i a = _mm512_load_si512(((const gr_q8k *)act[c] + i)->qs + 64 * ch);
+                for (int r = 0; r < NR; r++) IL[r][c] = _mm512_dpwssd_epi32(IL[r][c], _mm512_maddubs_epi16(q[r], a), sc[r]);
+            }
+        }
+        for (int c = 0; c < NC; c++) {
+            const gr_q8k *ak = (const gr_q8k *)act[c] + i;
+            __m256i bw = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)ak->bsum32));
+            for (int r = 0; r < NR; r++) {
+                acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(ak->d * s[r].d), _mm512_cvtepi32_ps(IL[r][c]), acc[r][c]);
+                if (type != GR_Q6_K) {
+                    __m512i ml = _mm512_zextsi256_si512(_mm256_mullo_epi32(s[r].m, bw));
+                    acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(-(ak->d * s[r].dmin)), _mm512_cvtepi32_ps(ml), acc[r][c]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) out[c][r] = tree(acc[r][c]);
+}
+
+/* ================= instantiation: one function per (type, nr, nc) ================= */
+
+typedef void (*fixed_tile)(int64_t K, const char *w, int64_t ws, const char *const *act, float *const *out);
+
+#define SHAPE(name, gen, type, NR, NC)                                                                   \
+    static void name##_##NR##x##NC(int64_t K, const char *w, int64_t ws, const char *const *act,          \
+                                   float *const *out) {                                                  \
+        gen(type, NR, NC, K, w, ws, act, out);                                                           \
+    }
+#define SHAPES_ROW(name, gen, type, NR)                                                                  \
+    SHAPE(name, gen, type, NR, 1) SHAPE(name, gen, type, NR, 2) SHAPE(name, gen, type, NR, 3) SHAPE(name, gen, type, NR, 4)
+#define ROW_PTRS(name, NR) {name##_##NR##x1, name##_##NR##x2, name##_##NR##x3, name##_##NR##x4}
+#define KERNEL(name, gen, type)                                                                          \
+    SHAPES_ROW(name, gen, type, 1) SHAPES_ROW(name, gen, type, 2) SHAPES_ROW(name, gen, type, 3)        \
+    SHAPES_ROW(name, gen, type, 4)                                                                       \
+    static const fixed_tile name##_shapes[4][4] = {ROW_PTRS(name, 1), ROW_PTRS(name, 2), ROW_PTRS(name, 3), \
+                                                   ROW_PTRS(name, 4)};                                   \
+    static void name(int64_t K, const char *w, int64_t ws, int nr, const char *const *act, float *const *out, \
+                     int nc) {                                                                           \
+        name##_shapes[nr - 1][nc - 1](K, w, ws, act, out);                                               \
+    }
+
+KERNEL(f32_tile, float_tile, GR_F32)
+KERNEL(f16_tile, float_tile, GR_F16)
+KERNEL(bf16_tile, float_tile, GR_BF16)
+KERNEL(q8_0_tile, q8_tile, GR_Q8_0)
+KERNEL(q4_0_tile, q8_tile, GR_Q4_0)
+KERNEL(q4_k_tile, k_tile, GR_Q4_K)
+KERNEL(q5_k_tile, k_tile, GR_Q5_K)
+KERNEL(q6_k_tile, k_tile, GR_Q6_K)
+
+gr_mm_kernel gr_mm_avx512(int type) {
+    switch (type) {
+    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 4, 4, f32_tile};
+    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 4, 4, f16_tile};
+    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 4, 4, bf16_tile};
+    case GR_Q8_0: return (gr_mm_kernel){GR_ACT_Q8, 4, 4, q8_0_tile};
+    case GR_Q4_0: return (gr_mm_kernel){GR_ACT_Q8, 4, 4, q4_0_tile};
+    case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 4, 2, q4_k_tile};
+    case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 4, 2, q5_k_tile};
+    case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 4, 2, q6_k_tile};
+    default: return (gr_mm_kernel){0, 0, 0, NULL};
+    }
+}
+
+#else
+#include "matmul.h"
+gr_mm_kernel gr_mm_avx512(int type) {
+    (void)type;
+    return (gr_mm_kernel){0, 0, 0, NULL};
+}
+#endif
