@@ -81,6 +81,111 @@ static inline void cur_advance(cursor *c, int64_t k) {
 }
 
 /* ======================================================================================
+ * a same-shape strided copy: dims merged where both sides run contiguously across them,
+ * rows copied with small-size moves, transposed sources read in tiles of rows
+ * ====================================================================================== */
+
+/* n bytes; short rows (a conv window of 3 floats) without a libc call. d may equal s. */
+static inline void copy_bytes(char *d, const char *s, int64_t n) {
+    if (n >= 16) {
+        memmove(d, s, (size_t)n);
+    } else if (n >= 8) { /* two overlapping 8-byte moves, both loaded first */
+        uint64_t a, b;
+        memcpy(&a, s, 8), memcpy(&b, s + n - 8, 8);
+        memcpy(d, &a, 8), memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4), memcpy(&b, s + n - 4, 4);
+        memcpy(d, &a, 4), memcpy(d + n - 4, &b, 4);
+    } else {
+        for (int64_t i = 0; i < n; i++) d[i] = s[i];
+    }
+}
+
+/* one unit of ub bytes */
+static inline void copy_unit(char *d, const char *s, int64_t ub) {
+    if (ub == 4) memcpy(d, s, 4);
+    else if (ub == 2) memcpy(d, s, 2);
+    else memmove(d, s, (size_t)ub);
+}
+
+/* dims of a copy after merging: ne in units, byte strides of dst (dn) and src (sn) */
+typedef struct {
+    int64_t ne[4], dn[4], sn[4];
+} xdims;
+
+static void xdims_init(xdims *x, const gr_tensor *d, const gr_tensor *s) {
+    int nd = 0;
+    for (int i = 0; i < 4; i++) {
+        const int64_t n = i == 0 ? row_units(d) : d->ne[i];
+        if (n == 1) continue;
+        if (nd > 0 && d->nb[i] == x->dn[nd - 1] * x->ne[nd - 1] && s->nb[i] == x->sn[nd - 1] * x->ne[nd - 1]) {
+            x->ne[nd - 1] *= n;
+            continue;
+        }
+        x->ne[nd] = n, x->dn[nd] = d->nb[i], x->sn[nd] = s->nb[i];
+        nd++;
+    }
+    for (; nd < 4; nd++) x->ne[nd] = 1, x->dn[nd] = 0, x->sn[nd] = 0;
+}
+
+enum { XTILE = 16 }; /* rows read together from a transposed source: one cache line of floats */
+
+/* rows [i1, i1+n) of one outer index (dim 1 rows of n0 units) */
+static void xcopy_rows(const xdims *x, char *d, const char *s, int64_t i1, int64_t n, int64_t ub) {
+    const int64_t n0 = x->ne[0];
+    d += i1 * x->dn[1], s += i1 * x->sn[1];
+    if (x->sn[0] == ub && x->dn[0] == ub) {
+        for (int64_t r = 0; r < n; r++) copy_bytes(d + r * x->dn[1], s + r * x->sn[1], n0 * ub);
+    } else if (x->sn[0] != ub && x->sn[1] == ub) { /* transposed: XTILE rows per pass over dim 0 */
+        for (int64_t r = 0; r < n; r += XTILE) {
+            const int64_t m = n - r < XTILE ? n - r : XTILE;
+            for (int64_t i0 = 0; i0 < n0; i0++) {
+                char *dp = d + r * x->dn[1] + i0 * x->dn[0];
+                const char *sp = s + r * x->sn[1] + i0 * x->sn[0];
+                for (int64_t j = 0; j < m; j++) copy_unit(dp + j * x->dn[1], sp + j * ub, ub);
+            }
+        }
+    } else {
+        for (int64_t r = 0; r < n; r++)
+            for (int64_t i0 = 0; i0 < n0; i0++)
+                copy_unit(d + r * x->dn[1] + i0 * x->dn[0], s + r * x->sn[1] + i0 * x->sn[0], ub);
+    }
+}
+
+/* d = s, same type and shape (any strides); rows split across threads */
+static void xcopy(const gr_tensor *d, const gr_tensor *s, const gr_thread *th) {
+    xdims x;
+    xdims_init(&x, d, s);
+    const int64_t ub = gr_block_bytes(d->type), n1 = x.ne[1];
+    int64_t r0, r1;
+    if (n1 * x.ne[2] * x.ne[3] == 1) { /* one (merged) row: split it */
+        share(x.ne[0], granule(d->type), th, &r0, &r1);
+        x.ne[0] = r1 - r0;
+        if (r0 < r1) xcopy_rows(&x, d->data + r0 * x.dn[0], s->data + r0 * x.sn[0], 0, 1, ub);
+        return;
+    }
+    gr_chunk(n1 * x.ne[2] * x.ne[3], th->ith, th->nth, &r0, &r1);
+    while (r0 < r1) {
+        const int64_t o = r0 / n1, i1 = r0 % n1, n = min64(r1 - r0, n1 - i1);
+        const int64_t i2 = o % x.ne[2], i3 = o / x.ne[2];
+        xcopy_rows(&x, d->data + i2 * x.dn[2] + i3 * x.dn[3], s->data + i2 * x.sn[2] + i3 * x.sn[3], i1, n, ub);
+        r0 += n;
+    }
+}
+
+/* t's memory (contiguous) seen with the shape of `like` */
+static gr_tensor reshaped(const gr_tensor *t, const gr_tensor *like) {
+    gr_tensor r = *t;
+    r.nb[0] = gr_block_bytes(t->type);
+    for (int i = 0; i < 4; i++) {
+        r.ne[i] = like->ne[i];
+        if (i > 0) r.nb[i] = r.nb[i - 1] * (i == 1 ? r.ne[0] / gr_block_elems(t->type) : r.ne[i - 1]);
+    }
+    return r;
+}
+
+/* ======================================================================================
  * same-type copies: cont, dup, cpy without conversion
  * ====================================================================================== */
 
@@ -93,16 +198,17 @@ static int fully_contiguous(const gr_tensor *t) {
     return 1;
 }
 
-/* units [u0, u1) of d's logical sequence from the same units of a (same type) */
-static void copy_same(const gr_tensor *d, const gr_tensor *a, const gr_thread *th) {
+static int same_shape(const gr_tensor *a, const gr_tensor *b) {
+    return a->ne[0] == b->ne[0] && a->ne[1] == b->ne[1] && a->ne[2] == b->ne[2] && a->ne[3] == b->ne[3];
+}
+
+/* units [u0, u1) of d's logical sequence from the same units of a: two cursors, for shapes
+ * that differ between two non-contiguous tensors */
+static void copy_logical(const gr_tensor *d, const gr_tensor *a, const gr_thread *th) {
     const int64_t ub = gr_block_bytes(d->type), n = row_units(d) * gr_nrows(d);
     int64_t u0, u1;
     share(n, granule(d->type), th, &u0, &u1);
     if (u0 >= u1) return;
-    if (fully_contiguous(d) && fully_contiguous(a)) {
-        memmove(d->data + u0 * ub, a->data + u0 * ub, (size_t)((u1 - u0) * ub));
-        return;
-    }
     cursor cd, ca;
     cur_init(&cd, d, u0);
     cur_init(&ca, a, u0);
@@ -112,6 +218,22 @@ static void copy_same(const gr_tensor *d, const gr_tensor *a, const gr_thread *t
         cur_advance(&cd, k);
         cur_advance(&ca, k);
         u += k;
+    }
+}
+
+/* d = a in logical order (same type): a contiguous side takes the other's shape, so most
+ * reshaping copies are same-shape strided copies */
+static void copy_same(const gr_tensor *d, const gr_tensor *a, const gr_thread *th) {
+    if (same_shape(d, a)) {
+        xcopy(d, a, th);
+    } else if (fully_contiguous(d)) {
+        const gr_tensor r = reshaped(d, a);
+        xcopy(&r, a, th);
+    } else if (fully_contiguous(a)) {
+        const gr_tensor r = reshaped(a, d);
+        xcopy(d, &r, th);
+    } else {
+        copy_logical(d, a, th);
     }
 }
 
@@ -307,24 +429,9 @@ void gr_k_set_rows(const gr_op *op, const gr_thread *th) {
 void gr_k_concat(const gr_op *op, const gr_thread *th) {
     const gr_tensor *d = &op->dst, *a = &op->src[0], *b = &op->src[1];
     const int dim = op->ip[0];
-    const int64_t ne0 = d->ne[0], es = gr_block_bytes(d->type), na = a->ne[dim];
-    int64_t e0, e1;
-    share(ne0 * gr_nrows(d), 64, th, &e0, &e1);
-    while (e0 < e1) {
-        int64_t i[4];
-        gr_unravel_row(d, e0 / ne0, &i[1], &i[2], &i[3]);
-        i[0] = e0 % ne0;
-        const int64_t c1 = min64(ne0, e1 - e0 + i[0]);
-        char *drow = gr_row(d, i[1], i[2], i[3]);
-        while (i[0] < c1) {
-            /* the source of columns [i0, end): a, or b shifted back along dim */
-            const gr_tensor *s = i[dim] < na ? a : b;
-            int64_t j[4] = {i[0], i[1], i[2], i[3]};
-            if (s == b) j[dim] -= na;
-            const int64_t end = dim == 0 && s == a ? min64(c1, na) : c1;
-            copy_units(drow + i[0] * d->nb[0], d->nb[0], gr_ptr(s, j[0], j[1], j[2], j[3]), s->nb[0], end - i[0], es);
-            e0 += end - i[0];
-            i[0] = end;
-        }
-    }
+    gr_tensor da = *d, db = *d; /* the parts of dst that a and b fill */
+    for (int i = 0; i < 4; i++) da.ne[i] = a->ne[i], db.ne[i] = b->ne[i];
+    db.data += a->ne[dim] * d->nb[dim];
+    xcopy(&da, a, th); /* disjoint parts: no barrier between them */
+    xcopy(&db, b, th);
 }

@@ -270,7 +270,15 @@ static const float *load_f32(const gr_tensor *t, const char *row, int64_t c, int
 static const float *load_tiled(const gr_tensor *b, const char *row, int64_t c, int64_t n, int64_t ne0, float *tile) {
     if (b->ne[0] == ne0) return load_f32(b, row, c, n, tile);
     const int64_t m = b->ne[0];
-    for (int64_t k = 0, j = c % m; k < n; k++, j = j + 1 == m ? 0 : j + 1) tile[k] = gr_load_f(row + j * b->nb[0], b->type);
+    if (m == 1) { /* one value per row (MoE weights, per-token gates) */
+        const float v = gr_load_f(row, b->type);
+        for (int64_t k = 0; k < n; k++) tile[k] = v;
+    } else if (b->type == GR_F32 && b->nb[0] == 4) {
+        const float *x = (const float *)row;
+        for (int64_t k = 0, j = c % m; k < n; k++, j = j + 1 == m ? 0 : j + 1) tile[k] = x[j];
+    } else {
+        for (int64_t k = 0, j = c % m; k < n; k++, j = j + 1 == m ? 0 : j + 1) tile[k] = gr_load_f(row + j * b->nb[0], b->type);
+    }
     return tile;
 }
 
