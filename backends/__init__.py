@@ -16,8 +16,9 @@ _MODULES: dict[str, str] = {
     "opencl": "graphir.backends.opencl",
     "cpu": "graphir.backends.cpu",
     "ref": "graphir.backends.ref",
-    "native": "graphir.backends.cpu.backend",  # NOTE(interim): becomes `cpu` once every op is native
 }
+# other names users may type for a backend; not listed by names() (no backend appears twice)
+_ALIASES: dict[str, str] = {"native": "cpu"}
 FALLBACK = "cpu"  # runs what no chosen backend supports (every op); the default of compile/Context
 REFERENCE = "ref"  # the NumPy oracle that parity tests and `graphir compare` check against
 _INSTANCES: dict[str, Backend] = {}
@@ -38,6 +39,7 @@ def names() -> list[str]:
 
 def backend_class(name: str) -> type[Backend] | None:
     """The Backend subclass for `name`, or None when its module is absent (not yet built)."""
+    name = _ALIASES.get(name, name)
     if name not in _MODULES:
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(_MODULES)}")
     try:
@@ -50,6 +52,7 @@ def backend_class(name: str) -> type[Backend] | None:
 
 
 def availability(name: str) -> Availability:
+    name = _ALIASES.get(name, name)
     try:
         cls = backend_class(name)
     except ImportError as e:  # a dependency of the backend is missing
@@ -63,6 +66,7 @@ def get_backend(name: str | Backend) -> Backend:
     """The (shared) instance of backend `name`; raises BackendUnavailable with the reason."""
     if isinstance(name, Backend):
         return name
+    name = _ALIASES.get(name, name)
     if name in _INSTANCES:
         return _INSTANCES[name]
     av = availability(name)

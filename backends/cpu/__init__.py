@@ -1,15 +1,7 @@
-"""The cpu backend: native C kernels through cffi, a whole split per call, a thread pool.
-What users run by default; the NumPy reference is the `ref` backend.
+"""The cpu backend: native C kernels through cffi (shaders/cpu), a whole split per call on a
+persistent thread pool. What users run by default; the NumPy reference is the `ref` backend.
+Without the compiled extension it is unavailable with the reason, and `cpu` falls back to `ref`."""
 
-NOTE(interim): while the kernel families are being written, the native backend registers as
-`native` and `cpu` still runs the reference kernels under its own name.
-"""
-
-from ..ref.backend import RefBackend
-
-
-class CPUBackend(RefBackend):
-    name = "cpu"
-
+from .backend import CPUBackend
 
 BACKEND = CPUBackend

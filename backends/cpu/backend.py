@@ -17,13 +17,15 @@ from graphir.tensor import Tensor, is_empty_op
 from ..base import Availability, Backend, Buffer, Call, Place, default_threads
 from . import native
 
-# NOTE: below this many bytes touched per split, one thread: a pool wake-up and a barrier per
-# op cost more than the work (the tiny model's decode is ~1 MB per step).
-SMALL_SPLIT_BYTES = 1 << 20
+# NOTE: a split whose ops touch fewer bytes than this on average runs on one thread: waking the
+# pool and a barrier per op cost more than the work saves (the tiny model's decode averages
+# ~40 KB per op; a 0.8B model's ~1 MB). On a loaded machine a barrier can cost a scheduler
+# time slice, so the bar is set high.
+SMALL_OP_BYTES = 256 << 10
 
 
-class NativeCPUBackend(Backend):
-    name = "native"
+class CPUBackend(Backend):
+    name = "cpu"
     KERNELS = native.KERNELS
 
     @classmethod
@@ -74,7 +76,7 @@ class NativeCPUBackend(Backend):
         """One C call over the split's op records (views and leafs compute nothing)."""
         work = [n for n in nodes if not is_empty_op(n)]
         program = native.Program(work, place, max_threads=default_threads())
-        small = program.bytes_touched < SMALL_SPLIT_BYTES
+        small = program.bytes_touched < SMALL_OP_BYTES * max(program.n, 1)
         run, backend = program.run, self
 
         def call() -> None:
@@ -83,5 +85,3 @@ class NativeCPUBackend(Backend):
         call.program = program  # for inspection (graphir profile) and to keep it alive
         return call
 
-
-BACKEND = NativeCPUBackend

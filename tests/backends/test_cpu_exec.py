@@ -22,7 +22,7 @@ def threaded(monkeypatch):
     """Every split multi-threaded, whatever its size; thread count restored after."""
     from graphir.backends.cpu import backend as cpu_backend
 
-    monkeypatch.setattr(cpu_backend, "SMALL_SPLIT_BYTES", 0)
+    monkeypatch.setattr(cpu_backend, "SMALL_OP_BYTES", 0)
     be = get_backend(NATIVE)
     saved = be.n_threads
     yield be

@@ -11,6 +11,7 @@ import pytest
 from gguf.quants import dequantize, quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 import graphir as gr
 from graphir.quants import dequantize_rows, quantize_rows
@@ -42,7 +43,7 @@ def rel_rms(got: np.ndarray, want: np.ndarray) -> float:
 # ---- dequantize -----------------------------------------------------------------------
 
 
-@settings(max_examples=15)
+@settings(max_examples=examples(15))
 @given(qtype=st.sampled_from(QTYPES), rows=st.integers(1, 5), nblk=st.integers(1, 3), seed=st.integers(0, 2**16))
 def test_dequantize_matches_gguf(qtype, rows, nblk, seed) -> None:
     rng = np.random.default_rng(seed)
@@ -80,7 +81,7 @@ def test_dequantize_known_q4_0_and_q8_0_blocks() -> None:
 # ---- quantize -------------------------------------------------------------------------
 
 
-@settings(max_examples=15)
+@settings(max_examples=examples(15))
 @given(qtype=st.sampled_from([gr.Q8_0, gr.Q4_0]), rows=st.integers(1, 4), nblk=st.integers(1, 4),
        scale=st.sampled_from([1e-3, 1.0, 300.0]), seed=st.integers(0, 2**16))  # fmt: skip
 def test_quantize_bit_exact_with_gguf(qtype, rows, nblk, scale, seed) -> None:
@@ -171,7 +172,7 @@ def test_dequantize_wants_bytes() -> None:
 
 
 def run(out: gr.Tensor, feeds: dict[gr.Tensor, np.ndarray]) -> np.ndarray:
-    plan = gr.compile(gr.build_graph(out), ["cpu"], cache=False)
+    plan = gr.compile(gr.build_graph(out), ["ref"], cache=False)
     for t, v in feeds.items():
         plan.set_input(t, v)
     plan.run()

@@ -10,6 +10,7 @@ import pytest
 from gguf.quants import dequantize, quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 from ref_inputs import layouts, make_input
 
 import graphir as gr
@@ -36,7 +37,7 @@ def values(type, ne, rng) -> np.ndarray:
 
 def run(outputs: list[gr.Tensor], feeds: dict[gr.Tensor, np.ndarray], extra: list[gr.Tensor] = ()) -> list:
     """Compile and run on cpu; return the outputs then the `extra` tensors (e.g. a set_rows base)."""
-    plan = gr.compile(gr.build_graph(*outputs), ["cpu"], cache=False)
+    plan = gr.compile(gr.build_graph(*outputs), ["ref"], cache=False)
     for t, v in feeds.items():
         plan.set_input(t, v)
     plan.run()
@@ -75,7 +76,7 @@ def reshape_ne(draw, ne) -> tuple[int, ...]:
 # ---- cont / dup / cpy ---------------------------------------------------------------------
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(type=st.sampled_from(PLAIN), ne=ne4, layout=layouts(), data=st.data(), seed=st.integers(0, 2**16))
 def test_cont_and_dup(type, ne, layout, data, seed) -> None:
     rng = np.random.default_rng(seed)
@@ -113,7 +114,7 @@ def convert(x: np.ndarray, src, dst) -> np.ndarray:
     return x.astype(np.float32).astype(np.float64)
 
 
-@settings(max_examples=50)
+@settings(max_examples=examples(50))
 @given(ta=st.sampled_from(PLAIN), tb=st.sampled_from(PLAIN), ne=ne4, la=layouts(), lb=layouts(),
        data=st.data(), seed=st.integers(0, 2**16))  # fmt: skip
 def test_cpy_converts_in_logical_order(ta, tb, ne, la, lb, data, seed) -> None:
@@ -158,7 +159,7 @@ def test_cpy_quantizes(qtype, max_nmse) -> None:
 # ---- repeat / concat ----------------------------------------------------------------------
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(type=st.sampled_from(PLAIN), ne=ne4, layout=layouts(), reps=st.tuples(*[st.integers(1, 3)] * 4),
        seed=st.integers(0, 2**16))  # fmt: skip
 def test_repeat(type, ne, layout, reps, seed) -> None:
@@ -170,7 +171,7 @@ def test_repeat(type, ne, layout, reps, seed) -> None:
     np.testing.assert_array_equal(f32_of(got, type), np.tile(host.astype(np.float64), tuple(reversed(reps))))
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(type=st.sampled_from(PLAIN), ne=ne4, dim=st.integers(0, 3), extra=st.integers(1, 3), la=layouts(),
        lb=layouts(), seed=st.integers(0, 2**16))  # fmt: skip
 def test_concat(type, ne, dim, extra, la, lb, seed) -> None:
@@ -202,7 +203,7 @@ def gather(table: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(type=st.sampled_from(PLAIN), ne=ne4, n=st.integers(1, 6), layout=layouts(), seed=st.integers(0, 2**16))
 def test_get_rows(type, ne, n, layout, seed) -> None:
     rng = np.random.default_rng(seed)
@@ -233,7 +234,7 @@ def test_get_rows_dequantizes(qtype) -> None:
 def test_get_rows_index_out_of_range() -> None:
     a = gr.new_input(gr.F32, [4, 3])
     b = gr.new_input(gr.I32, [2])
-    plan = gr.compile(gr.build_graph(gr.get_rows(a, b)), ["cpu"], cache=False)
+    plan = gr.compile(gr.build_graph(gr.get_rows(a, b)), ["ref"], cache=False)
     plan.set_input(a, np.zeros((3, 4), np.float32))
     plan.set_input(b, np.array([0, 3], np.int32))
     with pytest.raises(IndexError, match=r"\[get_rows\] row index 3"):
@@ -253,7 +254,7 @@ def scatter(dst: np.ndarray, rows: np.ndarray, idx: np.ndarray, conv) -> np.ndar
     return out
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(type=st.sampled_from(PLAIN), ne=ne4, layout=layouts(), dup_ok=st.booleans(), data=st.data(),
        seed=st.integers(0, 2**16))  # fmt: skip
 def test_set_rows_writes_only_indexed_rows(type, ne, layout, dup_ok, data, seed) -> None:
@@ -288,7 +289,7 @@ def test_set_rows_index_out_of_range() -> None:
     a = gr.new_input(gr.F32, [4, 3])
     b = gr.new_input(gr.F32, [4, 1])
     c = gr.new_input(gr.I32, [1])
-    plan = gr.compile(gr.build_graph(gr.set_rows(a, b, c)), ["cpu"], cache=False)
+    plan = gr.compile(gr.build_graph(gr.set_rows(a, b, c)), ["ref"], cache=False)
     plan.set_input(a, np.zeros((3, 4), np.float32))
     plan.set_input(b, np.ones((1, 4), np.float32))
     plan.set_input(c, np.array([-1], np.int32))

@@ -10,6 +10,7 @@ import pytest
 from gguf.quants import dequantize, quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 from ref_inputs import layouts, make_input
 
 import graphir as gr
@@ -21,7 +22,7 @@ GGUF_Q = {gr.Q8_0: gguf.GGMLQuantizationType.Q8_0, gr.Q4_0: gguf.GGMLQuantizatio
 
 
 def run(out: gr.Tensor, feeds: dict[gr.Tensor, np.ndarray]) -> np.ndarray:
-    plan = gr.compile(gr.build_graph(out), ["cpu"], cache=False)
+    plan = gr.compile(gr.build_graph(out), ["ref"], cache=False)
     for t, v in feeds.items():
         plan.set_input(t, v)
     plan.run()
@@ -60,7 +61,7 @@ def mul_mat_cases(draw) -> dict:
     )  # fmt: skip
 
 
-@settings(max_examples=60)
+@settings(max_examples=examples(60))
 @given(case=mul_mat_cases())
 def test_mul_mat_broadcast_and_layouts(case) -> None:
     rng = np.random.default_rng(case["seed"])
@@ -108,7 +109,7 @@ def mul_mat_id_formula(w: np.ndarray, x: np.ndarray, ids: np.ndarray) -> np.ndar
     return out
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(K=st.integers(1, 10), M=st.integers(1, 5), n_expert=st.integers(1, 5), n_used=st.integers(1, 3),
        n_tokens=st.integers(1, 4), shared_b=st.booleans(), ta=st.sampled_from([gr.F32, gr.F16, gr.BF16]),
        la=st.sampled_from([("cont",), ("view", (1, 1, 1, 0), (1, 0, 1, 0))]), seed=st.integers(0, 2**16))  # fmt: skip
@@ -144,7 +145,7 @@ def test_mul_mat_id_quantized_experts() -> None:
 def test_mul_mat_id_expert_out_of_range() -> None:
     w = gr.new_input(gr.F32, [4, 2, 3])
     b, i = gr.new_input(gr.F32, [4, 1, 1]), gr.new_input(gr.I32, [1, 1])
-    plan = gr.compile(gr.build_graph(gr.mul_mat_id(w, b, i)), ["cpu"], cache=False)
+    plan = gr.compile(gr.build_graph(gr.mul_mat_id(w, b, i)), ["ref"], cache=False)
     plan.set_input(w, np.zeros((3, 2, 4), np.float32))
     plan.set_input(b, np.zeros((1, 1, 4), np.float32))
     plan.set_input(i, np.array([[3]], np.int32))

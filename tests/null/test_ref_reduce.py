@@ -9,6 +9,7 @@ import math
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 from ref_inputs import layouts, make_input
 
 import graphir as gr
@@ -19,7 +20,7 @@ ne4 = st.tuples(*(st.integers(1, n) for n in (9, 4, 3, 2)))
 
 
 def run(outputs: list[gr.Tensor], feeds: dict[gr.Tensor, np.ndarray]) -> list[np.ndarray]:
-    plan = gr.compile(gr.build_graph(*outputs), ["cpu"], cache=False)
+    plan = gr.compile(gr.build_graph(*outputs), ["ref"], cache=False)
     for t, v in feeds.items():
         plan.set_input(t, v)
     plan.run()
@@ -44,7 +45,7 @@ def ties(ne, seed: int) -> np.ndarray:
 # ---- sums and norms -----------------------------------------------------------------------
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(ne=ne4, layout=layouts(), seed=st.integers(0, 2**16))
 def test_sum_rows_and_mean(ne, layout, seed) -> None:
     host = floats(ne, seed, 10.0)
@@ -60,7 +61,7 @@ def test_sum_rows_and_mean(ne, layout, seed) -> None:
     assert np.all(np.abs(got_m - want / ne[0]) <= tol / ne[0] * 1.01)
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(ne=ne4, layout=layouts(), eps=st.sampled_from([0.0, 1e-6, 1e-2, 1.0]), scale=st.sampled_from([1e-3, 1.0, 30.0]),
        seed=st.integers(0, 2**16))  # fmt: skip
 def test_rms_norm(ne, layout, eps, scale, seed) -> None:
@@ -71,7 +72,7 @@ def test_rms_norm(ne, layout, eps, scale, seed) -> None:
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-30)
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(ne=ne4, layout=layouts(), eps=st.sampled_from([0.0, 1e-6, 1e-2, 1.0]), scale=st.sampled_from([1e-3, 1.0, 30.0]),
        zero_row=st.booleans(), seed=st.integers(0, 2**16))  # fmt: skip
 def test_l2_norm(ne, layout, eps, scale, zero_row, seed) -> None:
@@ -139,7 +140,7 @@ def soft_max_cases(draw) -> dict:
     return case
 
 
-@settings(max_examples=50)
+@settings(max_examples=examples(50))
 @given(case=soft_max_cases())
 def test_soft_max(case) -> None:
     ne, rng = case["ne"], np.random.default_rng(case["seed"])
@@ -191,7 +192,7 @@ def test_soft_max_fully_masked_row_is_nan_like_ggml() -> None:
 # ---- argmax / argsort / top_k -----------------------------------------------------------
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(ne=ne4, layout=layouts(), tie=st.booleans(), seed=st.integers(0, 2**16))
 def test_argmax_first_index_on_ties(ne, layout, tie, seed) -> None:
     host = ties(ne, seed) if tie else floats(ne, seed)
@@ -220,7 +221,7 @@ def sorted_rows(host: np.ndarray, key) -> np.ndarray:
     return out
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(ne=ne4, layout=layouts(), desc=st.booleans(), tie=st.booleans(), seed=st.integers(0, 2**16))
 def test_argsort_stable_both_orders(ne, layout, desc, tie, seed) -> None:
     host = ties(ne, seed) if tie else floats(ne, seed)
@@ -231,7 +232,7 @@ def test_argsort_stable_both_orders(ne, layout, desc, tie, seed) -> None:
     np.testing.assert_array_equal(got, want)
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(ne=ne4, layout=layouts(), tie=st.booleans(), data=st.data(), seed=st.integers(0, 2**16))
 def test_top_k_largest_first_lower_index_on_ties(ne, layout, tie, data, seed) -> None:
     host = ties(ne, seed) if tie else floats(ne, seed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 import graphir as gr
 
@@ -91,7 +92,7 @@ def run_rope(x: np.ndarray, pos: np.ndarray, ff: np.ndarray | None, p: dict, lay
     pos_t = gr.new_input(gr.I32, [pos.size], "pos")
     ff_t = None if ff is None else gr.from_numpy(ff.astype(np.float32), "ff")
     out = build_rope(a, pos_t, ff_t, p)
-    plan = gr.compile(gr.build_graph(out), ["cpu"], cache=False)
+    plan = gr.compile(gr.build_graph(out), ["ref"], cache=False)
     plan.set_input(big, host)
     plan.set_input(pos_t, pos.astype(np.int32))
     plan.run()
@@ -131,7 +132,7 @@ def rope_cases(draw):
     return p, head_dim, n_head, n_tokens, seed, layout, use_ff
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(rope_cases())
 def test_rope_matches_formula(case):
     p, head_dim, n_head, n_tokens, seed, layout, use_ff = case
@@ -205,7 +206,7 @@ def test_rope_in_place_over_its_parent():
     a = gr.new_input(gr.F32, [8, 2, 3], "a")
     pos_t = gr.new_input(gr.I32, [3], "pos")
     out = build_rope(gr.scale(a, 2.0), pos_t, None, p)
-    plan = gr.compile(gr.build_graph(out), ["cpu"], cache=False)
+    plan = gr.compile(gr.build_graph(out), ["ref"], cache=False)
     plan.set_input(a, x)
     plan.set_input(pos_t, pos)
     plan.run()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 import graphir as gr
 
@@ -74,7 +75,7 @@ def run_gdn(d: dict, snapshots: int = 1, sentinel: float | None = None) -> np.nd
     """Run the op; returns the raw output as (rows, S_v * H_v). With `sentinel`, the output's
     bytes are filled with it before the run (to see what the kernel leaves alone)."""
     t, out = gdn_graph(d, snapshots)
-    plan = gr.compile(gr.build_graph(out), ["cpu"], cache=False)
+    plan = gr.compile(gr.build_graph(out), ["ref"], cache=False)
     for name, arr in d.items():
         plan.set_input(t[name], arr)
     if sentinel is not None:
@@ -96,7 +97,7 @@ def split_output(raw: np.ndarray, S_v, H_v, n_tokens, n_seqs, snapshots):
 # ---- tests -----------------------------------------------------------------------------
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(
     d_conv=st.integers(1, 4), channels=st.integers(1, 5), n_tokens=st.integers(1, 4),
     n_seqs=st.integers(1, 3), strided=st.booleans(), seed=st.integers(0, 2**16),
@@ -116,7 +117,7 @@ def test_ssm_conv_matches_formula(d_conv, channels, n_tokens, n_seqs, strided, s
         host = sx_np
     c = gr.new_input(gr.F32, [d_conv, channels], "c")
     out = gr.ssm_conv(sx, c)
-    plan = gr.compile(gr.build_graph(out), ["cpu"], cache=False)
+    plan = gr.compile(gr.build_graph(out), ["ref"], cache=False)
     plan.set_input(big, host)
     plan.set_input(c, c_np)
     plan.run()
@@ -135,7 +136,7 @@ def gdn_cases(draw):
     )  # fmt: skip
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(gdn_cases())
 def test_gated_delta_net_matches_formula(c):
     S_v, H_k, n_tokens, n_seqs, K = c["S_v"], c["H_k"], c["n_tokens"], c["n_seqs"], c["snapshots"]
