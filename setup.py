@@ -25,6 +25,7 @@ PACKAGES = {
     "graphir.backends.cpu": "backends/cpu",
     "graphir.backends.ref": "backends/ref",
     "graphir.backends.opencl": "backends/opencl",
+    "graphir.backends.vulkan": "backends/vulkan",
     "graphir.models": "models",
     "graphir.models.memory": "models/memory",
     "graphir.models.archs": "models/archs",
