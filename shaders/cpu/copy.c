@@ -8,10 +8,11 @@
  * gr_row_to_f32 / gr_row_from_f32 (quants.c: F16C/AVX-512 for f16, Q8_0/Q4_0 quantization
  * bit-exact with graphir/quants.py).
  *
- * Work is split across threads as a flat range of destination units in whole granules of 64
- * elements (or one block), so no two threads write one cache line, except set_rows, whose
- * repeated indices must keep the last row (see there). Every kernel is a pure copy or an
- * elementwise conversion: results never depend on the batch or the thread count.
+ * Threads: same-type copies split the rows of the copy (after merging dims; one long row is
+ * split in granules of 64 elements); conversions, repeat and get_rows split a flat range of
+ * destination units in granules of 64 elements or one block; set_rows splits planes or
+ * columns so that repeated indices keep the last row (see there). Every kernel is a pure copy
+ * or an elementwise conversion: results never depend on the batch or the thread count.
  */
 #include "graphir_cpu.h"
 
@@ -19,9 +20,10 @@ enum { TILE = 1024 }; /* floats per conversion tile (a multiple of every block s
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* units per row, and the thread's share of n units in granules of g */
+/* units (elements, or blocks) per row */
 static inline int64_t row_units(const gr_tensor *t) { return t->ne[0] / gr_block_elems(t->type); }
 
+/* the thread's share [u0, u1) of n units, in whole granules of g */
 static void share(int64_t n, int64_t g, const gr_thread *th, int64_t *u0, int64_t *u1) {
     int64_t b, e;
     gr_chunk((n + g - 1) / g, th->ith, th->nth, &b, &e);
@@ -32,21 +34,41 @@ static void share(int64_t n, int64_t g, const gr_thread *th, int64_t *u0, int64_
 /* units of 64 elements, or of one block */
 static inline int64_t granule(int type) { return gr_block_elems(type) > 1 ? 1 : 64; }
 
+/* n bytes; short rows (a conv window of 3 floats) without a libc call. d may equal s. */
+static inline void copy_bytes(char *d, const char *s, int64_t n) {
+    if (n >= 16) {
+        memmove(d, s, (size_t)n);
+    } else if (n >= 8) { /* two overlapping 8-byte moves, both loaded first */
+        uint64_t a, b;
+        memcpy(&a, s, 8), memcpy(&b, s + n - 8, 8);
+        memcpy(d, &a, 8), memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4), memcpy(&b, s + n - 4, 4);
+        memcpy(d, &a, 4), memcpy(d + n - 4, &b, 4);
+    } else {
+        for (int64_t i = 0; i < n; i++) d[i] = s[i];
+    }
+}
+
+/* one unit of ub bytes */
+static inline void copy_unit(char *d, const char *s, int64_t ub) {
+    if (ub == 4) memcpy(d, s, 4);
+    else if (ub == 2) memcpy(d, s, 2);
+    else memmove(d, s, (size_t)ub);
+}
+
 /* k units of ub bytes from src (stride ss bytes) to dst (stride ds); dst may equal src */
 static void copy_units(char *dst, int64_t ds, const char *src, int64_t ss, int64_t k, int64_t ub) {
     if (ds == ub && ss == ub) {
         memmove(dst, src, (size_t)(k * ub));
-    } else if (ub == 4) {
-        for (int64_t i = 0; i < k; i++) memcpy(dst + i * ds, src + i * ss, 4);
-    } else if (ub == 2) {
-        for (int64_t i = 0; i < k; i++) memcpy(dst + i * ds, src + i * ss, 2);
     } else {
-        for (int64_t i = 0; i < k; i++) memmove(dst + i * ds, src + i * ss, (size_t)ub);
+        for (int64_t i = 0; i < k; i++) copy_unit(dst + i * ds, src + i * ss, ub);
     }
 }
 
-/* ---- a cursor over the logical sequence of a tensor's units: (i0, row) advanced without
- * divisions, so short rows (a window of 3 columns per channel) cost a few compares each ---- */
+/* ---- a cursor over the logical sequence of a tensor's units (converting copies, reshapes
+ * between two strided tensors): (i0, row) advanced without divisions ---- */
 typedef struct {
     const gr_tensor *t;
     int64_t nu; /* units per row */
@@ -84,30 +106,6 @@ static inline void cur_advance(cursor *c, int64_t k) {
  * a same-shape strided copy: dims merged where both sides run contiguously across them,
  * rows copied with small-size moves, transposed sources read in tiles of rows
  * ====================================================================================== */
-
-/* n bytes; short rows (a conv window of 3 floats) without a libc call. d may equal s. */
-static inline void copy_bytes(char *d, const char *s, int64_t n) {
-    if (n >= 16) {
-        memmove(d, s, (size_t)n);
-    } else if (n >= 8) { /* two overlapping 8-byte moves, both loaded first */
-        uint64_t a, b;
-        memcpy(&a, s, 8), memcpy(&b, s + n - 8, 8);
-        memcpy(d, &a, 8), memcpy(d + n - 8, &b, 8);
-    } else if (n >= 4) {
-        uint32_t a, b;
-        memcpy(&a, s, 4), memcpy(&b, s + n - 4, 4);
-        memcpy(d, &a, 4), memcpy(d + n - 4, &b, 4);
-    } else {
-        for (int64_t i = 0; i < n; i++) d[i] = s[i];
-    }
-}
-
-/* one unit of ub bytes */
-static inline void copy_unit(char *d, const char *s, int64_t ub) {
-    if (ub == 4) memcpy(d, s, 4);
-    else if (ub == 2) memcpy(d, s, 2);
-    else memmove(d, s, (size_t)ub);
-}
 
 /* dims of a copy after merging: ne in units, byte strides of dst (dn) and src (sn) */
 typedef struct {
