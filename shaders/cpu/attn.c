@@ -1,15 +1,21 @@
 /* flash_attn_ext: fused attention softmax(scale q k^T + slope mask) v with an online softmax,
- * numerics as backends/ref/k_attn.py (float32 throughout, K/V widened in the inner loop).
+ * numerics as backends/ref/k_attn.py (float32 throughout, K/V widened in the inner loop, never
+ * the whole cache).
  *
  * q [D, n_q, H, n_seq] F32; k [D, n_kv, H_kv, n_seq_kv], v [Dv, n_kv, H_kv, n_seq_kv] F32/F16;
  * mask [n_kv, >=n_q, m2, m3] F32/F16 (broadcast over heads / seqs); dst [Dv, H, n_q, n_seq] F32.
  * q head h reads kv head h / (H / H_kv), q seq s reads kv seq s / (n_seq / n_seq_kv).
  *
- * Work: the query rows (iq, h, s) that read the same kv head and seq form a group; a thread
- * takes a tile of up to FA_TILE rows of one group and streams K/V once for the whole tile, so a
- * K/V row is read from memory once per tile, not once per query head (GQA decode). Each row
- * keeps its own running max, sum and accumulator and does exactly the same arithmetic whatever
- * tile it sits in: results are batch-invariant.
+ * Work: the query rows (iq, h, s) that read the same kv head and seq form a group; a thread takes
+ * a tile of up to FA_TILE rows of one group and streams K/V once for the whole tile (a K/V row
+ * is read from memory once per tile, not once per query head: GQA decode). K/V go in blocks of
+ * FA_BJ positions: the tile's scores for the block (dot kernels over several rows and keys at
+ * once), then per row one online-softmax step for the whole block (one rescale, a vector exp, V
+ * rows accumulated in registers). Masked (-inf) entries weigh exactly 0 and their V rows are
+ * never read; a block masked for every row of the tile is skipped.
+ *
+ * Every row does the same arithmetic (same kernels, blocks at the same kv positions) whatever
+ * tile, batch or thread it lands in: results are batch-invariant.
  */
 #include "graphir_cpu.h"
 
@@ -18,165 +24,354 @@
 #define GR_X86 1
 #endif
 
-#define FA_TILE 8
-#define FA_A16(n) (((n) + 15) & ~(int64_t)15) /* floats: 64-byte aligned blocks */
+#define FA_TILE 8 /* query rows per tile */
+#define FA_BJ 16  /* kv positions per block */
+#define FA_NR 4   /* rows per dot-kernel call */
+#define A16(n) (((n) + 15) & ~(int64_t)15) /* floats: 64-byte aligned blocks */
+#define INLINE static inline __attribute__((always_inline))
 
-/* q . k over n elements (k F32 or F16, contiguous) */
-typedef float (*fa_dot_fn)(const float *q, const void *k, int64_t n);
-/* acc = a acc + b v over n elements (v F32 or F16, contiguous) */
-typedef void (*fa_mad_fn)(float *acc, const void *v, float a, float b, int64_t n);
+/* o0[r os] = q_r . k0 and (k1 != NULL) o1[r os] = q_r . k1 for rows q_r = q + r qs, r < nr <= FA_NR */
+typedef void (*fa_dots_fn)(const float *q, int64_t qs, int nr, const void *k0, const void *k1, int64_t n, float *o0,
+                           float *o1, int64_t os);
+/* s[j] = slope m[j] for j < n, m a contiguous F16 mask row (exact conversions: any ISA agrees);
+ * returns the bit set of the j with s[j] != -inf */
+typedef uint32_t (*fa_mask_f16_fn)(float *s, const uint16_t *m, float slope, int n);
+/* p[i] = exp(s[i] - m) for i < n; -inf gives exactly 0 */
+typedef void (*fa_exps_fn)(float *p, const float *s, float m, int n);
+/* for rows r < nr <= FA_NR: acc[r] = ms[r] acc[r] + sum_j p[r FA_BJ + j] v[j] over the j < nj
+ * with p != 0 (in order of j), n elements; a V row is converted once for all the rows */
+typedef void (*fa_accum_fn)(float *const *acc, const float *p, const float *ms, int nr, const void *const *v, int nj,
+                            int64_t n);
 
-/* ---- portable ---- */
-static float dot_f32_scalar(const float *q, const void *kp, int64_t n) {
-    const float *k = kp;
-    float s[4] = {0, 0, 0, 0}; /* 4 partial sums: no long add chain */
-    for (int64_t i = 0; i < n; i++) s[i & 3] += q[i] * k[i];
-    return (s[0] + s[1]) + (s[2] + s[3]);
+/* ======================================================================================
+ * portable
+ * ====================================================================================== */
+
+static inline float ld_f16(const void *p, int64_t i) { return gr_f16_to_f32(((const uint16_t *)p)[i]); }
+static inline float ld_f32(const void *p, int64_t i) { return ((const float *)p)[i]; }
+
+/* 4 partial sums (lane i % 4) */
+#define DOT_SCALAR(NAME, LD)                                                                          \
+    static float NAME(const float *q, const void *k, int64_t n) {                                     \
+        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                                         \
+        int64_t i = 0;                                                                                \
+        for (; i + 4 <= n; i += 4) {                                                                  \
+            s0 += q[i] * LD(k, i), s1 += q[i + 1] * LD(k, i + 1);                                     \
+            s2 += q[i + 2] * LD(k, i + 2), s3 += q[i + 3] * LD(k, i + 3);                             \
+        }                                                                                             \
+        float s[4] = {s0, s1, s2, s3};                                                                \
+        for (; i < n; i++) s[i & 3] += q[i] * LD(k, i);                                               \
+        return (s[0] + s[1]) + (s[2] + s[3]);                                                         \
+    }
+DOT_SCALAR(dot_f16_scalar, ld_f16)
+DOT_SCALAR(dot_f32_scalar, ld_f32)
+
+#define DOTS_SCALAR(NAME, DOT)                                                                        \
+    static void NAME(const float *q, int64_t qs, int nr, const void *k0, const void *k1, int64_t n,   \
+                     float *o0, float *o1, int64_t os) {                                              \
+        for (int r = 0; r < nr; r++) {                                                                \
+            o0[r * os] = DOT(q + r * qs, k0, n);                                                      \
+            if (k1) o1[r * os] = DOT(q + r * qs, k1, n);                                              \
+        }                                                                                             \
+    }
+DOTS_SCALAR(dots_f16_scalar, dot_f16_scalar)
+DOTS_SCALAR(dots_f32_scalar, dot_f32_scalar)
+
+static uint32_t live_bits(const float *s, int n) {
+    uint32_t live = 0;
+    for (int j = 0; j < n; j++) live |= (uint32_t)(s[j] != -INFINITY) << j;
+    return live;
 }
-static float dot_f16_scalar(const float *q, const void *kp, int64_t n) {
-    const uint16_t *k = kp;
-    float s[4] = {0, 0, 0, 0};
-    for (int64_t i = 0; i < n; i++) s[i & 3] += q[i] * gr_f16_to_f32(k[i]);
-    return (s[0] + s[1]) + (s[2] + s[3]);
+
+static uint32_t mask_f16_scalar(float *s, const uint16_t *m, float slope, int n) {
+    for (int j = 0; j < n; j++) s[j] = slope * gr_f16_to_f32(m[j]);
+    return live_bits(s, n);
 }
-static void mad_f32_scalar(float *acc, const void *vp, float a, float b, int64_t n) {
-    const float *v = vp;
-    for (int64_t i = 0; i < n; i++) acc[i] = a * acc[i] + b * v[i];
+
+static void exps_scalar(float *p, const float *s, float m, int n) {
+    for (int i = 0; i < n; i++) p[i] = s[i] == -INFINITY ? 0.0f : expf(s[i] - m);
 }
-static void mad_f16_scalar(float *acc, const void *vp, float a, float b, int64_t n) {
-    const uint16_t *v = vp;
-    for (int64_t i = 0; i < n; i++) acc[i] = a * acc[i] + b * gr_f16_to_f32(v[i]);
-}
+
+#define ACCUM_SCALAR(NAME, LD)                                                                        \
+    static void NAME(float *const *acc, const float *p, const float *ms, int nr, const void *const *v,  \
+                     int nj, int64_t n) {                                                             \
+        for (int r = 0; r < nr; r++)                                                                  \
+            for (int64_t i = 0; i < n; i++) {                                                         \
+                float a = acc[r][i] * ms[r];                                                          \
+                for (int j = 0; j < nj; j++)                                                          \
+                    if (p[r * FA_BJ + j] != 0.0f) a += p[r * FA_BJ + j] * LD(v[j], i);                \
+                acc[r][i] = a;                                                                        \
+            }                                                                                         \
+    }
+ACCUM_SCALAR(accum_f16_scalar, ld_f16)
+ACCUM_SCALAR(accum_f32_scalar, ld_f32)
 
 #ifdef GR_X86
-/* ---- AVX2 + FMA + F16C ---- */
+/* ======================================================================================
+ * AVX2 + FMA + F16C: 8 lanes; dots keep one chain per (row, key), then a scalar tail
+ * ====================================================================================== */
 #define T_AVX2 __attribute__((target("avx2,fma,f16c")))
-T_AVX2 static float hsum256(__m256 v) {
+
+T_AVX2 INLINE float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
-T_AVX2 static inline __m256 ld8_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+T_AVX2 INLINE __m256 ld8(const void *p, int64_t i, const int F16) {
+    return F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)))
+               : _mm256_loadu_ps((const float *)p + i);
+}
+T_AVX2 INLINE float ld1(const void *p, int64_t i, const int F16) { return F16 ? ld_f16(p, i) : ld_f32(p, i); }
 
-T_AVX2 static float dot_f32_avx2(const float *q, const void *kp, int64_t n) {
-    const float *k = kp;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(k + i + 8), a1);
+T_AVX2 INLINE void dots_avx2_n(const float *q, int64_t qs, const void *k0, const void *k1, int64_t n, float *o0,
+                               float *o1, int64_t os, const int NR, const int NJ, const int F16) {
+    const void *k[2] = {k0, k1};
+    float *o[2] = {o0, o1};
+    __m256 acc[FA_NR][2];
+    const int64_t n8 = n & ~(int64_t)7;
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NJ; c++) acc[r][c] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n8; i += 8) {
+        __m256 kv[2];
+        for (int c = 0; c < NJ; c++) kv[c] = ld8(k[c], i, F16);
+        for (int r = 0; r < NR; r++) {
+            const __m256 qv = _mm256_loadu_ps(q + r * qs + i);
+            for (int c = 0; c < NJ; c++) acc[r][c] = _mm256_fmadd_ps(qv, kv[c], acc[r][c]);
+        }
     }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), a0);
-    float s = hsum256(_mm256_add_ps(a0, a1));
-    for (; i < n; i++) s += q[i] * k[i];
-    return s;
-}
-T_AVX2 static float dot_f16_avx2(const float *q, const void *kp, int64_t n) {
-    const uint16_t *k = kp;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), ld8_f16(k + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), ld8_f16(k + i + 8), a1);
-    }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), ld8_f16(k + i), a0);
-    float s = hsum256(_mm256_add_ps(a0, a1));
-    for (; i < n; i++) s += q[i] * gr_f16_to_f32(k[i]);
-    return s;
-}
-T_AVX2 static void mad_f32_avx2(float *acc, const void *vp, float a, float b, int64_t n) {
-    const float *v = vp;
-    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(vb, _mm256_loadu_ps(v + i), _mm256_mul_ps(va, _mm256_loadu_ps(acc + i))));
-    for (; i < n; i++) acc[i] = a * acc[i] + b * v[i];
-}
-T_AVX2 static void mad_f16_avx2(float *acc, const void *vp, float a, float b, int64_t n) {
-    const uint16_t *v = vp;
-    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(vb, ld8_f16(v + i), _mm256_mul_ps(va, _mm256_loadu_ps(acc + i))));
-    for (; i < n; i++) acc[i] = a * acc[i] + b * gr_f16_to_f32(v[i]);
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NJ; c++) {
+            float s = hsum256(acc[r][c]);
+            for (int64_t i = n8; i < n; i++) s += q[r * qs + i] * ld1(k[c], i, F16);
+            o[c][r * os] = s;
+        }
 }
 
-/* ---- AVX-512: masked tails, so any D runs at full width ---- */
-#define T_512 __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma")))
-T_512 static inline __mmask16 tail16(int64_t left) { return left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1); }
-T_512 static inline __m512 ld16_f16(const uint16_t *p, __mmask16 m) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+#define DOTS_SWITCH(NAME, KERNEL, F16, TARGET)                                                        \
+    TARGET static void NAME(const float *q, int64_t qs, int nr, const void *k0, const void *k1,       \
+                            int64_t n, float *o0, float *o1, int64_t os) {                            \
+        switch (nr * 2 + (k1 != NULL)) {                                                              \
+        case 2: KERNEL(q, qs, k0, k1, n, o0, o1, os, 1, 1, F16); break;                               \
+        case 3: KERNEL(q, qs, k0, k1, n, o0, o1, os, 1, 2, F16); break;                               \
+        case 4: KERNEL(q, qs, k0, k1, n, o0, o1, os, 2, 1, F16); break;                               \
+        case 5: KERNEL(q, qs, k0, k1, n, o0, o1, os, 2, 2, F16); break;                               \
+        case 6: KERNEL(q, qs, k0, k1, n, o0, o1, os, 3, 1, F16); break;                               \
+        case 7: KERNEL(q, qs, k0, k1, n, o0, o1, os, 3, 2, F16); break;                               \
+        case 8: KERNEL(q, qs, k0, k1, n, o0, o1, os, 4, 1, F16); break;                               \
+        default: KERNEL(q, qs, k0, k1, n, o0, o1, os, 4, 2, F16); break;                              \
+        }                                                                                             \
+    }
+DOTS_SWITCH(dots_f16_avx2, dots_avx2_n, 1, T_AVX2)
+DOTS_SWITCH(dots_f32_avx2, dots_avx2_n, 0, T_AVX2)
+
+/* exp(x) for x <= ~88: n = round(x / ln2), r = x - n ln2 (two-part ln2), e^r by a degree-6
+ * polynomial (Cephes expf coefficients), times 2^n; below -87.3 it flushes to 0 */
+#define EXP_C1 1.9875691500E-4f
+#define EXP_C2 1.3981999507E-3f
+#define EXP_C3 8.3334519073E-3f
+#define EXP_C4 4.1665795894E-2f
+#define EXP_C5 1.6666665459E-1f
+#define EXP_C6 5.0000001201E-1f
+T_AVX2 INLINE __m256 exp256(__m256 x) {
+    const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(EXP_C1);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C6));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
-T_512 static float dot_f32_avx512(const float *q, const void *kp, int64_t n) {
-    const float *k = kp;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_loadu_ps(k + i), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), _mm512_loadu_ps(k + i + 16), a1);
-    }
-    for (; i < n; i += 16) {
-        const __mmask16 m = tail16(n - i);
-        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), _mm512_maskz_loadu_ps(m, k + i), a0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+T_AVX2 static uint32_t mask_f16_avx2(float *s, const uint16_t *m, float slope, int n) {
+    int j = 0;
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_set1_ps(slope), ld8(m, j, 1)));
+    for (; j < n; j++) s[j] = slope * gr_f16_to_f32(m[j]);
+    return live_bits(s, n);
 }
-T_512 static float dot_f16_avx512(const float *q, const void *kp, int64_t n) {
-    const uint16_t *k = kp;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), ld16_f16(k + i, 0xffff), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), ld16_f16(k + i + 16, 0xffff), a1);
+
+T_AVX2 static void exps_avx2(float *p, const float *s, float m, int n) {
+    float buf[8];
+    for (int i = 0; i < n; i += 8) {
+        const int k = n - i < 8 ? n - i : 8;
+        memcpy(buf, s + i, (size_t)k * sizeof(float));
+        for (int j = k; j < 8; j++) buf[j] = -INFINITY;
+        const __m256 sv = _mm256_loadu_ps(buf);
+        const __m256 dead = _mm256_cmp_ps(sv, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ);
+        _mm256_storeu_ps(buf, _mm256_andnot_ps(dead, exp256(_mm256_sub_ps(sv, _mm256_set1_ps(m)))));
+        memcpy(p + i, buf, (size_t)k * sizeof(float));
     }
-    for (; i < n; i += 16) {
-        const __mmask16 m = tail16(n - i);
-        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), ld16_f16(k + i, m), a0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
-T_512 static void mad_f32_avx512(float *acc, const void *vp, float a, float b, int64_t n) {
-    const float *v = vp;
-    const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
+
+/* 32 elements (4 registers) of acc at a time stay in registers over the block's V rows */
+T_AVX2 INLINE void accum_avx2_row(float *acc, const void *const *v, const float *p, int nj, float ms, int64_t n,
+                                  const int F16) {
+    const __m256 msv = _mm256_set1_ps(ms);
+    const int64_t n32 = n & ~(int64_t)31, n8 = n & ~(int64_t)7;
+    int64_t i = 0;
+    for (; i < n32; i += 32) {
+        __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(acc + i), msv), a1 = _mm256_mul_ps(_mm256_loadu_ps(acc + i + 8), msv);
+        __m256 a2 = _mm256_mul_ps(_mm256_loadu_ps(acc + i + 16), msv), a3 = _mm256_mul_ps(_mm256_loadu_ps(acc + i + 24), msv);
+        for (int j = 0; j < nj; j++) {
+            if (p[j] == 0.0f) continue;
+            const __m256 pv = _mm256_set1_ps(p[j]);
+            a0 = _mm256_fmadd_ps(pv, ld8(v[j], i, F16), a0);
+            a1 = _mm256_fmadd_ps(pv, ld8(v[j], i + 8, F16), a1);
+            a2 = _mm256_fmadd_ps(pv, ld8(v[j], i + 16, F16), a2);
+            a3 = _mm256_fmadd_ps(pv, ld8(v[j], i + 24, F16), a3);
+        }
+        _mm256_storeu_ps(acc + i, a0), _mm256_storeu_ps(acc + i + 8, a1);
+        _mm256_storeu_ps(acc + i + 16, a2), _mm256_storeu_ps(acc + i + 24, a3);
+    }
+    for (; i < n8; i += 8) {
+        __m256 a = _mm256_mul_ps(_mm256_loadu_ps(acc + i), msv);
+        for (int j = 0; j < nj; j++)
+            if (p[j] != 0.0f) a = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), ld8(v[j], i, F16), a);
+        _mm256_storeu_ps(acc + i, a);
+    }
+    for (; i < n; i++) {
+        float a = acc[i] * ms;
+        for (int j = 0; j < nj; j++)
+            if (p[j] != 0.0f) a = fmaf(p[j], ld1(v[j], i, F16), a);
+        acc[i] = a;
+    }
+}
+/* 16 registers only: rows one at a time */
+T_AVX2 static void accum_f16_avx2(float *const *acc, const float *p, const float *ms, int nr, const void *const *v,
+                                  int nj, int64_t n) {
+    for (int r = 0; r < nr; r++) accum_avx2_row(acc[r], v, p + r * FA_BJ, nj, ms[r], n, 1);
+}
+T_AVX2 static void accum_f32_avx2(float *const *acc, const float *p, const float *ms, int nr, const void *const *v,
+                                  int nj, int64_t n) {
+    for (int r = 0; r < nr; r++) accum_avx2_row(acc[r], v, p + r * FA_BJ, nj, ms[r], n, 0);
+}
+
+/* ======================================================================================
+ * AVX-512: 16 lanes, the last chunk masked (any D at full width)
+ * ====================================================================================== */
+#define T_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+T_512 INLINE __mmask16 tail16(int64_t left) {
+    return left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+}
+T_512 INLINE __m512 ld16(const void *p, int64_t i, __mmask16 m, const int F16) {
+    return F16 ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i))
+               : _mm512_maskz_loadu_ps(m, (const float *)p + i);
+}
+
+T_512 INLINE void dots_512_n(const float *q, int64_t qs, const void *k0, const void *k1, int64_t n, float *o0,
+                             float *o1, int64_t os, const int NR, const int NJ, const int F16) {
+    const void *k[2] = {k0, k1};
+    float *o[2] = {o0, o1};
+    __m512 acc[FA_NR][2];
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NJ; c++) acc[r][c] = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail16(n - i);
-        __m512 x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, v + i), _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, acc + i)));
-        _mm512_mask_storeu_ps(acc + i, m, x);
+        __m512 kv[2];
+        for (int c = 0; c < NJ; c++) kv[c] = ld16(k[c], i, m, F16);
+        for (int r = 0; r < NR; r++) {
+            const __m512 qv = _mm512_maskz_loadu_ps(m, q + r * qs + i);
+            for (int c = 0; c < NJ; c++) acc[r][c] = _mm512_fmadd_ps(qv, kv[c], acc[r][c]);
+        }
     }
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NJ; c++) o[c][r * os] = _mm512_reduce_add_ps(acc[r][c]);
 }
-T_512 static void mad_f16_avx512(float *acc, const void *vp, float a, float b, int64_t n) {
-    const uint16_t *v = vp;
-    const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
-    for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = tail16(n - i);
-        __m512 x = _mm512_fmadd_ps(vb, ld16_f16(v + i, m), _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, acc + i)));
-        _mm512_mask_storeu_ps(acc + i, m, x);
-    }
-}
-#endif
+DOTS_SWITCH(dots_f16_512, dots_512_n, 1, T_512)
+DOTS_SWITCH(dots_f32_512, dots_512_n, 0, T_512)
 
-/* the dot / mad for rows of `type` read in place (F32/F16 with unit stride); others are
- * first gathered into an F32 row */
-static fa_dot_fn pick_dot(int f16) {
-#ifdef GR_X86
-    if (gr_has_avx512) return f16 ? dot_f16_avx512 : dot_f32_avx512;
-    if (gr_has_avx2) return f16 ? dot_f16_avx2 : dot_f32_avx2;
-#endif
-    return f16 ? dot_f16_scalar : dot_f32_scalar;
-}
-static fa_mad_fn pick_mad(int f16) {
-#ifdef GR_X86
-    if (gr_has_avx512) return f16 ? mad_f16_avx512 : mad_f32_avx512;
-    if (gr_has_avx2) return f16 ? mad_f16_avx2 : mad_f32_avx2;
-#endif
-    return f16 ? mad_f16_scalar : mad_f32_scalar;
+/* as exp256; scalef takes 2^n down through the subnormals to 0 */
+T_512 INLINE __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(EXP_C1);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C5));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C6));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
 }
 
-static int fa_direct(const gr_tensor *t) {
-    return (t->type == GR_F32 && t->nb[0] == 4) || (t->type == GR_F16 && t->nb[0] == 2);
+T_512 static uint32_t mask_f16_512(float *s, const uint16_t *m, float slope, int n) {
+    uint32_t live = 0;
+    for (int j = 0; j < n; j += 16) {
+        const __mmask16 k = tail16(n - j);
+        const __m512 x = _mm512_mul_ps(_mm512_set1_ps(slope), ld16(m, j, k, 1));
+        _mm512_mask_storeu_ps(s + j, k, x);
+        live |= (uint32_t)(k & _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_UQ)) << j;
+    }
+    return live;
 }
+
+T_512 static void exps_512(float *p, const float *s, float m, int n) {
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 k = tail16(n - i);
+        const __m512 sv = _mm512_maskz_loadu_ps(k, s + i);
+        const __mmask16 live = k & _mm512_cmp_ps_mask(sv, _mm512_set1_ps(-INFINITY), _CMP_NEQ_UQ);
+        _mm512_mask_storeu_ps(p + i, k, _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(sv, _mm512_set1_ps(m)))));
+    }
+}
+
+/* 64 elements (4 registers) of each row's acc stay in registers over the block's V rows; each
+ * 64 elements of a V row are converted once for all NR rows */
+T_512 INLINE void accum_512_n(float *const *acc, const float *p, const float *ms, const void *const *v, int nj,
+                              int64_t n, const int NR, const int F16) {
+    for (int64_t i = 0; i < n; i += 64) {
+        __mmask16 m[4];
+        __m512 a[FA_NR][4];
+        for (int x = 0; x < 4; x++) m[x] = tail16(n - i - 16 * x);
+        for (int r = 0; r < NR; r++) {
+            const __m512 msv = _mm512_set1_ps(ms[r]);
+            for (int x = 0; x < 4; x++) a[r][x] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m[x], acc[r] + i + 16 * x), msv);
+        }
+        for (int j = 0; j < nj; j++) {
+            int any = 0;
+            for (int r = 0; r < NR; r++) any |= p[r * FA_BJ + j] != 0.0f;
+            if (!any) continue;
+            __m512 vv[4];
+            for (int x = 0; x < 4; x++) vv[x] = ld16(v[j], i + 16 * x, m[x], F16);
+            for (int r = 0; r < NR; r++) {
+                if (p[r * FA_BJ + j] == 0.0f) continue;
+                const __m512 pv = _mm512_set1_ps(p[r * FA_BJ + j]);
+                for (int x = 0; x < 4; x++) a[r][x] = _mm512_fmadd_ps(pv, vv[x], a[r][x]);
+            }
+        }
+        for (int r = 0; r < NR; r++)
+            for (int x = 0; x < 4; x++) _mm512_mask_storeu_ps(acc[r] + i + 16 * x, m[x], a[r][x]);
+    }
+}
+
+#define ACCUM_SWITCH(NAME, KERNEL, F16, TARGET)                                                       \
+    TARGET static void NAME(float *const *acc, const float *p, const float *ms, int nr,              \
+                            const void *const *v, int nj, int64_t n) {                                \
+        switch (nr) {                                                                                 \
+        case 1: KERNEL(acc, p, ms, v, nj, n, 1, F16); break;                                          \
+        case 2: KERNEL(acc, p, ms, v, nj, n, 2, F16); break;                                          \
+        case 3: KERNEL(acc, p, ms, v, nj, n, 3, F16); break;                                          \
+        default: KERNEL(acc, p, ms, v, nj, n, 4, F16); break;                                         \
+        }                                                                                             \
+    }
+ACCUM_SWITCH(accum_f16_512, accum_512_n, 1, T_512)
+ACCUM_SWITCH(accum_f32_512, accum_512_n, 0, T_512)
+#endif
+
+/* ======================================================================================
+ * the driver
+ * ====================================================================================== */
 
 /* everything a tile needs, resolved once per op */
 typedef struct fa_ctx {
@@ -184,10 +379,40 @@ typedef struct fa_ctx {
     int64_t D, Dv, n_q, n_kv, G, rk3;
     float scale, softcap;
     const float *slopes;
-    fa_dot_fn dot;
-    fa_mad_fn mad;
-    int k_direct, v_direct;
+    int k_direct, v_direct; /* rows read in place (F32/F16, unit stride), else gathered as F32 */
+    fa_dots_fn dots;
+    fa_mask_f16_fn mask_f16;
+    fa_exps_fn exps;
+    fa_accum_fn accum;
 } fa_ctx;
+
+static void fa_pick(fa_ctx *c) {
+    const int kh = c->k_direct && c->k->type == GR_F16, vh = c->v_direct && c->v->type == GR_F16;
+#ifdef GR_X86
+    if (gr_has_avx512) {
+        c->dots = kh ? dots_f16_512 : dots_f32_512;
+        c->exps = exps_512;
+        c->mask_f16 = mask_f16_512;
+        c->accum = vh ? accum_f16_512 : accum_f32_512;
+        return;
+    }
+    if (gr_has_avx2) {
+        c->dots = kh ? dots_f16_avx2 : dots_f32_avx2;
+        c->exps = exps_avx2;
+        c->mask_f16 = mask_f16_avx2;
+        c->accum = vh ? accum_f16_avx2 : accum_f32_avx2;
+        return;
+    }
+#endif
+    c->dots = kh ? dots_f16_scalar : dots_f32_scalar;
+    c->exps = exps_scalar;
+    c->mask_f16 = mask_f16_scalar;
+    c->accum = vh ? accum_f16_scalar : accum_f32_scalar;
+}
+
+static int fa_direct(const gr_tensor *t) {
+    return (t->type == GR_F32 && t->nb[0] == 4) || (t->type == GR_F16 && t->nb[0] == 2);
+}
 
 /* one query row of a tile: its running max M, sum S, accumulator and mask row */
 typedef struct fa_row {
@@ -198,6 +423,18 @@ typedef struct fa_row {
     int64_t iq, h, s;
 } fa_row;
 
+/* per thread scratch (floats): the tile's q rows and accumulators, one block of gathered K and
+ * V rows (used only when they cannot be read in place) */
+typedef struct fa_scratch {
+    float *q, *acc, *k, *v;
+} fa_scratch;
+
+static int64_t fa_thread_floats(int64_t D, int64_t Dv) { return (FA_TILE + FA_BJ) * (A16(D) + A16(Dv)); }
+
+int64_t gr_w_flash_attn_ext(const gr_op *op, int nth) {
+    return (int64_t)nth * fa_thread_floats(op->src[0].ne[0], op->src[2].ne[0]) * (int64_t)sizeof(float);
+}
+
 /* row j of a K or V cache of (kv head hk, kv seq skv): in place, or gathered into buf as F32 */
 static const void *fa_kv_row(const gr_tensor *t, int direct, int64_t j, int64_t hk, int64_t skv, float *buf) {
     const char *p = gr_row(t, j, hk, skv);
@@ -206,49 +443,106 @@ static const void *fa_kv_row(const gr_tensor *t, int direct, int64_t j, int64_t 
     return buf;
 }
 
-/* the online softmax step of one row for score s and value row vj */
-static inline void fa_update(const fa_ctx *c, fa_row *r, float s, const void *vj) {
-    if (s > r->M) { /* new max: rescale what was summed so far (ms = 0 on the first one) */
-        const float ms = expf(r->M - s);
-        r->M = s;
-        r->S = r->S * ms + 1.0f;
-        c->mad(r->acc, vj, ms, 1.0f, c->Dv);
+/* s[j] = slope m[j] for j < nj: one mask row of the block; returns its live bits (s != -inf) */
+static uint32_t fa_mask_row(const fa_ctx *c, const char *m, float slope, int nj, float *s) {
+    const gr_tensor *mask = c->mask;
+    if (mask->type == GR_F16 && mask->nb[0] == 2) return c->mask_f16(s, (const uint16_t *)m, slope, nj);
+    if (mask->type == GR_F32 && mask->nb[0] == 4) {
+        const float *f = (const float *)m;
+        for (int j = 0; j < nj; j++) s[j] = slope * f[j];
     } else {
-        const float vs = expf(s - r->M);
-        r->S += vs;
-        c->mad(r->acc, vj, 1.0f, vs, c->Dv);
+        for (int j = 0; j < nj; j++) s[j] = slope * gr_load_f(m + j * mask->nb[0], mask->type);
     }
+    return live_bits(s, nj);
 }
 
-/* all n_kv positions for the n rows of a tile reading kv head hk of kv seq skv */
-static void fa_tile(const fa_ctx *c, fa_row *rows, int n, int64_t hk, int64_t skv, float *kbuf, float *vbuf) {
-    const gr_tensor *mask = c->mask;
-    for (int64_t j = 0; j < c->n_kv; j++) {
-        const void *kj = NULL, *vj = NULL; /* fetched once per tile, only if some row needs them */
-        for (int r = 0; r < n; r++) {
-            fa_row *row = &rows[r];
-            float mv = 0.0f;
-            if (mask) {
-                mv = row->slope * gr_load_f(row->mrow + j * mask->nb[0], mask->type);
-                if (mv == -INFINITY) continue; /* skipped outright: weighs exactly 0 */
-            }
-            if (!kj) kj = fa_kv_row(c->k, c->k_direct, j, hk, skv, kbuf);
-            float s = c->dot(row->q, kj, c->D) * c->scale;
-            if (c->softcap != 0.0f) s = c->softcap * tanhf(s);
-            if (mask) s += mv;
-            if (!vj) vj = fa_kv_row(c->v, c->v_direct, j, hk, skv, vbuf);
-            fa_update(c, row, s, vj);
+/* s[r][j] = slope_r mask_r[j0 + j] (0 without a mask); returns the bit set of columns that
+ * some row does not mask out */
+static uint32_t fa_mask_block(const fa_ctx *c, const fa_row *rows, int n, int64_t j0, int nj, float *s) {
+    if (!c->mask) {
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < nj; j++) s[r * FA_BJ + j] = 0.0f;
+        return (uint32_t)((1ull << nj) - 1);
+    }
+    uint32_t live = 0;
+    for (int r = 0; r < n; r++) {
+        float *sr = s + r * FA_BJ;
+        if (r > 0 && rows[r].mrow == rows[r - 1].mrow && rows[r].slope == rows[r - 1].slope) {
+            memcpy(sr, sr - FA_BJ, (size_t)nj * sizeof(float)); /* heads sharing a mask row (decode) */
+            continue;
+        }
+        live |= fa_mask_row(c, rows[r].mrow + j0 * c->mask->nb[0], rows[r].slope, nj, sr);
+    }
+    return live;
+}
+
+/* scores of the block: s[r][j] = softcap(scale q_r . k_j) + mv for live entries (-inf stays) */
+static void fa_scores(const fa_ctx *c, const fa_row *rows, int n, const void *const *kp, uint32_t live, float *s) {
+    float dot[FA_TILE * FA_BJ];
+    int cols[FA_BJ], nc = 0;
+    for (int j = 0; j < FA_BJ; j++)
+        if (live >> j & 1) cols[nc++] = j;
+    for (int r0 = 0; r0 < n; r0 += FA_NR) {
+        const int nr = n - r0 < FA_NR ? n - r0 : FA_NR;
+        for (int i = 0; i < nc; i += 2) { /* two keys per call: more independent chains */
+            const int j0 = cols[i], j1 = i + 1 < nc ? cols[i + 1] : j0;
+            c->dots(rows[r0].q, A16(c->D), nr, kp[j0], i + 1 < nc ? kp[j1] : NULL, c->D, dot + r0 * FA_BJ + j0,
+                    dot + r0 * FA_BJ + j1, FA_BJ);
+        }
+    }
+    for (int r = 0; r < n; r++) {
+        for (int i = 0; i < nc; i++) {
+            float *sp = &s[r * FA_BJ + cols[i]];
+            if (*sp == -INFINITY) continue; /* skipped outright: weighs exactly 0 */
+            float x = dot[r * FA_BJ + cols[i]] * c->scale;
+            if (c->softcap != 0.0f) x = c->softcap * tanhf(x);
+            *sp = c->mask ? x + *sp : x;
         }
     }
 }
 
-/* scratch per thread: the tile's q rows and accumulators, plus one gathered K and V row */
-static int64_t fa_thread_floats(int64_t D, int64_t Dv) {
-    return FA_TILE * (FA_A16(D) + FA_A16(Dv)) + FA_A16(D) + FA_A16(Dv);
+/* one online-softmax step of a row over a block of nj scores s: the new max and sum, the
+ * weights p of the block and the factor ms that rescales what was summed so far */
+static void fa_softmax_step(const fa_ctx *c, fa_row *row, const float *s, int nj, float *p, float *ms) {
+    float m = -INFINITY;
+    for (int j = 0; j < nj; j++) m = s[j] > m ? s[j] : m;
+    if (m == -INFINITY) { /* nothing live in this block: acc unchanged */
+        for (int j = 0; j < nj; j++) p[j] = 0.0f;
+        *ms = 1.0f;
+        return;
+    }
+    const float M = m > row->M ? m : row->M;
+    *ms = row->M == -INFINITY ? 0.0f : expf(row->M - M);
+    c->exps(p, s, M, nj);
+    float t[FA_BJ]; /* the block's sum as a fixed pairwise tree: no long add chain */
+    for (int j = 0; j < FA_BJ; j++) t[j] = j < nj ? p[j] : 0.0f;
+    for (int w = FA_BJ / 2; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) t[j] += t[j + w];
+    row->S = row->S * *ms + t[0];
+    row->M = M;
 }
 
-int64_t gr_w_flash_attn_ext(const gr_op *op, int nth) {
-    return (int64_t)nth * fa_thread_floats(op->src[0].ne[0], op->src[2].ne[0]) * (int64_t)sizeof(float);
+/* all n_kv positions for the n rows of a tile reading kv head hk of kv seq skv */
+static void fa_tile(const fa_ctx *c, fa_row *rows, int n, int64_t hk, int64_t skv, const fa_scratch *w) {
+    float s[FA_TILE * FA_BJ], p[FA_TILE * FA_BJ], ms[FA_TILE];
+    float *acc[FA_TILE];
+    const void *kp[FA_BJ], *vp[FA_BJ];
+    for (int r = 0; r < n; r++) acc[r] = rows[r].acc;
+    for (int64_t j0 = 0; j0 < c->n_kv; j0 += FA_BJ) {
+        const int nj = (int)(c->n_kv - j0 < FA_BJ ? c->n_kv - j0 : FA_BJ);
+        const uint32_t live = fa_mask_block(c, rows, n, j0, nj, s);
+        if (!live) continue; /* masked for every row of the tile: K/V never read */
+        for (int j = 0; j < nj; j++) {
+            kp[j] = vp[j] = NULL;
+            if (!(live >> j & 1)) continue;
+            kp[j] = fa_kv_row(c->k, c->k_direct, j0 + j, hk, skv, w->k + j * A16(c->D));
+            vp[j] = fa_kv_row(c->v, c->v_direct, j0 + j, hk, skv, w->v + j * A16(c->Dv));
+        }
+        fa_scores(c, rows, n, kp, live, s);
+        for (int r = 0; r < n; r++) fa_softmax_step(c, &rows[r], s + r * FA_BJ, nj, p + r * FA_BJ, &ms[r]);
+        for (int r0 = 0; r0 < n; r0 += FA_NR)
+            c->accum(acc + r0, p + r0 * FA_BJ, ms + r0, n - r0 < FA_NR ? n - r0 : FA_NR, vp, nj, c->Dv);
+    }
 }
 
 static void fa_init_row(const fa_ctx *c, fa_row *row, int64_t iq, int64_t h, int64_t s, float *qbuf, float *acc) {
@@ -270,8 +564,13 @@ static void fa_init_row(const fa_ctx *c, fa_row *row, int64_t iq, int64_t h, int
 /* acc / S into dst (d, h, iq, s); a row that summed nothing (all masked) is zeros, as ggml */
 static void fa_store_row(const fa_ctx *c, const fa_row *row) {
     char *p = gr_row(c->dst, row->h, row->iq, row->s);
-    for (int64_t d = 0; d < c->Dv; d++)
-        *(float *)(p + d * c->dst->nb[0]) = row->S == 0.0f ? 0.0f : row->acc[d] / row->S;
+    const float S = row->S;
+    if (c->dst->nb[0] == sizeof(float) && S != 0.0f) { /* the usual case, vectorized */
+        float *o = (float *)p;
+        for (int64_t d = 0; d < c->Dv; d++) o[d] = row->acc[d] / S;
+        return;
+    }
+    for (int64_t d = 0; d < c->Dv; d++) *(float *)(p + d * c->dst->nb[0]) = S == 0.0f ? 0.0f : row->acc[d] / S;
 }
 
 void gr_k_flash_attn_ext(const gr_op *op, const gr_thread *th) {
@@ -284,8 +583,7 @@ void gr_k_flash_attn_ext(const gr_op *op, const gr_thread *th) {
         .k_direct = fa_direct(k), .v_direct = fa_direct(v),
     };
     if (c.softcap != 0.0f) c.scale /= c.softcap; /* as ggml: scale first, then softcap tanh */
-    c.dot = pick_dot(c.k_direct && k->type == GR_F16);
-    c.mad = pick_mad(c.v_direct && v->type == GR_F16);
+    fa_pick(&c);
 
     /* groups (kv head, kv seq) of R rows (iq fastest, then q head in the group, then q seq);
      * tiles small enough that every thread gets one when there are few groups */
@@ -295,9 +593,11 @@ void gr_k_flash_attn_ext(const gr_op *op, const gr_thread *th) {
     T = T < 1 ? 1 : T > FA_TILE ? FA_TILE : T;
     const int64_t n_tiles = (R + T - 1) / T;
 
-    float *w = (float *)op->wdata + (int64_t)th->ith * fa_thread_floats(c.D, c.Dv);
-    float *qbuf = w, *abuf = w + FA_TILE * FA_A16(c.D);
-    float *kbuf = abuf + FA_TILE * FA_A16(c.Dv), *vbuf = kbuf + FA_A16(c.D);
+    float *base = (float *)op->wdata + (int64_t)th->ith * fa_thread_floats(c.D, c.Dv);
+    const fa_scratch w = {
+        .q = base, .acc = base + FA_TILE * A16(c.D),
+        .k = base + FA_TILE * (A16(c.D) + A16(c.Dv)), .v = base + FA_TILE * (A16(c.D) + A16(c.Dv)) + FA_BJ * A16(c.D),
+    };
     fa_row rows[FA_TILE];
 
     int64_t b, e;
@@ -308,10 +608,9 @@ void gr_k_flash_attn_ext(const gr_op *op, const gr_thread *th) {
         const int n = (int)(r0 + T <= R ? T : R - r0);
         for (int i = 0; i < n; i++) {
             const int64_t r = r0 + i, iq = r % c.n_q, hh = (r / c.n_q) % c.G, ss = r / (c.n_q * c.G);
-            fa_init_row(&c, &rows[i], iq, hk * c.G + hh, skv * c.rk3 + ss, qbuf + i * FA_A16(c.D),
-                        abuf + i * FA_A16(c.Dv));
+            fa_init_row(&c, &rows[i], iq, hk * c.G + hh, skv * c.rk3 + ss, w.q + i * A16(c.D), w.acc + i * A16(c.Dv));
         }
-        fa_tile(&c, rows, n, hk, skv, kbuf, vbuf);
+        fa_tile(&c, rows, n, hk, skv, &w);
         for (int i = 0; i < n; i++) fa_store_row(&c, &rows[i]);
     }
 }

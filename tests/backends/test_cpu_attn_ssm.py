@@ -5,8 +5,6 @@ token, a sequence gives the same bits alone as inside a batch, at any thread cou
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytest
 
@@ -28,7 +26,7 @@ def native(monkeypatch):
     from graphir.backends.cpu import backend as cpu_backend
     from graphir.backends.cpu import native as cpu_native
 
-    monkeypatch.setattr(cpu_backend, "SMALL_SPLIT_BYTES", 0)
+    monkeypatch.setattr(cpu_backend, "SMALL_OP_BYTES", 0)
     be = get_backend(NATIVE)
     saved = be.n_threads
     yield be
@@ -139,46 +137,48 @@ def _run(out: gr.Tensor, inputs: dict[gr.Tensor, np.ndarray], backend: str = NAT
     return plan.get(out).copy()
 
 
-def _attn_graph(D: int, H: int, H_kv: int, n_q: int, n_kv: int, kv_type) -> Callable:
-    """f(q, k, v, mask) -> dst, run on the native backend with F16 or F32 K/V."""
-
-    def f(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, backend: str = NATIVE) -> np.ndarray:
-        n = q.shape[2]
-        tq = gr.new_input(gr.F32, [D, n, H, 1], "q")
-        tk = gr.new_input(kv_type, [D, n_kv, H_kv, 1], "k")
-        tv = gr.new_input(kv_type, [D, n_kv, H_kv, 1], "v")
-        tm = gr.new_input(gr.F16, [n_kv, n, 1, 1], "mask")
-        out = gr.flash_attn_ext(tq, tk, tv, tm, D**-0.5)
-        return _run(out, {tq: q, tk: k, tv: v, tm: mask}, backend)
-
-    return f
+def _fa(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, backend: str = NATIVE) -> np.ndarray:
+    """flash_attn_ext of numpy arrays (numpy order: q (n_seq, H, n_q, D), k/v (n_seq_kv, H_kv,
+    n_kv, D) F16 or F32, mask (m3, m2, >=n_q, n_kv) F16) -> (n_seq, n_q, H, Dv)."""
+    kv_type = gr.F16 if k.dtype == np.float16 else gr.F32
+    tq = gr.new_input(gr.F32, list(reversed(q.shape)), "q")
+    tk = gr.new_input(kv_type, list(reversed(k.shape)), "k")
+    tv = gr.new_input(kv_type, list(reversed(v.shape)), "v")
+    tm = None if mask is None else gr.new_input(gr.F16, list(reversed(mask.shape)), "mask")
+    out = gr.flash_attn_ext(tq, tk, tv, tm, q.shape[-1] ** -0.5)
+    inputs = {tq: q, tk: k, tv: v} | ({} if tm is None else {tm: mask})
+    return _run(out, inputs, backend)
 
 
-@pytest.mark.parametrize("kv_type", [gr.F16, gr.F32])
-def test_attention_rows_are_batch_invariant(native, kv_type) -> None:
+def _causal(n_q: int, n_kv: int) -> np.ndarray:
+    """[1, 1, n_q, n_kv] F16: query i (the last n_q positions) sees keys up to its own position."""
+    m = np.where(np.arange(n_kv)[None, :] <= n_kv - n_q + np.arange(n_q)[:, None], 0.0, -np.inf)
+    return m.astype(np.float16)[None, None]
+
+
+@pytest.mark.parametrize("kv_type", [np.float16, np.float32])
+@pytest.mark.parametrize(("n_q", "n_kv"), [(5, 70), (40, 40)])  # verify batch; prefill from empty (skipped blocks)
+def test_attention_rows_are_batch_invariant(native, kv_type, n_q: int, n_kv: int) -> None:
     """Each query row of a prefill/verify batch equals the same row computed alone, bit for bit,
     at every thread count and ISA level."""
     rng = np.random.default_rng(5)
-    D, H, H_kv, n_q, n_kv = 64, 6, 2, 5, 70
-    np_kv = np.float16 if kv_type == gr.F16 else np.float32
+    D, H, H_kv = 64, 6, 2
     q = rng.standard_normal((1, H, n_q, D)).astype(np.float32)
-    k = rng.standard_normal((1, H_kv, n_kv, D)).astype(np_kv)
-    v = rng.standard_normal((1, H_kv, n_kv, D)).astype(np_kv)
-    causal = np.where(np.arange(n_kv)[None, :] <= n_kv - n_q + np.arange(n_q)[:, None], 0.0, -np.inf)
-    mask = causal.astype(np.float16)[None, None]
-    f = _attn_graph(D, H, H_kv, n_q, n_kv, kv_type)
+    k = rng.standard_normal((1, H_kv, n_kv, D)).astype(kv_type)
+    v = rng.standard_normal((1, H_kv, n_kv, D)).astype(kv_type)
+    mask = _causal(n_q, n_kv)
+    rows = range(n_q) if n_q <= 5 else (0, 7, 8, 17, n_q - 1)
     for isa in ISAS:
         _set_isa(isa)
         native.n_threads = 2
-        batch = f(q, k, v, mask)  # [1, n_q, H, D]
+        batch = _fa(q, k, v, mask)  # [1, n_q, H, D]
         for n_threads in (1, 3):
             native.n_threads = n_threads
-            assert np.array_equal(f(q, k, v, mask), batch), (isa, n_threads)
-        for i in range(n_q):
-            alone = f(q[:, :, i : i + 1], k, v, mask[:, :, i : i + 1])
+            assert np.array_equal(_fa(q, k, v, mask), batch), (isa, n_threads)
+        for i in rows:
+            alone = _fa(q[:, :, i : i + 1], k, v, mask[:, :, i : i + 1])
             assert np.array_equal(alone[:, 0], batch[:, i]), (isa, i)
-    ref = f(q, k, v, mask, "ref")
-    assert np.abs(batch - ref).max() < 1e-4
+    np.testing.assert_allclose(batch, _fa(q, k, v, mask, "ref"), rtol=1e-4, atol=1e-5)
 
 
 def test_attention_fully_masked_row_is_zero(native) -> None:
@@ -190,10 +190,43 @@ def test_attention_fully_masked_row_is_zero(native) -> None:
     v = rng.standard_normal((1, 1, n_kv, D)).astype(np.float16)
     mask = np.zeros((1, 1, 2, n_kv), np.float16)
     mask[..., 0, :] = -np.inf
-    f = _attn_graph(D, 2, 1, 2, n_kv, gr.F16)
-    got = f(q, k, v, mask)
+    got = _fa(q, k, v, mask)
     assert np.array_equal(got[:, 0], np.zeros_like(got[:, 0]))
-    np.testing.assert_allclose(got, f(q, k, v, mask, "ref"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, _fa(q, k, v, mask, "ref"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_attention_never_reads_masked_cells(native, isa: int) -> None:
+    """K/V cells masked for every query (unwritten cache cells) may hold anything, NaN included:
+    as in ggml they are skipped, never read into the result."""
+    _set_isa(isa)
+    rng = np.random.default_rng(9)
+    D, n_q, n_kv = 32, 3, 50
+    q = rng.standard_normal((1, 4, n_q, D)).astype(np.float32)
+    k = rng.standard_normal((1, 2, n_kv, D)).astype(np.float16)
+    v = rng.standard_normal((1, 2, n_kv, D)).astype(np.float16)
+    mask = _causal(n_q, n_kv - 20)
+    mask = np.concatenate([mask, np.full((1, 1, n_q, 20), -np.inf, np.float16)], axis=-1)
+    mask[..., 5] = -np.inf  # one cell in the middle, too
+    want = _fa(q, k, v, mask, "ref")
+    k[:, :, -20:], v[:, :, -20:], k[:, :, 5], v[:, :, 5] = np.nan, np.nan, np.nan, np.nan
+    got = _fa(q, k, v, mask)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_kv_shared_by_sequences(native) -> None:
+    """q seq s reads kv seq s / (n_seq / n_seq_kv); mask broadcast over heads, GQA heads grouped."""
+    rng = np.random.default_rng(10)
+    D, n_q, n_kv = 40, 2, 33
+    q = rng.standard_normal((4, 6, n_q, D)).astype(np.float32)
+    k = rng.standard_normal((2, 3, n_kv, D)).astype(np.float16)
+    v = rng.standard_normal((2, 3, n_kv, D)).astype(np.float16)
+    mask = np.where(rng.random((2, 1, n_q + 1, n_kv)) < 0.3, -np.inf, 0.0).astype(np.float16)
+    mask[..., 0] = 0
+    for n_threads in (1, 2, 5):
+        native.n_threads = n_threads
+        np.testing.assert_allclose(_fa(q, k, v, mask), _fa(q, k, v, mask, "ref"), rtol=1e-4, atol=1e-5)
 
 
 def _gdn_run(S: int, H_k: int, H_v: int, n_tok: int, n_seqs: int, snapshots: int, a: dict) -> np.ndarray:
