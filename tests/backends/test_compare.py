@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from hypothesis_profiles import examples
 
 from graphir.layout import f32_to_bf16
 from graphir.ops import Op
@@ -24,7 +25,7 @@ def test_nmse_is_ggml_definition():
     assert nmse(np.zeros(3), np.ones(3)) == np.inf
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(arrays(np.float32, st.integers(1, 20), elements=st.floats(-10, 10, width=32)),
        arrays(np.float32, st.integers(1, 20), elements=st.floats(-10, 10, width=32)))  # fmt: skip
 def test_nmse_matches_a_loop(a, b):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 from graphir.models.batch import Batch, BatchError, UBatch, split
 
@@ -69,7 +70,7 @@ def check_split(batch: Batch, ubs: list[UBatch], n_ubatch: int, n_rs_seq: int) -
         assert set(tail) <= set(ubs[last_ub[s]].idx.tolist()), f"seq {s}: last 1+n_rs_seq tokens in one ubatch"
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(split_args())
 def test_split_invariants(args: tuple[Batch, int, int]) -> None:
     batch, n_ubatch, n_rs_seq = args

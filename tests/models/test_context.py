@@ -16,6 +16,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
+from hypothesis_profiles import examples
 
 import graphir as gr
 from graphir.models import tiny
@@ -490,7 +491,7 @@ def test_decode_state_machine(dense) -> None:
         reference = context(dense, n_ctx=N_CTX_SM + 6, n_batch=N_CTX_SM + 6, n_ubatch=N_CTX_SM + 6,
                             plan_cache_size=64)  # fmt: skip
 
-    run_state_machine_as_test(Machine, settings=settings(max_examples=30, stateful_step_count=15, deadline=None))
+    run_state_machine_as_test(Machine, settings=settings(max_examples=examples(30), stateful_step_count=15, deadline=None))
 
 
 def test_ubatches_without_outputs_still_write_state(tmp_path) -> None:

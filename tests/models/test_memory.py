@@ -9,6 +9,7 @@ import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis_profiles import examples
 
 import graphir as gr
 from graphir.models.batch import Batch, BatchError, split
@@ -542,5 +543,5 @@ class MemoryMachine(RuleBasedStateMachine):
         assert list(self.mem.rs.pending_copies) == self.copies
 
 
-MemoryMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+MemoryMachine.TestCase.settings = settings(max_examples=examples(60), stateful_step_count=30, deadline=None)
 test_memory_machine = MemoryMachine.TestCase

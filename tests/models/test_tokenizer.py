@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 from graphir.models.tokenizer import (
     BYTE_TO_UNICODE,
@@ -130,7 +131,7 @@ TEXT = st.text(
 )
 
 
-@settings(max_examples=60)
+@settings(max_examples=examples(60))
 @given(TEXT)
 def test_bpe_matches_reference(tok: Tokenizer, fields: dict[str, object], text: str) -> None:
     assert tok.encode(text, parse_special=False) == reference_bpe(tok, fields[K + "merges"], text)
@@ -154,7 +155,7 @@ def test_round_trip(tok: Tokenizer, text: str) -> None:
     assert tok.decode(tok.encode(text, parse_special=False)) == text
 
 
-@settings(max_examples=60)
+@settings(max_examples=examples(60))
 @given(st.text(max_size=60))
 def test_round_trip_any_text(tok: Tokenizer, text: str) -> None:
     assert tok.decode(tok.encode(text)) == text

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 import graphir as gr
 from graphir import debug
@@ -234,7 +235,7 @@ def check_allocation(g: gr.Graph, alloc, reuse: bool = True) -> None:
         )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(recipes(ALLOC_KINDS))
 def test_no_two_live_tensors_overlap(r: Recipe) -> None:
     g, _ = build(r)
@@ -303,7 +304,7 @@ def run(plan, feeds: dict) -> list[tuple[gr.Tensor, np.ndarray]]:
     return seen
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(recipes(RUN_KINDS), st.integers(0, 2**32 - 1))
 def test_reuse_changes_no_result(r: Recipe, seed: int) -> None:
     g, inputs = build(r)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 import graphir as gr
 from graphir.ops import Op
@@ -69,7 +70,7 @@ def random_dag(draw: st.DrawFn) -> tuple[list[gr.Tensor], list[gr.Tensor]]:
     return pool, roots
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(random_dag())
 def test_forward_expand_order(dag: tuple[list[gr.Tensor], list[gr.Tensor]]) -> None:
     _, roots = dag
