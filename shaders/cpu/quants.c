@@ -155,7 +155,7 @@ static inline float round_half_away(float v) {
 AI void q_q8_0_body(const float *x, uint8_t *y, int64_t nblk) {
     for (int64_t i = 0; i < nblk; i++, x += 32, y += 34) {
         float amax = 0.0f;
-        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < 32; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
         const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
         f16_put(y, d);
         for (int j = 0; j < 32; j++) y[2 + j] = (uint8_t)(int8_t)round_half_away(x[j] * id);

@@ -233,7 +233,7 @@ def test_get_rows_dequantizes_bit_exact(native, type: DType, isa: str) -> None:
 @pytest.mark.parametrize("dst", [DType.Q8_0, DType.Q4_0], ids=lambda t: TYPE_INFO[t].name)
 def test_cpy_quantizes_bit_exact(native, src: DType, dst: DType, isa: str) -> None:
     """cpy into Q8_0/Q4_0: the bytes of graphir.quants.quantize_rows (ggml's reference
-    quantizers), including all-zero and single-spike blocks."""
+    quantizers), including all-zero, negative-zero, single-spike, tied and half-way blocks."""
     native.n_threads = 3
     _set_isa(ISAS[isa])
     x = np.random.default_rng(1).normal(0, 1.5, (9, 256)).astype(np.float32)
@@ -241,6 +241,9 @@ def test_cpy_quantizes_bit_exact(native, src: DType, dst: DType, isa: str) -> No
     x[1, 32:64] = 0.0
     x[1, 40] = -3.0
     x[2, 64:96] = np.float32(-0.0)
+    x[3, 100], x[3, 110] = 9.0, -9.0  # Q4_0: the first of equal magnitudes sets the sign
+    x[4, 128:160] = 0.25
+    x[4, 128:133] = [127.0, 2.5, -2.5, 0.5, -126.5]  # Q8_0: d = 1, halves round away from zero
 
     def build() -> Built:
         mk = Inputs(0)
