@@ -225,7 +225,10 @@ class SoftplusCase(_UnaryCase):
 
 @case
 class GeluCase(_UnaryCase):
-    op, fn, lo, hi = Op.GELU, staticmethod(gr.gelu), -5.0, 5.0
+    # NOTE: below x ~ -3.6 the tanh form (ggml's, the reference's) computes 1 + tanh(u) with
+    # tanh(u) ~ -1: one ulp of tanh is then > 3e-4 of the result, beyond any NMSE bound, for
+    # every correct implementation (numpy's float32 tanh itself is not correctly rounded).
+    op, fn, lo, hi = Op.GELU, staticmethod(gr.gelu), -3.0, 5.0
 
 
 @case
