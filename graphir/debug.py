@@ -1,5 +1,6 @@
 """Debug output, by level of one env flag: GRAPHIR_DEBUG=1 schedule, 2 + allocation,
-3 + kernel sources."""
+3 + kernel sources. From level 1 a model context also runs its graphs node by node through the
+eval callback, so a NaN in the logits is reported with the first node that held one."""
 
 from __future__ import annotations
 

@@ -31,14 +31,22 @@ from dataclasses import dataclass
 import numpy as np
 
 import graphir as gr
+from graphir import debug
 from graphir.backends.base import default_threads
 from graphir.compile import PlanStats
 from graphir.compile.schedule import resolve_backends
 
-from .batch import Batch, BatchError, split
+from .batch import Batch, BatchError, UBatch, split
 from .graph_context import GraphResult, StateTensors, UBatchShape
 from .memory import MemorySizes, UBatchInputs, build_state_update, make_memory
 from .model import Model
+
+
+class NonFiniteError(FloatingPointError):
+    """A decode produced NaN or infinite outputs (logits or h_nextn). The message names the first
+    such row (batch index, sequence, position) and, when GRAPHIR_DEBUG is set, the first graph node
+    that held a NaN (or, if there was none, an infinity): with the flag every run of the model
+    graph goes node by node through the eval callback to find it."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,12 +217,15 @@ class Context:
             res, plan = entry.result, entry.plan
             res.inputs.set_from(plan, ubi)
             self._use_threads()
-            plan.run()
+            finder = _FirstNonFinite() if debug.enabled(debug.SCHEDULE) else None
+            plan.run(finder)
             self.stats.plan_runs += 1
             if res.logits is not None:
                 logits[rows] = plan.get(res.logits).reshape(len(rows), -1)
+                _check_finite(logits[rows], "logits", ubi.ubatch, finder)
                 if h is not None:
                     h[rows] = plan.get(res.h_nextn).reshape(len(rows), -1)
+                    _check_finite(h[rows], "h_nextn", ubi.ubatch, finder)
         except BaseException as e:
             for s in ubi.ubatch.seqs:
                 self.memory.seq_rm(s, -1, -1)
@@ -302,3 +313,39 @@ class Context:
     def __repr__(self) -> str:
         return (f"Context({self.model.arch}, n_ctx={self.n_ctx}, n_batch={self.n_batch}, n_ubatch={self.n_ubatch}, "
                 f"n_seq_max={self.n_seq_max}, n_rs_seq={self.n_rs_seq}, backends={self.backends})")  # fmt: skip
+
+
+class _FirstNonFinite:
+    """An eval callback that remembers the first node holding a NaN, and the first holding an
+    infinity (GRAPHIR_DEBUG runs; masks and masked scores hold -inf by design, so NaN comes first)."""
+
+    def __init__(self) -> None:
+        self.nan: str | None = None
+        self.inf: str | None = None
+
+    def __call__(self, node: gr.Tensor, value: np.ndarray) -> None:
+        if self.nan is not None or value.dtype.kind != "f":
+            return
+        if np.isnan(value).any():
+            self.nan = f"{node.name or '?'} ({node.op.value})"
+        elif self.inf is None and np.isposinf(value).any():
+            self.inf = f"{node.name or '?'} ({node.op.value})"
+
+
+def _check_finite(rows: np.ndarray, what: str, ub: UBatch, finder: _FirstNonFinite | None) -> None:
+    """NonFiniteError naming the first output row of `ub` with a NaN or an infinity in `rows`."""
+    bad = ~np.isfinite(rows).all(axis=1)
+    if not bad.any():
+        return
+    r = int(np.flatnonzero(bad)[0])
+    row = int(ub.out_rows[r])
+    kind = "NaN" if np.isnan(rows[r]).any() else "inf"
+    where = f"batch token {int(ub.out_idx[r])} (seq {int(ub.seq_id[row])}, pos {int(ub.pos[row])})"
+    if finder is None:
+        origin = "; set GRAPHIR_DEBUG=1 to name the graph node where it started"
+    elif finder.nan or finder.inf:
+        origin = f"; the first non-finite node: {finder.nan or finder.inf}"
+    else:
+        origin = ""
+    raise NonFiniteError(f"[context] the model produced non-finite {what} ({kind}) for {where}, "
+                         f"{int(bad.sum())} of {len(rows)} output rows{origin}")  # fmt: skip

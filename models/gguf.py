@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from graphir.types import TYPE_INFO, DType, row_size
 
@@ -136,16 +137,33 @@ _VALUE_TYPES: dict[int, tuple[str, str | None]] = {
 }  # fmt: skip
 _STRING, _ARRAY = 8, 9
 
+# Ceilings checked before anything is allocated: every count is held against the bytes it needs.
+MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_NAME = 63  # GGML_MAX_NAME (64) less the terminating NUL, as llama.cpp checks tensor names
+DEFAULT_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT
+_MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
+_MIN_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one ne, type, offset
+_MIN_ITEM_BYTES = {_STRING: 8}  # an array item of this type takes at least this many bytes
+
+
+def _pad(n: int, alignment: int) -> int:
+    return -(-n // alignment) * alignment
+
 
 class _Parser:
     """A bounds-checked cursor over the mapped file: every read names what it was reading, so a
-    truncated or corrupt file gets an error saying which part runs past the end."""
+    truncated or corrupt file gets an error saying which part runs past the end. Every count is
+    checked against the bytes left before anything is built from it, so parsing costs O(file
+    metadata) whatever the counts say."""
 
     def __init__(self, path: str, data: np.ndarray) -> None:
         self.path, self.data, self.size, self.pos = path, data, int(data.size), 0
 
-    def fail(self, what: str) -> GGUFError:
-        return GGUFError(f"{self.path}: truncated GGUF file ({self.size} bytes): {what} runs past the end")
+    def fail(self, what: str, detail: str = "") -> GGUFError:
+        return GGUFError(f"{self.path}: truncated GGUF file ({self.size} bytes): {what} runs past the end{detail}")
+
+    def corrupt(self, what: str) -> GGUFError:
+        return GGUFError(f"{self.path}: corrupt GGUF file: {what}")
 
     def take(self, n: int, what: str) -> int:
         if n < 0 or self.pos + n > self.size:
@@ -165,32 +183,31 @@ class _Parser:
         try:
             return bytes(self.data[start : start + n]).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise GGUFError(f"{self.path}: corrupt GGUF file: {what} is not UTF-8") from e
+            raise self.corrupt(f"{what} is not UTF-8") from e
 
-    def value(self, vtype: int, what: str, depth: int = 0) -> tuple[Any, str]:
+    def value(self, vtype: int, what: str) -> tuple[Any, str]:
         """Decode one value; returns (python value, type name such as "ARRAY[INT32]")."""
-        if vtype not in _VALUE_TYPES or (vtype == _ARRAY and depth > 1):
-            raise GGUFError(f"{self.path}: corrupt GGUF file: {what} has unknown value type {vtype}")
+        if vtype not in _VALUE_TYPES:
+            raise self.corrupt(f"{what} has unknown value type {vtype}")
         name, dtype = _VALUE_TYPES[vtype]
         if dtype is not None:
             np_dtype = np.dtype(dtype)
             return np.frombuffer(self.data, np_dtype, 1, self.take(np_dtype.itemsize, what)).tolist()[0], name
         if vtype == _STRING:
             return self.string(what), name
-        itype, n = self.u32(what), self.u64(what)
+        itype, n = self.u32(f"the item type of {what}"), self.u64(f"the length of {what}")
         if itype not in _VALUE_TYPES:
-            raise GGUFError(f"{self.path}: corrupt GGUF file: {what} has unknown item type {itype}")
+            raise self.corrupt(f"{what} has unknown item type {itype}")
+        if itype == _ARRAY:  # llama.cpp's reader has no arrays of arrays either
+            raise self.corrupt(f"{what} is an array of arrays (not supported)")
         iname, idtype = _VALUE_TYPES[itype]
-        if idtype is not None:  # O(1) bounds check: a corrupt length can never make this loop
-            np_dtype = np.dtype(idtype)
-            start = self.take(n * np_dtype.itemsize, what)
-            return np.frombuffer(self.data, np_dtype, n, start).tolist(), f"ARRAY[{iname}]"
-        if n > self.size - self.pos:  # every string or array item takes at least 8 bytes
-            raise self.fail(what)
-        if itype == _STRING:
-            return self.strings(n, what), "ARRAY[STRING]"
-        items = [self.value(itype, what, depth + 1)[0] for _ in range(n)]
-        return items, f"ARRAY[{iname}]"
+        item_bytes = np.dtype(idtype).itemsize if idtype is not None else _MIN_ITEM_BYTES[itype]
+        if n * item_bytes > self.size - self.pos:  # O(1): a corrupt length can never make a loop
+            raise self.fail(what, f" ({n} {iname} items)")
+        if idtype is not None:
+            start = self.take(n * item_bytes, what)
+            return np.frombuffer(self.data, np.dtype(idtype), n, start).tolist(), f"ARRAY[{iname}]"
+        return self.strings(n, what), "ARRAY[STRING]"
 
     def strings(self, n: int, what: str) -> list[str]:
         """The hot path (vocab and merges, ~250k items each): a tight loop over a memoryview."""
@@ -205,7 +222,7 @@ class _Parser:
                 out.append(str(mv[pos + 8 : end], "utf-8"))
                 pos = end
         except UnicodeDecodeError as e:
-            raise GGUFError(f"{self.path}: corrupt GGUF file: {what} holds a string that is not UTF-8") from e
+            raise self.corrupt(f"{what} holds a string that is not UTF-8") from e
         finally:
             mv.release()
         self.pos = pos
@@ -215,51 +232,76 @@ class _Parser:
         self.pos = 4
         version = self.u32("the version")
         n_tensors, n_kv = self.u64("the tensor count"), self.u64("the key count")
-        if n_tensors > self.size or n_kv > self.size:
-            raise GGUFError(
-                f"{self.path}: corrupt GGUF file: claims {n_tensors} tensors and {n_kv} keys in {self.size} bytes"
-            )
+        need = self.pos + n_kv * _MIN_KV_BYTES + n_tensors * _MIN_INFO_BYTES
+        if need > self.size:
+            raise self.corrupt(f"claims {n_tensors} tensors (tensor count) and {n_kv} keys (key count) in "
+                               f"{self.size} bytes; they take at least {need} bytes")  # fmt: skip
         metadata: dict[str, Any] = {}
         kv_types: dict[str, str] = {}
         for i in range(n_kv):
             key = self.string(f"key #{i}")
             if key in metadata:
-                raise GGUFError(f"{self.path}: corrupt GGUF file: duplicate key {key}")
+                raise self.corrupt(f"duplicate key {key}")
             metadata[key], kv_types[key] = self.value(self.u32(f"the type of key {key}"), f"the value of key {key}")
-        infos = [self.tensor_info(i) for i in range(n_tensors)]
-        alignment = metadata.get("general.alignment", 32)
+        alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if kv_types.get("general.alignment", "UINT32") != "UINT32" or alignment <= 0 or alignment & (alignment - 1):
-            raise GGUFError(f"{self.path}: corrupt GGUF file: general.alignment must be a UINT32 power of two")
-        data_start = -(-self.pos // alignment) * alignment
-        tensors: dict[str, TensorInfo] = {}
-        for name, ne, type_id, offset in infos:
-            if name in tensors:
-                raise GGUFError(f"{self.path}: corrupt GGUF file: duplicate tensor {name}")
-            tensors[name] = self.tensor(name, ne, type_id, data_start + offset)
-        return GGUFModelFile(self.path, self.size, version, alignment, metadata, kv_types, tensors)
+            shown = f"{kv_types['general.alignment']} {alignment!r}"
+            raise self.corrupt(f"general.alignment must be a UINT32 non-zero power of two, found {shown}")
+        infos = [self.tensor_info(i) for i in range(n_tensors)]
+        data_start = _pad(self.pos, alignment) if n_tensors else self.pos
+        return GGUFModelFile(self.path, self.size, version, alignment, metadata, kv_types,
+                             self.tensors(infos, data_start, alignment))  # fmt: skip
 
     def tensor_info(self, i: int) -> tuple[str, tuple[int, ...], int, int]:
         name = self.string(f"the name of tensor #{i}")
+        if len(name.encode()) > MAX_NAME:
+            raise self.corrupt(f"tensor #{i} has a name of {len(name.encode())} bytes (at most {MAX_NAME}): {name[:80]!r}")
         n_dims = self.u32(f"tensor info {name}")
-        if not 1 <= n_dims <= 4:
-            raise GGUFError(f"{self.path}: corrupt GGUF file: tensor {name} has {n_dims} dims (1..4)")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise self.corrupt(f"tensor {name} has {n_dims} dims (n_dims must be 1..{MAX_DIMS})")
         ne = tuple(self.u64(f"tensor info {name}") for _ in range(n_dims))
         return name, ne, self.u32(f"tensor info {name}"), self.u64(f"tensor info {name}")
 
-    def tensor(self, name: str, ne: tuple[int, ...], type_id: int, start: int) -> TensorInfo:
-        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    def tensors(self, infos: list[tuple[str, tuple[int, ...], int, int]], data_start: int,
+                alignment: int) -> dict[str, TensorInfo]:  # fmt: skip
+        """The tensors' data layout, as llama.cpp's reader demands it: each tensor's data starts where
+        the previous one's (padded to the alignment) ends, in file order, inside the file; then the
+        file ends (a last padding may be missing). Overlapping, misaligned or shifted offsets, a byte
+        size that does not match the type and ne, and a wrong tensor count all fail here."""
+        tensors: dict[str, TensorInfo] = {}
+        expected = 0
+        for name, ne, type_id, offset in infos:
+            if name in tensors:
+                raise self.corrupt(f"duplicate tensor {name}")
+            nbytes = self.nbytes(name, ne, type_id)
+            if offset != expected:
+                raise self.corrupt(f"tensor {name} has offset {offset}, expected {expected} (tensor data follows "
+                                   f"in file order, each padded to general.alignment = {alignment})")  # fmt: skip
+            start = data_start + offset
+            if start + nbytes > self.size:
+                raise self.fail(f"the data of tensor {name} [{start}, {start + nbytes})")
+            tensors[name] = TensorInfo(name, type_id, GGMLQuantizationType(type_id).name, ne, start, nbytes,
+                                       self.data[start : start + nbytes])  # fmt: skip
+            expected += _pad(nbytes, alignment)
+        extra = self.size - (data_start + expected)
+        if extra > 0:
+            what = f"after the data of tensor {infos[-1][0]}" if infos else "after the tensor infos (no tensors)"
+            raise self.corrupt(f"{extra:,} bytes {what} belong to no tensor (a wrong tensor count or "
+                               f"general.alignment = {alignment}?)")  # fmt: skip
+        return tensors
 
+    def nbytes(self, name: str, ne: tuple[int, ...], type_id: int) -> int:
+        """The data bytes of a tensor of GGML type `type_id` and `ne` (checked: known type, ne
+        within int64 and whole blocks)."""
         try:
-            qtype = GGMLQuantizationType(type_id)
-            block, type_bytes = GGML_QUANT_SIZES[qtype]
+            block, type_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)]
         except (ValueError, KeyError):
-            raise GGUFError(f"{self.path}: corrupt GGUF file: tensor {name} has unknown type id {type_id}") from None
+            raise self.corrupt(f"tensor {name} has unknown type id {type_id}") from None
+        if any(n >= 1 << 63 for n in ne):
+            raise self.corrupt(f"tensor {name} has ne {list(ne)}: each must be < 2^63")
         if ne[0] % block:
-            raise GGUFError(f"{self.path}: corrupt GGUF file: tensor {name} ne[0]={ne[0]} is not a multiple of {block}")
-        nbytes = math.prod(ne) // block * type_bytes
-        if start + nbytes > self.size:
-            raise self.fail(f"the data of tensor {name} [{start}, {start + nbytes})")
-        return TensorInfo(name, type_id, qtype.name, ne, start, nbytes, self.data[start : start + nbytes])
+            raise self.corrupt(f"tensor {name} ne[0]={ne[0]} is not a multiple of {block} (its type's block)")
+        return math.prod(ne) // block * type_bytes
 
 
 def _read_with_gguf_reader(path: str, size: int) -> tuple[dict[str, Any], dict[str, str], dict[str, TensorInfo]]:
@@ -386,6 +428,13 @@ def _ggml_type_name(type_id: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 SPECIAL_TOKEN_KEYS = ("bos_token_id", "eos_token_id", "eot_token_id", "unknown_token_id", "padding_token_id")
+# the GGUF types llama.cpp's vocab loader reads the tokenizer keys with (`*_token_id` keys: UINT32)
+TOKENIZER_KEY_TYPES = {
+    "tokenizer.ggml.model": "STRING", "tokenizer.ggml.pre": "STRING", "tokenizer.ggml.tokens": "ARRAY[STRING]",
+    "tokenizer.ggml.merges": "ARRAY[STRING]", "tokenizer.ggml.token_type": "ARRAY[INT32]",
+    "tokenizer.ggml.scores": "ARRAY[FLOAT32]", "tokenizer.ggml.add_bos_token": "BOOL",
+    "tokenizer.ggml.add_eos_token": "BOOL",
+}  # fmt: skip
 
 
 def read_keys(f: GGUFModelFile, arch: str, specs: Sequence[KeySpec]) -> dict[str, Any]:
@@ -423,12 +472,14 @@ def _typed_value(f: GGUFModelFile, key: str, kind: str) -> Any:
             return int(v)
         if t in ("ARRAY[INT32]", "ARRAY[UINT32]") and v:
             if len(set(v)) != 1:
-                raise GGUFError(f"{f.path}: key {key}: per-layer values {v} are not supported (all layers must agree)")
+                shown = ", ".join(map(str, v[:8])) + (", ..." if len(v) > 8 else "")
+                raise GGUFError(f"{f.path}: key {key}: per-layer values [{shown}] are not supported (all layers must "
+                                "agree)")  # fmt: skip
             return int(v[0])
     if kind == I32X4:
         if t in ("ARRAY[INT32]", "ARRAY[UINT32]"):
             if len(v) != 4:
-                raise GGUFError(f"{f.path}: key {key} must have 4 values, found {len(v)}: {v}")
+                raise GGUFError(f"{f.path}: key {key} must have 4 values, found {len(v)}: {v[:8]}")
             return tuple(int(x) for x in v)
         if t == "INT32":
             return (int(v),) * 4
@@ -442,22 +493,28 @@ def _typed_value(f: GGUFModelFile, key: str, kind: str) -> Any:
 
 
 def check_tokenizer(f: GGUFModelFile) -> int:
-    """The tokenizer keys llama.cpp's vocab loader needs for a BPE ("gpt2") vocab; returns n_vocab."""
+    """The GGUF side of the tokenizer keys llama.cpp's vocab loader needs for a BPE ("gpt2") vocab:
+    presence, GGUF types (every `tokenizer.ggml.*_token_id` a UINT32), lengths and the range of the
+    common special ids; returns n_vocab. The vocabulary itself (duplicates, merges, BYTE tokens)
+    is checked by models.tokenizer.read_vocab, which validation runs next."""
     model = get_key(f, "tokenizer.ggml.model", "STRING")
     if model != "gpt2":
         raise GGUFError(f"{f.path}: key tokenizer.ggml.model must be 'gpt2' (byte-level BPE), found {model!r}")
-    get_key(f, "tokenizer.ggml.pre", "STRING", required=False)
-    tokens = get_key(f, "tokenizer.ggml.tokens", "ARRAY[STRING]")
-    merges = get_key(f, "tokenizer.ggml.merges", "ARRAY[STRING]")
+    for key, kind in TOKENIZER_KEY_TYPES.items():
+        get_key(f, key, kind, required=key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"))
+    for key in f.metadata:
+        if key.startswith("tokenizer.ggml.") and key.endswith("_token_id"):
+            get_key(f, key, "UINT32")
+    tokens, merges = f.metadata["tokenizer.ggml.tokens"], f.metadata["tokenizer.ggml.merges"]
     n_vocab = len(tokens)
     if n_vocab == 0 or len(merges) == 0:
         raise GGUFError(f"{f.path}: tokenizer.ggml.tokens and tokenizer.ggml.merges must be non-empty")
-    for key, kind in (("token_type", "ARRAY[INT32]"), ("scores", "ARRAY[FLOAT32]")):
-        arr = get_key(f, f"tokenizer.ggml.{key}", kind, required=False)
+    for key in ("token_type", "scores"):
+        arr = f.metadata.get(f"tokenizer.ggml.{key}")
         if arr is not None and len(arr) != n_vocab:
             raise GGUFError(f"{f.path}: key tokenizer.ggml.{key} has {len(arr)} entries; expected {n_vocab} (tokens)")
     for key in SPECIAL_TOKEN_KEYS:
-        tid = get_key(f, f"tokenizer.ggml.{key}", "UINT32", required=False)
+        tid = f.metadata.get(f"tokenizer.ggml.{key}")
         if tid is not None and not 0 <= tid < n_vocab:
             raise GGUFError(f"{f.path}: key tokenizer.ggml.{key}={tid} is out of range 0..{n_vocab - 1}")
     return n_vocab

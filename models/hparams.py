@@ -15,6 +15,7 @@ its GGUF-named field and at most one short name (a property) that the graphs use
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,11 @@ F32 = "f32"  # scalar FLOAT32
 I32X4 = "i32x4"  # INT32/UINT32 array of exactly 4, or one INT32 repeated 4 times
 
 REQUIRED: Any = object()  # sentinel default: the key must be present
+
+MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: block_count is refused above it before any per-layer table is built
+# NOTE: every other integer key is held below this, far above any real model's dimension, so that no
+# product of them (a tensor's ne, a cache size) is computed from an absurd value
+MAX_DIM = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -248,11 +254,15 @@ class Qwen35HParams:
         if a not in ARCHS:
             raise HParamsError(f"unknown architecture {a!r}; supported: {', '.join(ARCHS)}")
         _positive(self, "n_vocab", "tokenizer.ggml.tokens (length)")
+        if self.block_count > MAX_LAYERS:  # first: every per-layer table is sized by it
+            raise HParamsError(f"{a}.block_count must be at most {MAX_LAYERS} (llama.cpp's limit), got {self.block_count}")
         for k in keys_for(a):
-            if k.kind in (U32, U32_LAYERS) and k.default is REQUIRED:
-                _positive(self, k.field, f"{a}.{k.key}")
-        if not self.rms_eps > 0:
-            raise HParamsError(f"{a}.attention.layer_norm_rms_epsilon must be > 0, got {self.rms_eps}")
+            if k.kind in (U32, U32_LAYERS):
+                _in_range(self, k.field, f"{a}.{k.key}", 1 if k.default is REQUIRED else 0)
+        for field, key in (("rms_eps", "attention.layer_norm_rms_epsilon"), ("rope_freq_base", "rope.freq_base")):
+            v = getattr(self, field)
+            if not (math.isfinite(v) and v > 0):
+                raise HParamsError(f"{a}.{key} must be a finite number > 0, got {v}")
         if self.n_head_kv <= 0 or self.n_head % self.n_head_kv:
             raise HParamsError(
                 f"{a}.attention.head_count_kv must divide head_count={self.n_head}, got {self.n_head_kv}"
@@ -282,8 +292,8 @@ class Qwen35HParams:
         if self.ssm_d_inner != self.ssm_d_state * self.ssm_dt_rank:
             # llama.cpp sizes value heads with ssm.state_size, so inner_size must be state_size * time_step_rank
             raise HParamsError(
-                f"{a}.ssm.inner_size must be ssm.state_size * ssm.time_step_rank = "
-                f"{self.ssm_d_state * self.ssm_dt_rank}, got {self.ssm_d_inner}"
+                f"{a}.ssm.inner_size must be {a}.ssm.state_size * {a}.ssm.time_step_rank = "
+                f"{self.ssm_d_state} * {self.ssm_dt_rank} = {self.ssm_d_state * self.ssm_dt_rank}, got {self.ssm_d_inner}"
             )
         if self.full_attention_interval <= 0:
             raise HParamsError(f"{a}.full_attention_interval must be > 0, got {self.full_attention_interval}")
@@ -311,6 +321,11 @@ class Qwen35HParams:
 
 
 def _positive(hp: Qwen35HParams, field: str, key: str) -> None:
+    _in_range(hp, field, key, 1)
+
+
+def _in_range(hp: Qwen35HParams, field: str, key: str, lo: int) -> None:
     v = getattr(hp, field)
-    if not isinstance(v, int) or v <= 0:
-        raise HParamsError(f"{key} must be a positive integer, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= MAX_DIM:
+        what = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+        raise HParamsError(f"{key} must be {what} (at most {MAX_DIM}), got {v!r}")

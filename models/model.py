@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import archs
-from .gguf import GGUFError
+from .gguf import GGUFError, load_gguf
 from .graph_context import GraphResult
 from .tokenizer import Tokenizer
 from .weights import ModelWeights
@@ -42,15 +42,18 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Model:
-        """Map and validate `path`. Raises GGUFError naming the file and what is wrong with it
-        (unreadable, bad header, missing/mistyped key or tensor, unknown architecture, a
-        tokenizer this code cannot run)."""
-        weights = archs.load(path)
+        """Map and validate `path` (`archs.validate`'s checks, the ones `graphir inspect` runs).
+        Raises GGUFError naming the file and what is wrong with it (unreadable, bad header or data
+        layout, missing/mistyped key or tensor, a hyperparameter out of range, unknown
+        architecture, a vocabulary this code cannot run)."""
+        f = load_gguf(path)
+        hp, vocab = archs.check_file(f)
+        weights = archs.get(hp.arch).Weights(f, hp)
         try:
-            tokenizer = Tokenizer.from_gguf_fields(weights.file.metadata)
+            tokenizer = Tokenizer(vocab)
         except ValueError as e:
-            raise GGUFError(f"{weights.file.path}: {e}") from e
-        return cls(weights.file.path, weights, tokenizer, archs.get(weights.hp.arch).build_graph)
+            raise GGUFError(f"{f.path}: {e}") from e
+        return cls(f.path, weights, tokenizer, archs.get(hp.arch).build_graph)
 
     @property
     def hp(self) -> Qwen35HParams:

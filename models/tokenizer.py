@@ -40,9 +40,11 @@ import enum
 import json
 import operator
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 
+import numpy as np
 import tokenizers
 from tokenizers import models as hf_models
 from tokenizers import pre_tokenizers as hf_pre
@@ -177,39 +179,172 @@ def _as_str(v: str | bytes) -> str:
     return v.decode("utf-8") if isinstance(v, bytes | bytearray) else str(v)
 
 
-def _as_strs(values: Iterable[str | bytes]) -> list[str]:
+def _as_strs(key: str, values: Iterable[str | bytes]) -> list[str]:
     values = list(values)
-    return values if all(type(v) is str for v in values) else [_as_str(v) for v in values]
+    if all(type(v) is str for v in values):
+        return values
+    bad = next((i for i, v in enumerate(values) if not isinstance(v, str | bytes | bytearray)), None)
+    if bad is not None:
+        raise ValueError(f"[tokenizer] {_K}{key}[{bad}] must be a string, got {type(values[bad]).__name__}")
+    try:
+        return [_as_str(v) for v in values]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"[tokenizer] {_K}{key} holds a string that is not UTF-8") from e
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _is_byte_token(text: str) -> bool:
+    """`<0xNN>`: the text a BYTE token must have."""
+    return len(text) == 6 and text.startswith("<0x") and text[5] == ">" and all(c in _HEX for c in text[3:5])
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+@dataclass(frozen=True, eq=False)
+class Vocab:
+    """A checked `tokenizer.ggml.*` vocabulary, what a `Tokenizer` is built from (`read_vocab`)."""
+
+    tokens: list[str]  # empty tokens renamed `[EMPTY_<id>]`, as llama.cpp does
+    token_types: list[int]
+    merges: list[tuple[str, str]]  # (left, right) in rank order, repeats dropped
+    pre: str
+    ids: dict[str, int | None]  # role ("bos", "eos", "eot", "fim_pad", ...) -> token id
+    add_bos: bool
+    add_eos: bool
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.tokens)
+
+
+def read_vocab(fields: Mapping[str, object]) -> Vocab:
+    """Check the `tokenizer.ggml.*` fields (full key names; values lists, numpy arrays, str or
+    bytes) and return the vocabulary. Raises ValueError naming the key (and the index) for a
+    missing or unsupported model/pre, empty, duplicate or non-string tokens, token types of the
+    wrong length, merges that are empty or name tokens not in the vocabulary, BYTE tokens whose
+    text is not `<0xNN>`, special-token ids that are not integers and add_*_token flags that are
+    not booleans. Runs in O(vocabulary) with no tokenizer built: `graphir inspect` runs it too, so
+    `inspect` and `Model.load` accept the same files."""
+
+    def get(key: str, default: object = None) -> object:
+        return fields.get(_K + key, default)
+
+    model = get("model")
+    if not isinstance(model, str | bytes) or _as_str(model) != "gpt2":
+        raise ValueError(f"[tokenizer] {_K}model = {model!r} is not supported (only 'gpt2')")
+    pre = get("pre")
+    if not isinstance(pre, str | bytes) or _as_str(pre) not in PRE_PATTERNS:
+        raise ValueError(f"[tokenizer] {_K}pre = {pre!r} is not supported (supported: {sorted(PRE_PATTERNS)})")
+    tokens = _as_strs("tokens", _array(get, "tokens"))
+    if "" in tokens:  # llama.cpp renames an empty token so it can still be looked up
+        tokens = [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    n = len(tokens)
+    token_to_id = dict(zip(tokens, range(n)))
+    if len(token_to_id) != n:
+        seen: dict[str, int] = {}
+        for i, t in enumerate(tokens):
+            if t in seen:
+                raise ValueError(f"[tokenizer] {_K}tokens: duplicate token {t!r} has ids {seen[t]} and {i}")
+            seen[t] = i
+    types = _token_types(_array(get, "token_type", required=False), n)
+    bad = next((i for i, t in enumerate(types) if t == TokenType.BYTE and not _is_byte_token(tokens[i])), None)
+    if bad is not None:
+        raise ValueError(f"[tokenizer] {_K}tokens[{bad}] = {tokens[bad]!r} has type BYTE ({_K}token_type), "
+                         "whose text must be <0xNN>")  # fmt: skip
+    merges = _merge_pairs(_as_strs("merges", _array(get, "merges")), token_to_id)
+    ids = _special_ids(get, n)
+    add_bos, add_eos = _flag(get, "add_bos_token"), _flag(get, "add_eos_token")
+    for flag, role in ((add_bos, "bos"), (add_eos, "eos")):
+        if flag and ids.get(role) is None:
+            raise ValueError(f"[tokenizer] {_K}add_{role}_token is true, but {_K}{_ID_KEYS[role]} is not set")
+    return Vocab(tokens, types, merges, _as_str(pre), ids, add_bos, add_eos)
+
+
+def _array(get: Callable[[str], object], key: str, required: bool = True) -> list | None:
+    """A list-valued field (a list, tuple or 1-D numpy array), non-empty when required."""
+    v = get(key)
+    if v is None and not required:
+        return None
+    if isinstance(v, np.ndarray) and v.ndim == 1:
+        v = v.tolist()
+    if not isinstance(v, list | tuple) or (required and len(v) == 0):
+        shown = "missing" if v is None else f"a {type(v).__name__}" if not isinstance(v, list | tuple) else "empty"
+        raise ValueError(f"[tokenizer] {_K}{key} must be a non-empty list, got {shown}")
+    return list(v)
+
+
+def _token_types(types: list | None, n: int) -> list[int]:
+    if types is None:
+        return [int(TokenType.NORMAL)] * n
+    if len(types) < n:
+        raise ValueError(f"[tokenizer] {_K}token_type has {len(types)} entries for {n} tokens")
+    types = types[:n]
+    bad = next((i for i, t in enumerate(types) if not _is_int(t)), None)
+    if bad is not None:
+        raise ValueError(f"[tokenizer] {_K}token_type[{bad}] must be an integer, got {types[bad]!r}")
+    return [int(t) for t in types]
+
+
+def _merge_pairs(merges: list[str], vocab: Mapping[str, int]) -> list[tuple[str, str]]:
+    """GGUF merges "a b" -> pairs, split at the first space after position 0 as llama.cpp does.
+
+    A repeated merge keeps its first rank (llama.cpp's map emplace); `tokenizers` would keep the last.
+    """
+    # a merge without a separating space is filed by llama.cpp under an empty pair that never applies
+    pairs = [(m[:p], m[p + 1 :]) for m in merges if (p := m.find(" ", 1)) > 0]
+    bad = next((ab for ab in pairs if ab[0] not in vocab or ab[1] not in vocab or ab[0] + ab[1] not in vocab), None)
+    if bad is not None:  # checked here: `tokenizers` panics on it
+        m = " ".join(bad)
+        raise ValueError(f"[tokenizer] {_K}merges[{merges.index(m)}] = {m!r}: a part or the merged token "
+                         "is not in the vocabulary")  # fmt: skip
+    return list(dict.fromkeys(pairs))  # first occurrence wins, order kept
+
+
+def _special_ids(get: Callable[[str], object], n: int) -> dict[str, int | None]:
+    """Role -> id. llama.cpp's defaults for gpt2 vocabs: BOS = EOS = 11 (if in range); an id out of
+    range keeps the default (llama.cpp warns "bad special token"); an id that is not an integer
+    (a float, an array) is an error."""
+    ids: dict[str, int | None] = {"bos": 11 if n > 11 else None, "eos": 11 if n > 11 else None}
+    for role, key in {**_ID_KEYS, **{r: k for r, (k, _) in _AUTO_ROLES.items()}}.items():
+        v = get(key)
+        if v is None:
+            continue
+        if not _is_int(v):
+            raise ValueError(f"[tokenizer] {_K}{key} must be an integer token id, got {v!r}")
+        if 0 <= int(v) < n:
+            ids[role] = int(v)
+    return ids
+
+
+def _flag(get: Callable[[str], object], key: str) -> bool:
+    v = get(key, False)
+    if not isinstance(v, bool | np.bool_):
+        raise ValueError(f"[tokenizer] {_K}{key} must be a boolean, got {v!r}")
+    return bool(v)
 
 
 class Tokenizer:
-    """llama.cpp-exact byte-level BPE tokenizer over a GGUF vocabulary (see the module docstring)."""
+    """llama.cpp-exact byte-level BPE tokenizer over a GGUF vocabulary (see the module docstring).
 
-    def __init__(
-        self,
-        tokens: Sequence[str],
-        token_types: Sequence[int],
-        merges: Sequence[str],
-        pre: str,
-        ids: Mapping[str, int | None],
-        add_bos: bool,
-        add_eos: bool,
-    ) -> None:
-        self.pre = pre
-        self.tokens = list(tokens)
+    Build with `Tokenizer.from_gguf_fields(fields)` (or `Tokenizer(read_vocab(fields))`). Immutable
+    once built except for a cache of decoded pieces, so one tokenizer may serve several threads.
+    """
+
+    def __init__(self, vocab: Vocab) -> None:
+        self.pre = vocab.pre
+        self.tokens = list(vocab.tokens)
         n = len(self.tokens)
         self.token_to_id = dict(zip(self.tokens, range(n)))
-        if len(self.token_to_id) != n:
-            seen: dict[str, int] = {}
-            for i, t in enumerate(self.tokens):
-                if t in seen:
-                    raise ValueError(f"[tokenizer] duplicate token in vocabulary: {t!r} has ids {seen[t]} and {i}")
-                seen[t] = i
-        self._attr = [_TYPE_TO_ATTR.get(t, 0) for t in token_types]
+        ids = vocab.ids
+        self._attr = [_TYPE_TO_ATTR.get(t, 0) for t in vocab.token_types]
         self.bos_id, self.eos_id = ids.get("bos"), ids.get("eos")
         self.pad_id, self.unk_id = ids.get("pad"), ids.get("unk")
         self.eot_id, self.eom_id = ids.get("eot"), ids.get("eom")
-        self.add_bos, self.add_eos = add_bos, add_eos
+        self.add_bos, self.add_eos = vocab.add_bos, vocab.add_eos
         self.eog_ids = self._mark_control_and_eog(ids)
         # the special-token cache: longest text first (byte length, as llama.cpp's std::string size)
         self._specials = sorted(
@@ -217,10 +352,8 @@ class Tokenizer:
             key=lambda i: -len(self.tokens[i].encode()),
         )
         self._pieces: dict[int, bytes] = {}
-        self._hf = tokenizers.Tokenizer(
-            hf_models.BPE(vocab=self.token_to_id, merges=self._merge_pairs(merges), ignore_merges=False)
-        )
-        self._hf.pre_tokenizer = _hf_pre_tokenizer(pre)
+        self._hf = tokenizers.Tokenizer(hf_models.BPE(vocab=self.token_to_id, merges=vocab.merges, ignore_merges=False))
+        self._hf.pre_tokenizer = _hf_pre_tokenizer(vocab.pre)
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -228,45 +361,10 @@ class Tokenizer:
     def from_gguf_fields(cls, fields: Mapping[str, object]) -> Tokenizer:
         """Build from a dict of GGUF metadata keyed by full key names (`tokenizer.ggml.tokens`, ...).
 
-        Values may be lists, numpy arrays, str or bytes. Missing/invalid keys raise ValueError naming them.
+        Values may be lists, numpy arrays, str or bytes. Missing/invalid keys raise ValueError naming
+        them (the checks of `read_vocab`).
         """
-
-        def get(key: str, default: object = None) -> object:
-            return fields.get(_K + key, default)
-
-        model = get("model")
-        if model is None or _as_str(model) != "gpt2":
-            raise ValueError(f"[tokenizer] {_K}model = {model!r} is not supported (only 'gpt2')")
-        pre = get("pre")
-        if pre is None or _as_str(pre) not in PRE_PATTERNS:
-            raise ValueError(f"[tokenizer] {_K}pre = {pre!r} is not supported (supported: {sorted(PRE_PATTERNS)})")
-        raw_tokens = get("tokens")
-        if raw_tokens is None or len(raw_tokens) == 0:
-            raise ValueError(f"[tokenizer] {_K}tokens is missing or empty")
-        tokens = _as_strs(raw_tokens)
-        if "" in tokens:  # llama.cpp renames an empty token so it can still be looked up
-            tokens = [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
-        n = len(tokens)
-        types = get("token_type")
-        if types is None:
-            types = [TokenType.NORMAL] * n
-        elif len(types) < n:
-            raise ValueError(f"[tokenizer] {_K}token_type has {len(types)} entries for {n} tokens")
-        merges = get("merges")
-        if merges is None or len(merges) == 0:
-            raise ValueError(f"[tokenizer] {_K}merges is missing or empty")
-        # llama.cpp defaults for gpt2 vocabs: BOS = EOS = 11 (if in range); an out-of-range id keeps the default
-        ids: dict[str, int | None] = {"bos": 11 if n > 11 else None, "eos": 11 if n > 11 else None}
-        for role, key in {**_ID_KEYS, **{r: k for r, (k, _) in _AUTO_ROLES.items()}}.items():
-            v = get(key)
-            if v is not None and 0 <= int(v) < n:
-                ids[role] = int(v)
-        add_bos, add_eos = bool(get("add_bos_token", False)), bool(get("add_eos_token", False))
-        for flag, role in ((add_bos, "bos"), (add_eos, "eos")):
-            if flag and ids.get(role) is None:
-                raise ValueError(f"[tokenizer] {_K}add_{role}_token is true, but {_K}{_ID_KEYS[role]} is not set")
-        return cls(tokens, list(map(int, types[:n])), _as_strs(merges), _as_str(pre), ids,
-                   add_bos, add_eos)  # fmt: skip
+        return cls(read_vocab(fields))
 
     def _mark_control_and_eog(self, ids: Mapping[str, int | None]) -> frozenset[int]:
         """Mirror llama.cpp's load-time fix-ups: auto-detect EOT/EOM/FIM ids by text (first match in
@@ -289,21 +387,6 @@ class Tokenizer:
             self._attr[self.token_to_id[t]] |= _Attr.CONTROL
         eog |= {i for i in (self.eos_id, self.eot_id, self.eom_id) if i is not None}
         return frozenset(eog)
-
-    def _merge_pairs(self, merges: Sequence[str]) -> list[tuple[str, str]]:
-        """GGUF merges "a b" -> pairs, split at the first space after position 0 as llama.cpp does.
-
-        A repeated merge keeps its first rank (llama.cpp's map emplace); `tokenizers` would keep the last.
-        """
-        # a merge without a separating space is filed by llama.cpp under an empty pair that never applies
-        pairs = [(m[:p], m[p + 1 :]) for m in merges if (p := m.find(" ", 1)) > 0]
-        vocab = self.token_to_id
-        bad = next((ab for ab in pairs if ab[0] not in vocab or ab[1] not in vocab or ab[0] + ab[1] not in vocab), None)
-        if bad is not None:  # checked here: `tokenizers` panics on it
-            m = " ".join(bad)
-            raise ValueError(f"[tokenizer] {_K}merges[{list(merges).index(m)}] = {m!r}: a part or the merged token "
-                             "is not in the vocabulary")  # fmt: skip
-        return list(dict.fromkeys(pairs))  # first occurrence wins, order kept
 
     # ---- encode -------------------------------------------------------------------------------
 

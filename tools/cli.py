@@ -117,6 +117,13 @@ def cmd_bench_ops(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_fuzz_gguf(args: argparse.Namespace) -> int:
+    """Corrupted GGUF files (seeded, or coverage-guided with atheris) against load, tokenizer and decode."""
+    from .fuzz_gguf import run
+
+    return run(args)
+
+
 def cmd_parity(args: argparse.Namespace) -> int:
     """Every op case on the chosen backends against the reference (ref)."""
     from graphir.parity.harness import run_all
@@ -124,6 +131,27 @@ def cmd_parity(args: argparse.Namespace) -> int:
     table = run_all(args.backend or None, args.profile, args.case or None)
     print(table.format())
     return 0 if table.ok else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The same graph on two backends or settings, node by node; the first node beyond its bound."""
+    from .compare import run
+
+    return run(args)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Per-node and per-op time of a plan run, bytes and FLOPs, the time outside kernels."""
+    from .profile import run
+
+    return run(args)
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    """A self-contained HTML page of a compiled graph (Graphviz layout, search, node panel)."""
+    from .view import run
+
+    return run(args)
 
 
 def _model_decode_graph(path: str, n_tokens: int, backends: list[str]):
@@ -186,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect_args(i)
     i.set_defaults(func=cmd_inspect)
 
+    from .fuzz_gguf import add_args as add_fuzz_args
+
+    fz = sub.add_parser("fuzz-gguf", help="corrupted GGUF files against load, tokenizer and decode (seeded or atheris)")
+    add_fuzz_args(fz)
+    fz.set_defaults(func=cmd_fuzz_gguf)
+
     q = sub.add_parser("parity", help="check backends against the reference (ref), op by op")
     q.add_argument("--backend", "-b", action="append", help="backend(s) to check (default: all but ref)")
     q.add_argument("--case", "-c", action="append", help="only these op cases (default: all)")
@@ -198,6 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_ops_args(bo)
     bo.set_defaults(func=cmd_bench_ops)
 
+    from .compare import add_args as add_compare_args
+    from .profile import add_args as add_profile_args
+    from .view import add_args as add_view_args
+
+    c = sub.add_parser("compare", help="the same graph on two backends/settings: per-node error, first divergent node")
+    add_compare_args(c)
+    c.set_defaults(func=cmd_compare)
+    pr = sub.add_parser("profile", help="per-node and per-op time, bytes, FLOPs and overhead of a plan run")
+    add_profile_args(pr)
+    pr.set_defaults(func=cmd_profile)
+    v = sub.add_parser("view", help="a self-contained HTML page of a compiled graph (search, node panel, overlays)")
+    add_view_args(v)
+    v.set_defaults(func=cmd_view)
+
     o = sub.add_parser("ops", help="print the op x backend support matrix")
     o.set_defaults(func=cmd_ops)
     return p
@@ -209,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         args.backend = [backends.FALLBACK]
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, backends.BackendUnavailable) as e:
+    # NOTE: FloatingPointError is the model's NonFiniteError (NaN/inf logits), a message, not a traceback
+    except (ValueError, KeyError, FileNotFoundError, FloatingPointError, backends.BackendUnavailable) as e:
         print(f"graphir {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from ..gguf import GGUFError, GGUFModelFile, TensorGroup, check_tokenizer, get_key, load_gguf
+from ..tokenizer import Vocab, read_vocab
 from . import qwen35
 
 _MODULES: dict[str, ModuleType] = {arch: qwen35 for arch in qwen35.ARCHS}
@@ -41,15 +42,26 @@ def get(arch: str) -> ModuleType:
 
 
 def validate(f: GGUFModelFile) -> Any:
-    """Check everything a graph of `f`'s architecture needs (the architecture, the tokenizer keys,
-    every hyperparameter key and every tensor); return its hyperparameters or raise GGUFError."""
+    """Check everything a graph of `f`'s architecture needs (the architecture, the tokenizer keys and
+    vocabulary, every hyperparameter key and every tensor); return its hyperparameters or raise
+    GGUFError. `graphir inspect` and `Model.load` run exactly these checks."""
+    return check_file(f)[0]
+
+
+def check_file(f: GGUFModelFile) -> tuple[Any, Vocab]:
+    """`validate`, also returning the checked vocabulary (what `Model.load` builds its tokenizer from)."""
     arch = get_key(f, "general.architecture", "STRING")
     if arch not in _MODULES:
         raise GGUFError(f"{f.path}: unknown architecture {arch!r}; supported: {', '.join(names())}")
     mod = _MODULES[arch]
-    hp = mod.load_hparams(f, arch, check_tokenizer(f))
+    n_vocab = check_tokenizer(f)
+    try:
+        vocab = read_vocab(f.metadata)
+    except ValueError as e:
+        raise GGUFError(f"{f.path}: {e}") from e
+    hp = mod.load_hparams(f, arch, n_vocab)
     mod.check_tensors(hp, {n: (t.type_id, t.ne) for n, t in f.tensors.items()}, f.path)
-    return hp
+    return hp, vocab
 
 
 def load(path: str | os.PathLike[str]) -> Any:

@@ -363,7 +363,7 @@ def test_bad_key_values(tmp_path: Path, key: str, value: object, vtype: str, sub
 def test_vocab_size_must_match_token_embd(tmp_path: Path) -> None:
     c = contents()
     tok = tiny_tokenizer()
-    c.kv["tokenizer.ggml.tokens"] = (tok["tokens"] + ["x"], "ARRAY", "STRING")
+    c.kv["tokenizer.ggml.tokens"] = (tok["tokens"] + ["<|extra|>"], "ARRAY", "STRING")
     c.kv["tokenizer.ggml.token_type"] = (tok["token_type"] + [1], "ARRAY", "INT32")
     expect_error(
         tmp_path, c, f"token_embd.weight has wrong shape: expected ne=[64, {N_VOCAB + 1}], found [64, {N_VOCAB}]"

@@ -37,7 +37,8 @@ DENSE = Qwen35HParams(
     full_attention_interval=4, nextn_predict_layers=1,
 )  # fmt: skip
 MOE = dataclasses.replace(DENSE, arch="qwen35moe", n_expert=4, n_expert_used=2, n_ff_exp=32, n_ff_shexp=48)
-TOKENIZER = {"tokens": [f"t{i}" for i in range(N_VOCAB)], "merges": ["t 1"]}
+# a valid vocab (validation checks the merges): "t1" + "1" -> "t11"
+TOKENIZER = {"tokens": [f"t{i}" for i in range(N_VOCAB - 1)] + ["1"], "merges": ["t1 1"]}
 N_CTX = 32  # KV cells
 N_KV = 16  # cells attended (padded past the used ones, masked)
 
