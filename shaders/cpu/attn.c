@@ -30,14 +30,17 @@
 #define A16(n) (((n) + 15) & ~(int64_t)15) /* floats: 64-byte aligned blocks */
 #define INLINE static inline __attribute__((always_inline))
 
-/* o0[r os] = q_r . k0 and (k1 != NULL) o1[r os] = q_r . k1 for rows q_r = q + r qs, r < nr <= FA_NR */
-typedef void (*fa_dots_fn)(const float *q, int64_t qs, int nr, const void *k0, const void *k1, int64_t n, float *o0,
-                           float *o1, int64_t os);
+/* o[c][r os] = q_r . k[c] for rows q_r = q + r qs, r < nr, and keys c < fa_nk(nr) (8 dots in
+ * all: 1 x 8, 2 x 4, 3 x 2, 4 x 2); unused key slots repeat a real key */
+typedef void (*fa_dots_fn)(const float *q, int64_t qs, int nr, const void *const *k, float *const *o, int64_t os,
+                           int64_t n);
+static inline int fa_nk(int nr) { return nr == 1 ? 8 : nr == 2 ? 4 : 2; }
 /* s[j] = slope m[j] for j < n, m a contiguous F16 mask row (exact conversions: any ISA agrees);
  * returns the bit set of the j with s[j] != -inf */
 typedef uint32_t (*fa_mask_f16_fn)(float *s, const uint16_t *m, float slope, int n);
-/* p[i] = exp(s[i] - m) for i < n; -inf gives exactly 0 */
-typedef void (*fa_exps_fn)(float *p, const float *s, float m, int n);
+/* p[i] = exp(s[i] - m) for i < n <= FA_BJ; -inf gives exactly 0. Returns the sum of p in a fixed
+ * tree (no long add chain) */
+typedef float (*fa_exps_fn)(float *p, const float *s, float m, int n);
 /* for rows r < nr <= FA_NR: acc[r] = ms[r] acc[r] + sum_j p[r FA_BJ + j] v[j] over the j < nj
  * with p != 0 (in order of j), n elements; a V row is converted once for all the rows */
 typedef void (*fa_accum_fn)(float *const *acc, const float *p, const float *ms, int nr, const void *const *v, int nj,
@@ -67,12 +70,10 @@ DOT_SCALAR(dot_f16_scalar, ld_f16)
 DOT_SCALAR(dot_f32_scalar, ld_f32)
 
 #define DOTS_SCALAR(NAME, DOT)                                                                        \
-    static void NAME(const float *q, int64_t qs, int nr, const void *k0, const void *k1, int64_t n,   \
-                     float *o0, float *o1, int64_t os) {                                              \
-        for (int r = 0; r < nr; r++) {                                                                \
-            o0[r * os] = DOT(q + r * qs, k0, n);                                                      \
-            if (k1) o1[r * os] = DOT(q + r * qs, k1, n);                                              \
-        }                                                                                             \
+    static void NAME(const float *q, int64_t qs, int nr, const void *const *k, float *const *o,        \
+                     int64_t os, int64_t n) {                                                         \
+        for (int r = 0; r < nr; r++)                                                                  \
+            for (int c = 0; c < fa_nk(nr); c++) o[c][r * os] = DOT(q + r * qs, k[c], n);              \
     }
 DOTS_SCALAR(dots_f16_scalar, dot_f16_scalar)
 DOTS_SCALAR(dots_f32_scalar, dot_f32_scalar)
@@ -88,8 +89,12 @@ static uint32_t mask_f16_scalar(float *s, const uint16_t *m, float slope, int n)
     return live_bits(s, n);
 }
 
-static void exps_scalar(float *p, const float *s, float m, int n) {
-    for (int i = 0; i < n; i++) p[i] = s[i] == -INFINITY ? 0.0f : expf(s[i] - m);
+static float exps_scalar(float *p, const float *s, float m, int n) {
+    float t[FA_BJ] = {0};
+    for (int i = 0; i < n; i++) t[i] = p[i] = s[i] == -INFINITY ? 0.0f : expf(s[i] - m);
+    for (int i = 0; i < 8; i++) t[i] += t[i + 8]; /* the same tree as the vector paths */
+    for (int i = 0; i < 4; i++) t[i] = t[2 * i] + t[2 * i + 1];
+    return (t[0] + t[1]) + (t[2] + t[3]);
 }
 
 #define ACCUM_SCALAR(NAME, LD)                                                                        \
@@ -112,54 +117,56 @@ ACCUM_SCALAR(accum_f32_scalar, ld_f32)
  * ====================================================================================== */
 #define T_AVX2 __attribute__((target("avx2,fma,f16c")))
 
-T_AVX2 INLINE float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+/* The sums of 8 accumulators at once (transposing adds instead of 8 separate horizontal sums).
+ * Each one's lanes are added in the same tree wherever it sits, so a (row, key) dot does not
+ * depend on which others share the call: ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)). */
+T_AVX2 INLINE __m256 sum8_256(const __m256 *y) {
+    const __m256 h01 = _mm256_hadd_ps(y[0], y[1]), h23 = _mm256_hadd_ps(y[2], y[3]);
+    const __m256 h45 = _mm256_hadd_ps(y[4], y[5]), h67 = _mm256_hadd_ps(y[6], y[7]);
+    const __m256 a = _mm256_hadd_ps(h01, h23), b = _mm256_hadd_ps(h45, h67);
+    return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
 }
+
 T_AVX2 INLINE __m256 ld8(const void *p, int64_t i, const int F16) {
     return F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)))
                : _mm256_loadu_ps((const float *)p + i);
 }
 T_AVX2 INLINE float ld1(const void *p, int64_t i, const int F16) { return F16 ? ld_f16(p, i) : ld_f32(p, i); }
 
-T_AVX2 INLINE void dots_avx2_n(const float *q, int64_t qs, const void *k0, const void *k1, int64_t n, float *o0,
-                               float *o1, int64_t os, const int NR, const int NJ, const int F16) {
-    const void *k[2] = {k0, k1};
-    float *o[2] = {o0, o1};
-    __m256 acc[FA_NR][2];
+T_AVX2 INLINE void dots_avx2_n(const float *q, int64_t qs, const void *const *k, float *const *o, int64_t os,
+                               int64_t n, const int NR, const int NJ, const int F16) {
+    __m256 acc[FA_NR][8];
     const int64_t n8 = n & ~(int64_t)7;
     for (int r = 0; r < NR; r++)
         for (int c = 0; c < NJ; c++) acc[r][c] = _mm256_setzero_ps();
     for (int64_t i = 0; i < n8; i += 8) {
-        __m256 kv[2];
+        __m256 kv[8];
         for (int c = 0; c < NJ; c++) kv[c] = ld8(k[c], i, F16);
         for (int r = 0; r < NR; r++) {
             const __m256 qv = _mm256_loadu_ps(q + r * qs + i);
             for (int c = 0; c < NJ; c++) acc[r][c] = _mm256_fmadd_ps(qv, kv[c], acc[r][c]);
         }
     }
+    __m256 y[8];
+    float sum[8];
+    for (int x = 0; x < 8; x++) y[x] = x < NR * NJ ? acc[x / NJ][x % NJ] : _mm256_setzero_ps();
+    _mm256_storeu_ps(sum, sum8_256(y));
     for (int r = 0; r < NR; r++)
         for (int c = 0; c < NJ; c++) {
-            float s = hsum256(acc[r][c]);
+            float s = sum[r * NJ + c];
             for (int64_t i = n8; i < n; i++) s += q[r * qs + i] * ld1(k[c], i, F16);
             o[c][r * os] = s;
         }
 }
 
 #define DOTS_SWITCH(NAME, KERNEL, F16, TARGET)                                                        \
-    TARGET static void NAME(const float *q, int64_t qs, int nr, const void *k0, const void *k1,       \
-                            int64_t n, float *o0, float *o1, int64_t os) {                            \
-        switch (nr * 2 + (k1 != NULL)) {                                                              \
-        case 2: KERNEL(q, qs, k0, k1, n, o0, o1, os, 1, 1, F16); break;                               \
-        case 3: KERNEL(q, qs, k0, k1, n, o0, o1, os, 1, 2, F16); break;                               \
-        case 4: KERNEL(q, qs, k0, k1, n, o0, o1, os, 2, 1, F16); break;                               \
-        case 5: KERNEL(q, qs, k0, k1, n, o0, o1, os, 2, 2, F16); break;                               \
-        case 6: KERNEL(q, qs, k0, k1, n, o0, o1, os, 3, 1, F16); break;                               \
-        case 7: KERNEL(q, qs, k0, k1, n, o0, o1, os, 3, 2, F16); break;                               \
-        case 8: KERNEL(q, qs, k0, k1, n, o0, o1, os, 4, 1, F16); break;                               \
-        default: KERNEL(q, qs, k0, k1, n, o0, o1, os, 4, 2, F16); break;                              \
+    TARGET static void NAME(const float *q, int64_t qs, int nr, const void *const *k, float *const *o, \
+                            int64_t os, int64_t n) {                                                  \
+        switch (nr) {                                                                                 \
+        case 1: KERNEL(q, qs, k, o, os, n, 1, 8, F16); break;                                         \
+        case 2: KERNEL(q, qs, k, o, os, n, 2, 4, F16); break;                                         \
+        case 3: KERNEL(q, qs, k, o, os, n, 3, 2, F16); break;                                         \
+        default: KERNEL(q, qs, k, o, os, n, 4, 2, F16); break;                                        \
         }                                                                                             \
     }
 DOTS_SWITCH(dots_f16_avx2, dots_avx2_n, 1, T_AVX2)
@@ -198,17 +205,21 @@ T_AVX2 static uint32_t mask_f16_avx2(float *s, const uint16_t *m, float slope, i
     return live_bits(s, n);
 }
 
-T_AVX2 static void exps_avx2(float *p, const float *s, float m, int n) {
-    float buf[8];
-    for (int i = 0; i < n; i += 8) {
-        const int k = n - i < 8 ? n - i : 8;
-        memcpy(buf, s + i, (size_t)k * sizeof(float));
-        for (int j = k; j < 8; j++) buf[j] = -INFINITY;
-        const __m256 sv = _mm256_loadu_ps(buf);
+T_AVX2 static float exps_avx2(float *p, const float *s, float m, int n) {
+    float buf[FA_BJ], sum[8];
+    for (int i = 0; i < FA_BJ; i++) buf[i] = i < n ? s[i] : -INFINITY;
+    __m256 e[2];
+    for (int x = 0; x < 2; x++) {
+        const __m256 sv = _mm256_loadu_ps(buf + 8 * x);
         const __m256 dead = _mm256_cmp_ps(sv, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ);
-        _mm256_storeu_ps(buf, _mm256_andnot_ps(dead, exp256(_mm256_sub_ps(sv, _mm256_set1_ps(m)))));
-        memcpy(p + i, buf, (size_t)k * sizeof(float));
+        e[x] = _mm256_andnot_ps(dead, exp256(_mm256_sub_ps(sv, _mm256_set1_ps(m))));
     }
+    _mm256_storeu_ps(buf, e[0]);
+    _mm256_storeu_ps(buf + 8, e[1]);
+    memcpy(p, buf, (size_t)n * sizeof(float));
+    const __m256 y[8] = {_mm256_add_ps(e[0], e[1])}; /* lane i + lane i+8, then pairs: one slot of sum8 */
+    _mm256_storeu_ps(sum, sum8_256(y));
+    return sum[0];
 }
 
 /* 32 elements (4 registers) of acc at a time stay in registers over the block's V rows */
@@ -267,24 +278,29 @@ T_512 INLINE __m512 ld16(const void *p, int64_t i, __mmask16 m, const int F16) {
                : _mm512_maskz_loadu_ps(m, (const float *)p + i);
 }
 
-T_512 INLINE void dots_512_n(const float *q, int64_t qs, const void *k0, const void *k1, int64_t n, float *o0,
-                             float *o1, int64_t os, const int NR, const int NJ, const int F16) {
-    const void *k[2] = {k0, k1};
-    float *o[2] = {o0, o1};
-    __m512 acc[FA_NR][2];
+T_512 INLINE void dots_512_n(const float *q, int64_t qs, const void *const *k, float *const *o, int64_t os,
+                             int64_t n, const int NR, const int NJ, const int F16) {
+    __m512 acc[FA_NR][8];
     for (int r = 0; r < NR; r++)
         for (int c = 0; c < NJ; c++) acc[r][c] = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail16(n - i);
-        __m512 kv[2];
+        __m512 kv[8];
         for (int c = 0; c < NJ; c++) kv[c] = ld16(k[c], i, m, F16);
         for (int r = 0; r < NR; r++) {
             const __m512 qv = _mm512_maskz_loadu_ps(m, q + r * qs + i);
             for (int c = 0; c < NJ; c++) acc[r][c] = _mm512_fmadd_ps(qv, kv[c], acc[r][c]);
         }
     }
+    __m256 y[8]; /* fold 16 lanes to 8 (lane i + lane i+8), then as the AVX2 kernel */
+    float sum[8];
+    for (int x = 0; x < 8; x++) {
+        const __m512 a = x < NR * NJ ? acc[x / NJ][x % NJ] : _mm512_setzero_ps();
+        y[x] = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    }
+    _mm256_storeu_ps(sum, sum8_256(y));
     for (int r = 0; r < NR; r++)
-        for (int c = 0; c < NJ; c++) o[c][r * os] = _mm512_reduce_add_ps(acc[r][c]);
+        for (int c = 0; c < NJ; c++) o[c][r * os] = sum[r * NJ + c];
 }
 DOTS_SWITCH(dots_f16_512, dots_512_n, 1, T_512)
 DOTS_SWITCH(dots_f32_512, dots_512_n, 0, T_512)
@@ -317,13 +333,16 @@ T_512 static uint32_t mask_f16_512(float *s, const uint16_t *m, float slope, int
     return live;
 }
 
-T_512 static void exps_512(float *p, const float *s, float m, int n) {
-    for (int i = 0; i < n; i += 16) {
-        const __mmask16 k = tail16(n - i);
-        const __m512 sv = _mm512_maskz_loadu_ps(k, s + i);
-        const __mmask16 live = k & _mm512_cmp_ps_mask(sv, _mm512_set1_ps(-INFINITY), _CMP_NEQ_UQ);
-        _mm512_mask_storeu_ps(p + i, k, _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(sv, _mm512_set1_ps(m)))));
-    }
+T_512 static float exps_512(float *p, const float *s, float m, int n) {
+    const __mmask16 k = tail16(n);
+    const __m512 sv = _mm512_maskz_loadu_ps(k, s);
+    const __mmask16 live = k & _mm512_cmp_ps_mask(sv, _mm512_set1_ps(-INFINITY), _CMP_NEQ_UQ);
+    const __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(sv, _mm512_set1_ps(m))));
+    _mm512_mask_storeu_ps(p, k, e);
+    float sum[8];
+    const __m256 y[8] = {_mm256_add_ps(_mm512_castps512_ps256(e), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)))};
+    _mm256_storeu_ps(sum, sum8_256(y));
+    return sum[0];
 }
 
 /* 64 elements (4 registers) of each row's acc stay in registers over the block's V rows; each
@@ -436,7 +455,7 @@ int64_t gr_w_flash_attn_ext(const gr_op *op, int nth) {
 }
 
 /* row j of a K or V cache of (kv head hk, kv seq skv): in place, or gathered into buf as F32 */
-static const void *fa_kv_row(const gr_tensor *t, int direct, int64_t j, int64_t hk, int64_t skv, float *buf) {
+static inline const void *fa_kv_row(const gr_tensor *t, int direct, int64_t j, int64_t hk, int64_t skv, float *buf) {
     const char *p = gr_row(t, j, hk, skv);
     if (direct) return p;
     for (int64_t i = 0; i < t->ne[0]; i++) buf[i] = gr_load_f(p + i * t->nb[0], t->type);
@@ -478,16 +497,20 @@ static uint32_t fa_mask_block(const fa_ctx *c, const fa_row *rows, int n, int64_
 
 /* scores of the block: s[r][j] = softcap(scale q_r . k_j) + mv for live entries (-inf stays) */
 static void fa_scores(const fa_ctx *c, const fa_row *rows, int n, const void *const *kp, uint32_t live, float *s) {
-    float dot[FA_TILE * FA_BJ];
+    float dot[FA_TILE * FA_BJ], spill[FA_NR * FA_BJ];
     int cols[FA_BJ], nc = 0;
     for (int j = 0; j < FA_BJ; j++)
         if (live >> j & 1) cols[nc++] = j;
     for (int r0 = 0; r0 < n; r0 += FA_NR) {
-        const int nr = n - r0 < FA_NR ? n - r0 : FA_NR;
-        for (int i = 0; i < nc; i += 2) { /* two keys per call: more independent chains */
-            const int j0 = cols[i], j1 = i + 1 < nc ? cols[i + 1] : j0;
-            c->dots(rows[r0].q, A16(c->D), nr, kp[j0], i + 1 < nc ? kp[j1] : NULL, c->D, dot + r0 * FA_BJ + j0,
-                    dot + r0 * FA_BJ + j1, FA_BJ);
+        const int nr = n - r0 < FA_NR ? n - r0 : FA_NR, nk = fa_nk(nr);
+        for (int i = 0; i < nc; i += nk) {
+            const void *k[8];
+            float *o[8];
+            for (int x = 0; x < nk; x++) { /* slots past the last live key repeat it, into spill */
+                k[x] = kp[cols[i + x < nc ? i + x : nc - 1]];
+                o[x] = i + x < nc ? dot + r0 * FA_BJ + cols[i + x] : spill + x;
+            }
+            c->dots(rows[r0].q, A16(c->D), nr, k, o, FA_BJ, c->D);
         }
     }
     for (int r = 0; r < n; r++) {
@@ -513,12 +536,7 @@ static void fa_softmax_step(const fa_ctx *c, fa_row *row, const float *s, int nj
     }
     const float M = m > row->M ? m : row->M;
     *ms = row->M == -INFINITY ? 0.0f : expf(row->M - M);
-    c->exps(p, s, M, nj);
-    float t[FA_BJ]; /* the block's sum as a fixed pairwise tree: no long add chain */
-    for (int j = 0; j < FA_BJ; j++) t[j] = j < nj ? p[j] : 0.0f;
-    for (int w = FA_BJ / 2; w >= 1; w /= 2)
-        for (int j = 0; j < w; j++) t[j] += t[j + w];
-    row->S = row->S * *ms + t[0];
+    row->S = row->S * *ms + c->exps(p, s, M, nj);
     row->M = M;
 }
 
@@ -527,16 +545,24 @@ static void fa_tile(const fa_ctx *c, fa_row *rows, int n, int64_t hk, int64_t sk
     float s[FA_TILE * FA_BJ], p[FA_TILE * FA_BJ], ms[FA_TILE];
     float *acc[FA_TILE];
     const void *kp[FA_BJ], *vp[FA_BJ];
+    const char *kbase = gr_row(c->k, 0, hk, skv), *vbase = gr_row(c->v, 0, hk, skv);
     for (int r = 0; r < n; r++) acc[r] = rows[r].acc;
     for (int64_t j0 = 0; j0 < c->n_kv; j0 += FA_BJ) {
         const int nj = (int)(c->n_kv - j0 < FA_BJ ? c->n_kv - j0 : FA_BJ);
         const uint32_t live = fa_mask_block(c, rows, n, j0, nj, s);
         if (!live) continue; /* masked for every row of the tile: K/V never read */
-        for (int j = 0; j < nj; j++) {
-            kp[j] = vp[j] = NULL;
-            if (!(live >> j & 1)) continue;
-            kp[j] = fa_kv_row(c->k, c->k_direct, j0 + j, hk, skv, w->k + j * A16(c->D));
-            vp[j] = fa_kv_row(c->v, c->v_direct, j0 + j, hk, skv, w->v + j * A16(c->Dv));
+        if (c->k_direct && c->v_direct) { /* the usual case: rows in place */
+            for (int j = 0; j < nj; j++) {
+                kp[j] = kbase + (j0 + j) * c->k->nb[1];
+                vp[j] = vbase + (j0 + j) * c->v->nb[1];
+            }
+        } else {
+            for (int j = 0; j < nj; j++) {
+                kp[j] = vp[j] = NULL;
+                if (!(live >> j & 1)) continue;
+                kp[j] = fa_kv_row(c->k, c->k_direct, j0 + j, hk, skv, w->k + j * A16(c->D));
+                vp[j] = fa_kv_row(c->v, c->v_direct, j0 + j, hk, skv, w->v + j * A16(c->Dv));
+            }
         }
         fa_scores(c, rows, n, kp, live, s);
         for (int r = 0; r < n; r++) fa_softmax_step(c, &rows[r], s + r * FA_BJ, nj, p + r * FA_BJ, &ms[r]);
