@@ -254,7 +254,8 @@ def summary(cmp: Comparison) -> dict:
     worst = max((n.e2e.nmse for n in cmp.nodes.values() if n.e2e.nmse is not None), default=None)
     doc = {"graph": cmp.spec.describe(), "reference": cmp.a.label, "tested": cmp.b.label, "isolated": cmp.isolate,
            "compared": len(cmp.nodes), "beyond_bound": sum(not e.ok for e in judged),
-           "nan_nodes": sum(n.e2e.nan > 0 for n in cmp.nodes.values()), "worst_nmse": worst, "first": None}  # fmt: skip
+           "nan_nodes": sum(n.e2e.nan > 0 for n in cmp.nodes.values()), "worst_nmse": worst, "first": None,
+           "notes": {"reference": sorted(set(cmp.a.notes)), "tested": sorted(set(cmp.b.notes))}}  # fmt: skip
     if cmp.first is not None:
         t = list(cmp.b.graph.tensors())[cmp.first]
         n = cmp.nodes[cmp.first]
@@ -272,6 +273,7 @@ def format_text(cmp: Comparison, keep: Filter | None = None) -> str:
     lines.append(f"{s['compared']} nodes compared, {s['beyond_bound']} beyond their bound"
                  f"{' (isolated)' if cmp.isolate else ''}, {s['nan_nodes']} with new NaNs; "
                  f"worst end-to-end NMSE {_g(s['worst_nmse'])}")  # fmt: skip
+    lines += [f"note ({side}): {note}" for side, notes in s["notes"].items() for note in notes]
     f = s["first"]
     if f is None:
         lines.append("no node beyond its op's parity bound")

@@ -72,6 +72,7 @@ class Subject:
     graph: Graph
     plan: Plan
     _run: Callable[[EvalCallback | None], None] = field(repr=False)
+    notes: list[str] = field(default_factory=list)  # what its runs reported (non-finite logits)
 
     def run(self, callback: EvalCallback | None = None) -> None:
         self._run(callback)
@@ -139,7 +140,15 @@ def _model(spec: Spec, setup: Setup) -> Subject:
     ctx = Context(model, n_ctx=max(256, n), n_batch=n, n_ubatch=n, backends=tuple(setup.backends),
                   type_k=setup.kv_type, type_v=setup.kv_type, n_threads=setup.threads)  # fmt: skip
     batch = Batch.simple(ids, 0)
-    ctx.decode(batch)  # builds and compiles the ubatch's graph (the context caches it)
+    notes: list[str] = []
+
+    def decode() -> None:
+        try:
+            ctx.decode(batch)
+        except FloatingPointError as e:  # NaN/inf logits: the run happened; the tools report it per node
+            notes.append(str(e))
+
+    decode()  # builds and compiles the ubatch's graph (the context caches it)
     result, plan = ctx.last_graph()
 
     def run(callback: EvalCallback | None) -> None:
@@ -152,11 +161,11 @@ def _model(spec: Spec, setup: Setup) -> Subject:
         # NOTE: the context calls plan.run([its callback]); an instance attribute routes it through ours too
         plan.run = run_with
         try:
-            ctx.decode(batch)
+            decode()
         finally:
             del plan.run
 
-    return Subject(spec, setup, result.graph, plan, run)
+    return Subject(spec, setup, result.graph, plan, run, notes)
 
 
 # ======================================================================================

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from graphir import backends
 from graphir.backends import availability
 from graphir.backends.ref.backend import RefBackend
 from graphir.ops import Op
@@ -108,6 +109,26 @@ def test_nan_injection_is_reported():
     doc = summary(cmp)
     assert doc["nan_nodes"] >= 1 and doc["first"]["e2e"]["nan"] == 1
     assert "nan" in format_text(cmp)
+
+
+def test_nan_in_a_model_is_located_and_its_non_finite_logits_noted(monkeypatch):
+    """The shipped model on a backend that puts a NaN into the layer-0 attention norm (the 4th
+    computing node): the context's non-finite guard fires on the logits; compare still names the
+    node and reports the guard."""
+    spec, start = Spec(tokens=1), 3
+    a = Subject.build(spec, Setup(("ref",)))
+    target_op = [n for n in a.graph.nodes if not is_empty_op(n)][start].op
+    fake = Broken(target_op, start, nan=True)
+    monkeypatch.setitem(backends._INSTANCES, fake.name, fake)  # the context resolves backends by name
+    b = Subject.build(spec, Setup((fake.name,)))
+    fake.watch(b)
+    cmp = compare_subjects(a, b)
+    work = [n for n in b.graph.nodes if not is_empty_op(n)]
+    assert work[start].name == "attn_norm-0" and cmp.first == list(b.graph.tensors()).index(work[start])
+    assert cmp.nodes[cmp.first].e2e.status == "nan"
+    doc = summary(cmp)
+    assert doc["nan_nodes"] > 1 and any("non-finite" in n for n in doc["notes"]["tested"])
+    assert "note (tested)" in format_text(cmp)
 
 
 def test_cli_on_the_shipped_model_reference_against_itself(capsys):
