@@ -19,7 +19,7 @@ from graphir.tensor import Tensor, is_empty_op
 
 from ..base import Availability, Backend, Buffer, Call, Place
 from . import runtime
-from .kernels import KERNELS, Dispatch
+from .kernels import KERNELS, MAT_VEC, Dispatch
 
 PUSH_FORMAT = {"float": "f", "int": "i", "uint": "I"}
 # ops whose src[0] may be bound in windows when it exceeds one descriptor's range (weights.glsl)
@@ -53,6 +53,7 @@ class VulkanBackend(Backend):
             raise RuntimeError(f"[vulkan] unavailable: {pd}")
         self.device = runtime.Device(pd, staging=staging)
         self.max_range = pd.max_storage_range
+        self.mat_vec = MAT_VEC["cpu" if pd.type == "cpu" else "gpu"]
 
     def describe(self) -> str:
         return f"vulkan ({self.device.pd.describe()})"

@@ -30,7 +30,9 @@ DEQ = {t: int(t) for t in (DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q5_K, DType
 RAW = {DType.F32: "RAW32", DType.I32: "RAW32", DType.F16: "RAW16", DType.BF16: "RAW16"}
 QUANTIZE = {DType.Q8_0: 8, DType.Q4_0: 4}  # block types cpy quantizes into (copy.comp's QUANT)
 WG = 64  # work-group size of most shaders (the WG define of common.glsl)
-MM_WG, MM_NR = 32, 2  # mul_mat.comp: invocations per work-group, rows of d per work-group
+# mul_mat.comp (invocations per work-group, rows of d per work-group) by device type: on a CPU
+# device (lavapipe) one SIMD fiber per group, where a barrier costs no fiber switch
+MAT_VEC = {"cpu": (8, 8), "gpu": (32, 4)}
 # mul_mat_tiled.comp: invocations along rows x tokens, rows x tokens per invocation, units of K staged
 MM_TILE_WG, MM_TILE, MM_TILE_KC = (8, 8), (4, 2), 4
 MM_TILED_MIN_N = 4  # tokens from which mul_mat takes the tiled kernel
@@ -264,16 +266,18 @@ def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
         defines.update(WG_M=wm, WG_N=wn, TM=tm, TN=tn, KC=MM_TILE_KC)
         groups = _cdiv(M, wm * tm) * _cdiv(N, wn * tn) * node.ne[2] * node.ne[3]
         return _d(S_MUL_MAT_TILED, defines, args, groups if node.nelements else 0, local=wm * wn)
-    defines.update(NR=MM_NR)
-    return _d(S_MUL_MAT, defines, args, _cdiv(M, MM_NR) * node.nrows if node.nelements else 0, local=MM_WG)
+    wg, nr = be.mat_vec
+    defines.update(NR=nr)
+    return _d(S_MUL_MAT, defines, args, _cdiv(M, nr) * node.nrows if node.nelements else 0, local=wg)
 
 
 def _mul_mat_id(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
     a, b, ids = node.src
-    defines = _a_defines(a) | {"TB": TYPE[b.type], "NR": MM_NR}
+    wg, nr = be.mat_vec
+    defines = _a_defines(a) | {"TB": TYPE[b.type], "NR": nr}
     args = [(srcs[0], a), (srcs[1], b), (srcs[2], ids), (dst, node)]
-    groups = _cdiv(node.ne[0], MM_NR) * node.nrows if node.nelements else 0
-    return _d(S_MUL_MAT_ID, defines, args, groups, local=MM_WG)
+    groups = _cdiv(node.ne[0], nr) * node.nrows if node.nelements else 0
+    return _d(S_MUL_MAT_ID, defines, args, groups, local=wg)
 
 
 _mul_mat.supports = lambda node: (node.src[0].type in TYPE or node.src[0].type in DEQ) and node.src[1].type in TYPE

@@ -76,5 +76,5 @@ void main() {
         memoryBarrierShared();
         barrier();
     }
-    if (l < nr) ST_F32(d, AT(d, m0 + l, c.x, c.y, c.z), part_[l * WG]);
+    for (uint i = l; i < nr; i += WG) ST_F32(d, AT(d, m0 + i, c.x, c.y, c.z), part_[i * WG]);
 }
