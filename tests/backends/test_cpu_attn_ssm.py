@@ -13,7 +13,7 @@ from graphir.backends import availability, get_backend
 from graphir.parity import CASES, check_case
 from graphir.parity.harness import examples
 
-NATIVE = "native"
+NATIVE = "cpu"  # the native C backend (alias "native")
 pytestmark = pytest.mark.skipif(not availability(NATIVE).ok, reason=f"native cpu: {availability(NATIVE).reason}")
 
 OPS = ["flash_attn_ext", "ssm_conv", "gated_delta_net"]
