@@ -98,25 +98,28 @@ def empty_call(be: Backend, n: int = 200) -> float:
 
 
 def profile(subject: Subject, runs: int = 10) -> Profile:
-    """Time `runs` whole runs and `runs` profiling runs of the subject's plan (after one of each).
+    """Time `runs` whole runs and `runs` profiling runs of the subject's plan, alternating, after one of each.
     The plan runs on the inputs its subject last set; the state it updates keeps changing, which
     does not change the work."""
     plan = subject.plan
     index = {t: i for i, t in enumerate(subject.graph.tensors())}
     rev = getattr(plan, "_rev", {})
     prof = Profile(subject, runs)
-    plan.run()
-    prof.run_s = _median_time(plan.run, runs)
     # NOTE: Plan keeps the per-node plan private; it is what a run with a callback executes
     steps = plan._per_node_steps()
     times: list[list[float]] = [[] for _ in steps]
-    for rep in range(runs + 1):
+    whole: list[float] = []
+    for _ in range(runs + 1):  # the two kinds alternate, so a busy machine slows both alike
+        t0 = time.perf_counter()
+        plan.run()
+        whole.append(time.perf_counter() - t0)
         for k, (_, be, call) in enumerate(steps):
             t0 = time.perf_counter()
             call()
             be.synchronize()
-            if rep:  # the first pass warms up
-                times[k].append(time.perf_counter() - t0)
+            times[k].append(time.perf_counter() - t0)
+    prof.run_s = statistics.median(whole[1:])  # the first of each warms up
+    times = [ts[1:] for ts in times]
     for (n, be, _), ts in zip(steps, times):
         med = statistics.median(ts)
         if n is None:
@@ -207,11 +210,14 @@ def format_text(prof: Profile, keep: Filter | None = None, top: int | None = Non
     lines = [f"profile: {s['graph']} on {s['backends']}, median of {s['runs']} runs"]
     lines += [f"  {name}: {d}" for name, d in s["described"].items()]
     lines += [
-        f"run (whole splits): {s['run_us']:.1f} us; per-node plan: {s['per_node_sum_us']:.1f} us summed over "
-        f"{s['calls']} calls" + (f" and {s['copies']} copies ({s['copy_us']:.1f} us)" if s["copies"] else "")
-        + f"; kernels ~{s['kernel_us']:.1f} us (each call less an empty one: "
+        f"run (whole splits): {s['run_us']:9.1f} us",
+        f"per-node plan:      {s['per_node_sum_us']:9.1f} us over {s['calls']} calls"
+        + (f" and {s['copies']} copies ({s['copy_us']:.1f} us)" if s["copies"] else "")
+        + f" ({s['per_node_sum_us'] - s['run_us']:+.1f} us against the run: the cost of going node by node)",
+        f"kernels (estimate): {s['kernel_us']:9.1f} us (each call less an empty call: "
         + ", ".join(f"{k} {v:.1f} us" for k, v in s["empty_call_us"].items()) + ")",
-        f"outside kernels: {s['outside_kernels_us']:.1f} us = {100 * s['outside_kernels_share']:.1f}% of the run",
+        f"outside kernels:    {s['outside_kernels_us']:9.1f} us = {100 * s['outside_kernels_share']:.1f}% of the run "
+        "(Python, launches, synchronizing, per-op dispatch)",
         "", "per op type:", report.format_table(op_rows(nodes, prof.step_sum), OP_COLUMNS), "",
         f"per node ({f'the {top} slowest' if top else 'execution order'}):", report.format_table(shown, NODE_COLUMNS),
     ]  # fmt: skip

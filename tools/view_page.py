@@ -59,7 +59,7 @@ main { flex: 1; display: flex; min-height: 0; }
 #panel dd { margin: 0; word-break: break-all; }
 #panel a { color: #0645ad; cursor: pointer; text-decoration: underline; }
 .hint { color: #777; }
-#results { position: absolute; top: 38px; left: 260px; z-index: 5; max-height: 50vh; overflow: auto;
+#results { position: fixed; z-index: 5; max-height: 50vh; overflow: auto;
            margin: 0; padding: 0; list-style: none; background: #fff; border: 1px solid #bbb;
            box-shadow: 0 2px 6px rgba(0,0,0,.2); font-family: ui-monospace, monospace; font-size: 12px; }
 #results li { padding: 2px 8px; cursor: pointer; }
@@ -89,7 +89,11 @@ JS = r"""
   let matches = [], cursor = -1, selected = null;
 
   const show = v => (v === null || v === undefined) ? '-' : (typeof v === 'object' ? JSON.stringify(v) : String(v));
-  const num = v => (v === null || v === undefined) ? '-' : Number(v).toPrecision(3);
+  const num = v => {
+    if (v === null || v === undefined) return '-';
+    v = Number(v);
+    return v === 0 ? '0' : (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e6 ? v.toExponential(2) : v.toPrecision(3));
+  };
   const si = (v, unit) => {
     for (const [d, p] of [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']]) if (Math.abs(v) >= d) return (v / d).toPrecision(3) + p + unit;
     return v + unit;
@@ -212,6 +216,9 @@ JS = r"""
       li.addEventListener('click', () => select(r.id));
       return li;
     }));
+    const at = search.getBoundingClientRect();
+    results.style.top = at.bottom + 2 + 'px';
+    results.style.left = at.left + 'px';
     results.hidden = hits.length === 0;
   }
   search.addEventListener('input', () => find(search.value));
