@@ -21,7 +21,7 @@ from graphir.parity.inputs import Built, Inputs, random_blocks
 from graphir.quants import dequantize_rows
 from graphir.types import TYPE_INFO, DType
 
-NATIVE = "native"
+NATIVE = "cpu"
 pytestmark = pytest.mark.skipif(not availability(NATIVE).ok, reason=f"native cpu: {availability(NATIVE).reason}")
 
 F32, F16, BF16, I32 = DType.F32, DType.F16, DType.BF16, DType.I32

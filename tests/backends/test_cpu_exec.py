@@ -13,7 +13,7 @@ import pytest
 import graphir as gr
 from graphir.backends import availability, get_backend
 
-NATIVE = "native"
+NATIVE = "cpu"
 pytestmark = pytest.mark.skipif(not availability(NATIVE).ok, reason=f"native cpu: {availability(NATIVE).reason}")
 
 
@@ -120,13 +120,15 @@ def test_without_the_extension_graphir_imports_and_says_why() -> None:
         "import sys; sys.modules['graphir.backends.cpu._native'] = None\n"
         "import graphir, numpy as np\n"
         "from graphir.backends import availability\n"
-        "av = availability('native')\n"
+        "av = availability('cpu')\n"
         "assert not av.ok and 'not built' in av.reason, av\n"
         "x = graphir.new_input(graphir.F32, [4], 'x')\n"
         "plan = graphir.compile(graphir.build_graph(graphir.neg(x).set_name('y')), ['cpu'])\n"
         "plan.set_input('x', np.arange(4, dtype=np.float32)); plan.run()\n"
         "assert (plan.get('y').ravel() == -np.arange(4)).all()\n"
+        "assert {sp.backend.name for sp in plan.schedule.splits} == {'ref'}\n"
         "print('ok')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr
+    assert "backend 'cpu' is unavailable" in r.stderr and "using 'ref'" in r.stderr

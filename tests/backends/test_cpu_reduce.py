@@ -20,7 +20,7 @@ from graphir.parity.cases import Case
 from graphir.parity.harness import check_case, examples
 from graphir.parity.inputs import Built, Inputs
 
-NATIVE = "native"
+NATIVE = "cpu"
 pytestmark = pytest.mark.skipif(not availability(NATIVE).ok, reason=f"native cpu: {availability(NATIVE).reason}")
 
 F32, F16, I32 = gr.F32, gr.F16, gr.I32
@@ -35,7 +35,7 @@ def native(monkeypatch):
     from graphir.backends.cpu import backend as cpu_backend
     from graphir.backends.cpu import native as cpu_native
 
-    monkeypatch.setattr(cpu_backend, "SMALL_SPLIT_BYTES", 0)
+    monkeypatch.setattr(cpu_backend, "SMALL_OP_BYTES", 0)
     monkeypatch.setattr(cpu_backend, "default_threads", lambda: 8)
     be = get_backend(NATIVE)
     saved = be.n_threads
