@@ -218,6 +218,9 @@ def format_text(prof: Profile, keep: Filter | None = None, top: int | None = Non
         + ", ".join(f"{k} {v:.1f} us" for k, v in s["empty_call_us"].items()) + ")",
         f"outside kernels:    {s['outside_kernels_us']:9.1f} us = {100 * s['outside_kernels_share']:.1f}% of the run "
         "(Python, launches, synchronizing, per-op dispatch)",
+        *(["NOTE: the per-node plan costs far more than the run: per-call costs dominate its figures (a thread "
+            "pool woken per call on a busy machine?); compare with --threads 1"]
+          if s["per_node_sum_us"] > 1.5 * s["run_us"] + 1000 else []),
         "", "per op type:", report.format_table(op_rows(nodes, prof.step_sum), OP_COLUMNS), "",
         f"per node ({f'the {top} slowest' if top else 'execution order'}):", report.format_table(shown, NODE_COLUMNS),
     ]  # fmt: skip
