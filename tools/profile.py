@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -30,6 +31,7 @@ import numpy as np
 import graphir as gr
 from graphir import report
 from graphir.backends import Backend
+from graphir.backends.base import default_threads
 from graphir.report import Filter, si
 
 from .subject import Subject, add_setup_args, add_spec_args, setup_from, spec_from
@@ -182,6 +184,7 @@ def summary(prof: Profile) -> dict:
         "outside_kernels_share": prof.outside_s / prof.run_s if prof.run_s else 0.0,
         "calls": len(prof.node_s), "copies": len(prof.copies), "copy_us": sum(s for _, s in prof.copies) * 1e6,
         "empty_call_us": {k: v * 1e6 for k, v in prof.empty_s.items()},
+        "load_average": os.getloadavg()[0], "cpus": default_threads(),
     }  # fmt: skip
 
 
@@ -218,6 +221,9 @@ def format_text(prof: Profile, keep: Filter | None = None, top: int | None = Non
         + ", ".join(f"{k} {v:.1f} us" for k, v in s["empty_call_us"].items()) + ")",
         f"outside kernels:    {s['outside_kernels_us']:9.1f} us = {100 * s['outside_kernels_share']:.1f}% of the run "
         "(Python, launches, synchronizing, per-op dispatch)",
+        *([f"NOTE: load average {s['load_average']:.1f} on {s['cpus']} CPUs: other processes' time is in these "
+            "figures (the long whole runs more than the short per-node calls, whose medians skip most of it)"]
+          if s["load_average"] > s["cpus"] else []),
         *(["NOTE: the per-node plan costs far more than the run: per-call costs dominate its figures (a thread "
             "pool woken per call on a busy machine?); compare with --threads 1"]
           if s["per_node_sum_us"] > 1.5 * s["run_us"] + 1000 else []),
