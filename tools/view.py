@@ -101,8 +101,11 @@ def layout_svg(dot_source: str, timeout: float = 600) -> str:
     return proc.stdout[proc.stdout.index("<svg") :]
 
 
-def page(rows: list[dict], title: str, summary: dict, color_by: str = "backend") -> str:
-    """The HTML page of report rows: the SVG layout, the rows as JSON, the script and styles inline."""
+def page(
+    rows: list[dict], title: str, summary: dict, color_by: str = "backend", names: dict[int, str] | None = None
+) -> str:
+    """The HTML page of report rows: the SVG layout, the rows as JSON, the script and styles inline.
+    `names`: id -> name of every tensor of the graph, for the sources a filtered drawing leaves out."""
     if color_by == "compare":
         fill = compare_fill
     elif color_by == "profile":
@@ -120,7 +123,8 @@ def page(rows: list[dict], title: str, summary: dict, color_by: str = "backend")
     backends = sorted({r["backend"] for r in rows if "backend" in r and r["kind"] == "node"})
     legend = {b: backend_fill({"kind": "node", "backend": b, "view_src": None, "split": 0, "flags": []})
               for b in backends}  # fmt: skip
-    data = {"title": title, "summary": summary, "color_by": color_by, "legend": legend, "rows": rows}
+    data = {"title": title, "summary": summary, "color_by": color_by, "legend": legend, "rows": rows,
+            "names": names or {}}  # fmt: skip
     blob = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     parts = {"{{TITLE}}": html.escape(title), "{{STYLE}}": CSS, "{{SCRIPT}}": JS, "{{DATA}}": blob, "{{SVG}}": svg}
     out = PAGE
@@ -189,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
         color_by = tool
     title = f"{spec.describe()} on {subject.label}"
     summary = {"plan": subject.plan.stats.summary(), **plan_summary(subject.plan)}
-    text = page(rows, title, summary, color_by)
+    names = {i: t.name for i, t in enumerate(subject.graph.tensors())} if filtering else None
+    text = page(rows, title, summary, color_by, names)
     Path(args.output).write_text(text)
     print(f"wrote {args.output}: {len(rows)} tensors of {title} ({len(text) / 1e6:.1f} MB)", file=sys.stderr)
     return 0

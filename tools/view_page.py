@@ -98,7 +98,7 @@ JS = r"""
     for (const [d, p] of [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']]) if (Math.abs(v) >= d) return (v / d).toPrecision(3) + p + unit;
     return v + unit;
   };
-  const label = id => { const r = rows.get(id); return r ? (r.name || '#' + id) : '#' + id; };
+  const label = id => { const r = rows.get(id); return (r ? r.name : data.names[id]) || '#' + id; };
 
   function link(id) {
     const a = document.createElement('a');
