@@ -7,7 +7,10 @@ n_seqs sequences x n_seq_tokens tokens each (equal lengths, since `gated_delta_n
 sequence of the ubatch (ggml's layout for equal splits).
 
 The split keeps the last `1 + n_rs_seq` tokens of every sequence in ONE ubatch, so a verify
-batch of up to `1 + n_rs_seq` tokens is always snapshotted whole and can be rolled back.
+batch of up to `1 + n_rs_seq` tokens is always snapshotted whole and can be rolled back. Only
+such a ubatch (`UBatch.final`: the batch's last tokens of one of its sequences) can be rolled
+back -- the next ubatch of a sequence overwrites its state -- so only it writes recurrent
+snapshots (DESIGN section 13): a long prompt's earlier ubatches pay nothing for rollback.
 
 NOTE: a token belongs to exactly one sequence (llama.cpp allows several for KV-only caches;
 share a prompt with `seq_cp` instead), so every memory type takes the same ubatches.
@@ -144,6 +147,8 @@ class UBatch:
         n_seq_tokens: tokens per sequence.
         idx: int64 (n_tokens,) the batch index of each row (maps outputs back to the batch).
         tokens / embd / pos / output: the batch's arrays gathered in row order.
+        final: the ubatch holds the batch's last tokens of at least one of its sequences, i.e. it can
+            be rolled back (the recurrent memory writes snapshots for it, and only for it).
     """
 
     seqs: tuple[int, ...]
@@ -153,10 +158,12 @@ class UBatch:
     embd: np.ndarray | None
     pos: np.ndarray
     output: np.ndarray
+    final: bool = True
 
     @classmethod
-    def from_batch(cls, batch: Batch, seqs: Sequence[int], rows: np.ndarray) -> UBatch:
-        """The ubatch of `batch` rows `rows` (n_seqs * n_seq_tokens batch indices, seq-major)."""
+    def from_batch(cls, batch: Batch, seqs: Sequence[int], rows: np.ndarray, final: bool = True) -> UBatch:
+        """The ubatch of `batch` rows `rows` (n_seqs * n_seq_tokens batch indices, seq-major);
+        final=False when none of its sequences ends in it (no rollback, no snapshots)."""
         rows = np.asarray(rows, np.int64)
         n_seq_tokens = rows.shape[0] // len(seqs)
         return cls(
@@ -167,6 +174,7 @@ class UBatch:
             embd=None if batch.embd is None else batch.embd[rows],
             pos=batch.pos[rows],
             output=batch.output[rows],
+            final=final,
         )
 
     @classmethod
@@ -214,8 +222,9 @@ def split(batch: Batch, n_ubatch: int, n_rs_seq: int = 0) -> list[UBatch]:
 
     Guarantees: every token in exactly one ubatch; a sequence's tokens keep their order across
     and within ubatches; the last `min(len, 1 + n_rs_seq)` tokens of each sequence lie in one
-    ubatch. Each step takes the chunk length k (and the sequences that can give k tokens
-    without breaking their tail) that puts the most tokens into the ubatch; ties go to larger k.
+    ubatch; `final` marks the ubatches that end one of their sequences. Each step takes the
+    chunk length k (and the sequences that can give k tokens without breaking their tail) that
+    puts the most tokens into the ubatch; ties go to larger k.
     """
     if n_ubatch < 1 or n_rs_seq < 0:
         raise BatchError(f"[split] need n_ubatch >= 1 and n_rs_seq >= 0, got {n_ubatch}, {n_rs_seq}")
@@ -244,4 +253,5 @@ def split(batch: Batch, n_ubatch: int, n_rs_seq: int = 0) -> list[UBatch]:
         ub_rows = np.concatenate([rows[s][done[s] : done[s] + k] for s in members])
         for s in members:
             done[s] += k
-        out.append(UBatch.from_batch(batch, members, ub_rows))
+        final = any(done[s] == len(rows[s]) for s in members)
+        out.append(UBatch.from_batch(batch, members, ub_rows, final))

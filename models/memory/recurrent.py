@@ -1,8 +1,9 @@
 """Recurrent state of the gated delta net layers, with snapshot planes for bounded rollback.
 
 One cell per sequence: sequence s always lives in cell s (n_seq_max cells). Each cell has
-P = 1 + n_rs_seq planes: plane 0 is the current state; after a ubatch of n > 1 tokens of a
-sequence, plane j holds the state j tokens before its end, for j <= min(n - 1, n_rs_seq).
+P = 1 + n_rs_seq planes: plane 0 is the current state; after a `final` ubatch (one that can be
+rolled back, models/batch.py) of n > 1 tokens of a sequence, plane j holds the state j tokens
+before its end, for j <= min(n - 1, n_rs_seq). Other ubatches write no snapshots.
 
 Row layout of the state tensors (per delta-net layer `il`, leaves with writable host data):
     r_l[il]: F32 [n_embd_r, n_rows], n_embd_r = (d_conv - 1) * conv_channels, each row ordered
@@ -84,14 +85,15 @@ class RecurrentMemory(MemoryComponent):
         check_continuity("recurrent", ubatches, self._seq_pos_max)
         return [None] * len(ubatches)
 
-    def _snapshots(self, n_seq_tokens: int) -> int:
-        return min(n_seq_tokens - 1, self.n_rs_seq)
+    def _snapshots(self, n_seq_tokens: int, final: bool = True) -> int:
+        """Snapshot planes a ubatch writes: none unless it can be rolled back (final)."""
+        return min(n_seq_tokens - 1, self.n_rs_seq) if final else 0
 
     def _commit(self, ubatch: UBatch, _plan: None) -> RSInputs:
         seqs = np.asarray(ubatch.seqs, np.int64)
         fresh = self.pos_max[seqs] < 0
         src = seqs * self.n_planes + self.pending[seqs]  # pending is 0 for a fresh sequence
-        n_snap = self._snapshots(ubatch.n_seq_tokens)
+        n_snap = self._snapshots(ubatch.n_seq_tokens, ubatch.final)
         dst = seqs[None, :] * self.n_planes + np.arange(1 + n_snap)[:, None]
         for g, s in enumerate(ubatch.seqs):
             p = ubatch.seq_pos(g)

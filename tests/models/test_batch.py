@@ -68,6 +68,8 @@ def check_split(batch: Batch, ubs: list[UBatch], n_ubatch: int, n_rs_seq: int) -
         assert rows == sorted(rows), f"seq {s}: order preserved across and within ubatches"
         tail = rows[-min(len(rows), 1 + n_rs_seq) :]
         assert set(tail) <= set(ubs[last_ub[s]].idx.tolist()), f"seq {s}: last 1+n_rs_seq tokens in one ubatch"
+    for i, u in enumerate(ubs):  # final: the ubatch ends one of its sequences (it can be rolled back)
+        assert u.final == any(last_ub[s] == i for s in u.seqs)
 
 
 @settings(max_examples=examples(150), deadline=None)
@@ -92,6 +94,7 @@ def test_split_sizes() -> None:
     assert [u.n_tokens for u in split(Batch.simple(range(10)), 4)] == [4, 4, 2]
     assert [u.n_tokens for u in split(Batch.simple(range(10)), 4, n_rs_seq=3)] == [4, 2, 4]
     assert [u.n_tokens for u in split(Batch.simple(range(10)), 8, n_rs_seq=3)] == [6, 4]
+    assert [u.final for u in split(Batch.simple(range(10)), 4, n_rs_seq=3)] == [False, False, True]
     # a decode step of several sequences is one ubatch
     step = Batch([1, 2, 3], pos=[9, 4, 0], seq_id=[0, 1, 2])
     (u,) = split(step, 8, n_rs_seq=2)

@@ -245,6 +245,26 @@ def test_rollback_refused_while_pending_and_for_cuts_that_keep_the_end() -> None
     assert inp.rs.src_rows.tolist() == [0] and inp.rs.fresh.tolist() == [True] and inp.rs.zero_rows == (0,)
 
 
+def test_only_final_ubatches_write_snapshots() -> None:
+    """A long prompt's earlier ubatches are never rolled back (the next ubatch overwrites their state):
+    they write no snapshots; the one that ends the sequence does, and a rollback into it works."""
+    rs = RecurrentMemory([0], 2, 3, n_seq_max=2, n_rs_seq=3)
+    inps = decode(rs, tokens(0, 20), n_ubatch=8, n_rs_seq=3)  # ubatches of 8, 8, 4
+    assert [i.ubatch.final for i in inps] == [False, False, True]
+    assert [i.rs.n_snapshots for i in inps] == [0, 0, 3]
+    assert [i.rs.dst_rows.shape[0] for i in inps] == [1, 1, 4]
+    assert rs.seq_rm(0, 17, -1) and rs.seq_pos_max(0) == 16
+    # two sequences: a ubatch that ends either of them is final
+    b = Batch(np.zeros(12, np.int64), pos=[*range(20, 24), *range(8)], seq_id=[1] * 4 + [0] * 8)
+    rs.seq_rm(0)
+    inps = decode(rs, b, n_ubatch=8, n_rs_seq=3)
+    assert all(i.rs.n_snapshots == (min(i.ubatch.n_seq_tokens - 1, 3) if i.ubatch.final else 0) for i in inps)
+    assert inps[-1].ubatch.final and rs.valid.tolist() == [3, 3]
+    # a single-token decode (plain decoding) writes none
+    (inp,) = decode(rs, tokens(8, 1), n_rs_seq=3)
+    assert inp.ubatch.final and inp.rs.n_snapshots == 0
+
+
 def test_no_snapshots_without_n_rs_seq() -> None:
     rs = RecurrentMemory([0, 1], 6, 8, n_seq_max=3, n_rs_seq=0)
     assert rs.r_l[0].ne[:2] == (6, 3) and rs.s_l[1].ne[:2] == (8, 3), "one plane per cell, nothing else"
@@ -459,7 +479,7 @@ class MemoryMachine(RuleBasedStateMachine):
             want = s * self.P + self.pending[s]
             assert rs.src_rows[g] == want, f"seq {s}: src row {rs.src_rows[g]}, reference {want}"
         assert list(rs.zero_rows) == [s * self.P for s in ub.seqs if not self.positions[s]]
-        n_snap = min(ub.n_seq_tokens - 1, self.n_rs_seq)
+        n_snap = min(ub.n_seq_tokens - 1, self.n_rs_seq) if ub.final else 0  # only a final ubatch can roll back
         assert rs.n_snapshots == n_snap
         assert rs.dst_rows.tolist() == [[s * self.P + j for s in ub.seqs] for j in range(1 + n_snap)]
         assert list(rs.copies) == self.copies
