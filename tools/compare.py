@@ -147,12 +147,20 @@ class Comparison:
             if origin is not s:
                 entry["via"] = {"id": index[origin], "name": origin.name, "op": origin.op.value}
             if res is None:
-                entry["note"] = "leaf: the same data on both sides" if origin.is_leaf else "not compared"
+                entry["note"] = self._leaf_note(origin, index[origin]) if origin.is_leaf else "not compared"
             else:
                 entry.update(nmse=res.e2e.nmse, max_abs=res.e2e.max_abs, nan=res.e2e.nan,
                              local_nmse=None if res.local is None else res.local.nmse, status=res.e2e.status)  # fmt: skip
             out.append(entry)
         return out
+
+    def _leaf_note(self, t: Tensor, i: int) -> str:
+        """What a leaf source is, and its type on both sides where they differ (a weight-type comparison)."""
+        kind = "weight" if t.is_param else "input" if t.is_input else "state"
+        theirs = list(self.a.graph.tensors())[i]
+        if theirs.type != t.type:
+            return f"{kind}: {TYPE_INFO[t.type].name} here, {TYPE_INFO[theirs.type].name} on the reference"
+        return f"{kind}: not compared (the same {TYPE_INFO[t.type].name} leaf on both sides)"
 
 
 def _cast(value: np.ndarray, src: DType, dst: DType) -> np.ndarray | None:

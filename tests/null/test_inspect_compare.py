@@ -14,7 +14,7 @@ from graphir.backends.ref.backend import RefBackend
 from graphir.ops import Op
 from graphir.tensor import is_empty_op
 from graphir.tools.cli import main
-from graphir.tools.compare import compare_subjects, format_text, summary
+from graphir.tools.compare import compare, compare_subjects, format_text, summary
 from graphir.tools.subject import Setup, Spec, Subject
 
 EXAMPLE = Spec(example=True, layers=2, tokens=4)
@@ -163,3 +163,17 @@ def test_cli_example_graph_and_errors(capsys):
     assert "attn_norm-1" in out and "attn_norm-0" not in out
     assert main(["compare", "--example", "--prompt", "x"]) == 2
     assert "--prompt needs a model" in capsys.readouterr().err
+
+
+def test_weight_types_compared_across_two_files(tmp_path):
+    """The same tiny model written with F16 and with F32 weights: the embedding rows differ by the
+    F16 rounding, and the first node's weight source says which type each side reads."""
+    for dtype in ("f16", "f32"):
+        assert main(["make-tiny", "-o", str(tmp_path / f"{dtype}.gguf"), "--dtype", dtype]) == 0
+    cmp = compare(Spec(model=str(tmp_path / "f16.gguf")), Setup(("ref",), model=str(tmp_path / "f32.gguf")),
+                  Setup(("ref",)))  # fmt: skip
+    index = {t.name: i for i, t in enumerate(cmp.b.graph.tensors())}
+    embd = cmp.nodes[index["inp_embd"]]
+    assert 0 < embd.e2e.nmse < 1e-5 and embd.local.nmse == embd.e2e.nmse
+    weight = cmp.sources(index["inp_embd"])[0]
+    assert weight["name"] == "token_embd.weight" and weight["note"] == "weight: f16 here, f32 on the reference"
