@@ -45,12 +45,16 @@ setup(
         "graphir.shaders": ["vulkan/*.comp", "vulkan/*.glsl", "opencl/*.cl", "opencl/*.h", "cuda/*.cu", "cuda/*.cuh",
                             "cpu/*.c", "cpu/*.h"]
     },
-    # NOTE: `import graphir` needs only numpy; gguf (GGUF files and the block-format oracle) and
-    # tokenizers (exact BPE from the GGUF vocabulary, see models/tokenizer.py) are imported by
-    # graphir.models only, but the main job (running a GGUF model) needs both.
-    install_requires=["numpy>=1.26", "gguf>=0.10", "tokenizers>=0.20", "cffi>=1.16"],
+    # NOTE: `import graphir` needs only numpy; the rest is imported on first use. gguf (GGUF files and
+    # the block-format oracle) and tokenizers (exact BPE from the GGUF vocabulary, models/tokenizer.py)
+    # run a GGUF model; jinja2 renders a GGUF's `tokenizer.chat_template` (a Jinja2 template by the
+    # format's definition, what llama.cpp's --jinja and HF's apply_chat_template render: models/chat.py);
+    # tqdm draws the progress bars of long work (graphir/progress.py); hypothesis drives `graphir
+    # parity`, a user-facing tool (the parity cases are hypothesis strategies, graphir/parity/).
+    install_requires=["numpy>=1.26", "gguf>=0.10", "tokenizers>=0.20", "cffi>=1.16", "jinja2>=3.1", "tqdm>=4.66",
+                      "hypothesis>=6.100"],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "test": ["pytest>=8"],
         "opencl": ["pyopencl>=2024.1"],
         "cuda": ["pycuda>=2024.1"],
         "dev": ["ruff"],

@@ -22,3 +22,13 @@ F32, F16, BF16, I32 = DType.F32, DType.F16, DType.BF16, DType.I32
 Q8_0, Q4_0, Q4_K, Q5_K, Q6_K = DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q5_K, DType.Q6_K
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`graphir.load` and `graphir.LLM` (models/facade.py), imported on first use: `import graphir`
+    itself needs only numpy; the models need gguf, tokenizers and jinja2."""
+    if name in ("load", "LLM"):
+        from graphir.models import facade
+
+        return getattr(facade, name)
+    raise AttributeError(f"module 'graphir' has no attribute {name!r}")

@@ -62,6 +62,7 @@ def write_gguf(path: str | os.PathLike[str], c: GGUFContents) -> None:
 # Qwen3.5
 # --------------------------------------------------------------------------------------------
 
+CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 _KIND_TYPES = {U32: ("UINT32", None), U32_LAYERS: ("UINT32", None), F32: ("FLOAT32", None), I32X4: ("ARRAY", "INT32")}
 
 # tokenizer.ggml.<key> -> (GGUF type, item type); what llama.cpp's vocab loader reads for BPE
@@ -83,7 +84,11 @@ TOKENIZER_KEYS: dict[str, tuple[str, str | None]] = {
 
 
 def qwen35_contents(
-    hp: Qwen35HParams, tensors: Mapping[str, TensorData], tokenizer: Mapping[str, Any], name: str | None = None
+    hp: Qwen35HParams,
+    tensors: Mapping[str, TensorData],
+    tokenizer: Mapping[str, Any],
+    name: str | None = None,
+    chat_template: str | None = None,
 ) -> GGUFContents:
     """The GGUF contents of a Qwen3.5 model; raises ValueError for anything llama.cpp (or we) would reject."""
     c = GGUFContents(hp.arch)
@@ -93,6 +98,8 @@ def qwen35_contents(
         value = getattr(hp, spec.field)
         c.kv[f"{hp.arch}.{spec.key}"] = (list(value) if spec.kind == I32X4 else value, *_KIND_TYPES[spec.kind])
     c.kv.update(_tokenizer_kv(hp, tokenizer))
+    if chat_template is not None:
+        c.kv[CHAT_TEMPLATE_KEY] = (_check_template(chat_template), "STRING", None)
     c.tensors.update(_tensor_bytes(hp, tensors))
     try:
         archs.check_tensors(hp, {n: (t, ne) for n, (t, ne, _) in c.tensors.items()}, "write_qwen35")
@@ -107,6 +114,7 @@ def write_qwen35(
     tensors: Mapping[str, TensorData],
     tokenizer: Mapping[str, Any],
     name: str | None = None,
+    chat_template: str | None = None,
 ) -> None:
     """Write a Qwen3.5 GGUF that loads here and in llama.cpp.
 
@@ -117,8 +125,50 @@ def write_qwen35(
             the raw bytes in GGUF layout.
         tokenizer: `tokenizer.ggml.*` fields, keyed with or without the prefix (see TOKENIZER_KEYS);
             "model" defaults to "gpt2" and "pre" to "qwen35" (llama.cpp's pre-tokenizer for Qwen3.5).
+        chat_template: the Jinja2 chat template (`tokenizer.chat_template`, what `LLM.chat` and
+            llama.cpp's `--jinja` render; models.chat.CHATML for Qwen's format); None: no key.
     """
-    write_gguf(path, qwen35_contents(hp, tensors, tokenizer, name))
+    write_gguf(path, qwen35_contents(hp, tensors, tokenizer, name, chat_template))
+
+
+def _check_template(template: str) -> str:
+    """The template, if it parses (a file must not carry a template no one can render)."""
+    from .chat import _compile
+
+    if not isinstance(template, str) or not template:
+        raise ValueError(f"[write_qwen35] chat_template must be a non-empty string, got {template!r}")
+    _compile(template)  # ChatTemplateError (a ValueError) naming the line
+    return template
+
+
+def rewrite_metadata(src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                     updates: Mapping[str, tuple[Any, str, str | None] | None]) -> None:  # fmt: skip
+    """Copy the GGUF `src` to `dst` with some keys set or removed (value None), the tensors byte for
+    byte and every other key with its stored type: metadata changes without retraining or
+    re-converting (e.g. adding a chat template). `dst` may be `src` (the data is read first)."""
+    from .gguf import load_gguf
+
+    f = load_gguf(src)
+    c = GGUFContents(f.arch or "")
+    for key, vtype in f.kv_types.items():
+        if key == "general.architecture" or key == "general.alignment":  # the writer writes these itself
+            continue
+        sub = vtype[len("ARRAY[") : -1] if vtype.startswith("ARRAY[") else None  # "ARRAY[INT32]"
+        c.kv[key] = (f.metadata[key], "ARRAY" if sub else vtype, sub)
+    for key, kv in updates.items():
+        if kv is None:
+            c.kv.pop(key, None)
+        else:
+            c.kv[key] = kv
+    for name, t in f.tensors.items():
+        c.tensors[name] = (t.type_id, tuple(t.ne), np.array(t.data))  # a copy: dst may overwrite src
+    tmp = f"{os.fspath(dst)}.tmp"
+    try:
+        write_gguf(tmp, c)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _tokenizer_kv(hp: Qwen35HParams, tokenizer: Mapping[str, Any]) -> dict[str, tuple[Any, str, str | None]]:

@@ -35,6 +35,7 @@ from typing import Any
 
 from graphir.types import DType
 
+from .chat import CHATML
 from .gguf_write import GGUFContents, qwen35_contents, random_qwen35, write_gguf
 from .hparams import ARCHS, Qwen35HParams
 
@@ -109,7 +110,7 @@ def tiny_contents(arch: str = "qwen35", dtype: DType | str = DType.F32, seed: in
     dtype = _check_dtype(dtype)
     hp = tiny_hparams(arch)
     name = f"graphir-tiny-{arch}"
-    c = qwen35_contents(hp, random_qwen35(hp, seed, dtype), tiny_tokenizer_fields(), name=name)
+    c = qwen35_contents(hp, random_qwen35(hp, seed, dtype), tiny_tokenizer_fields(), name=name, chat_template=CHATML)
     # NOTE: general.* keys go first (readers show them first); the hash covers every other key and tensor
     c.kv = {"general.name": c.kv.pop("general.name"), "general.version": (tiny_version(c), "STRING", None), **c.kv}
     return c

@@ -421,6 +421,7 @@ def export(out: Path, path: Path, dtype: str = "f16", name: str = "graphir-tiny-
     beside it: <stem>.run.json (configs, corpus, losses, held-out evaluations) and
     <stem>.tokenizer.json (the `tokenizers` model the vocabulary was trained as)."""
     torch = import_torch()
+    from graphir.models.chat import CHATML
     from graphir.models.gguf_write import write_qwen35
     from graphir.types import DType
 
@@ -436,7 +437,7 @@ def export(out: Path, path: Path, dtype: str = "f16", name: str = "graphir-tiny-
     model.load_state_dict(ck["model"])
     fields = json.loads((out / "tokenizer.json").read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_qwen35(path, mcfg.hparams(), model.gguf_tensors(dt), fields, name=name)
+    write_qwen35(path, mcfg.hparams(), model.gguf_tensors(dt), fields, name=name, chat_template=CHATML)
     rec = ck["record"]
     corpus = json.loads((out / "corpus.json").read_text()) if (out / "corpus.json").exists() else {}
     summary = {"configs": ck["configs"], "step": ck["step"], "n_params": rec.get("n_params"),
