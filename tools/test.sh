@@ -8,11 +8,13 @@ PY=${PYTHON:-python3}
 # missing; without it the opencl tests skip with the reason. NOTE: pyopencl's PyPI "pocl"
 # extra does not run on every CPU, so the ICD comes from Debian.
 OCL_PKGS="pocl-opencl-icd ocl-icd-libopencl1 ocl-icd-opencl-dev clinfo"
+# Vulkan for the vulkan backend: the loader, Mesa's lavapipe, glslc, spirv-val (and the headers its binding test reads)
+VK_PKGS="libvulkan1 mesa-vulkan-drivers glslc spirv-tools libvulkan-dev"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && command -v dpkg-query >/dev/null; then
-    missing=$(for p in $OCL_PKGS; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || echo "$p"; done)
+    missing=$(for p in $OCL_PKGS $VK_PKGS; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || echo "$p"; done)
     if [ -n "$missing" ]; then
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; } >/dev/null 2>&1 \
-            || echo "tools/test.sh: could not install$(echo " $missing" | tr '\n' ' '); the opencl tests will skip" >&2
+            || echo "tools/test.sh: could not install$(echo " $missing" | tr '\n' ' '); the opencl/vulkan tests will skip" >&2
     fi
 fi
 # Headless Chromium and Graphviz for `graphir view` and its browser test (Debian's chromium driven by

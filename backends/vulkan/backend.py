@@ -19,7 +19,7 @@ from graphir.tensor import Tensor, is_empty_op
 
 from ..base import Availability, Backend, Buffer, Call, Place
 from . import runtime
-from .kernels import KERNELS, MAT_VEC, Dispatch
+from .kernels import KERNELS, MAT_VEC, MM_TILED_MIN_N, Dispatch
 
 PUSH_FORMAT = {"float": "f", "int": "i", "uint": "I"}
 # ops whose src[0] may be bound in windows when it exceeds one descriptor's range (weights.glsl)
@@ -53,7 +53,8 @@ class VulkanBackend(Backend):
             raise RuntimeError(f"[vulkan] unavailable: {pd}")
         self.device = runtime.Device(pd, staging=staging)
         self.max_range = pd.max_storage_range
-        self.mat_vec = MAT_VEC["cpu" if pd.type == "cpu" else "gpu"]
+        kind = "cpu" if pd.type == "cpu" else "gpu"
+        self.mat_vec, self.tiled_min_n = MAT_VEC[kind], MM_TILED_MIN_N[kind]
 
     def describe(self) -> str:
         return f"vulkan ({self.device.pd.describe()})"

@@ -35,7 +35,9 @@ WG = 64  # work-group size of most shaders (the WG define of common.glsl)
 MAT_VEC = {"cpu": (8, 8), "gpu": (32, 4)}
 # mul_mat_tiled.comp: invocations along rows x tokens, rows x tokens per invocation, units of K staged
 MM_TILE_WG, MM_TILE, MM_TILE_KC = (8, 8), (4, 2), 4
-MM_TILED_MIN_N = 4  # tokens from which mul_mat takes the tiled kernel
+# tokens from which mul_mat takes the tiled kernel, by device type: on lavapipe the tiled kernel's
+# barriers across fibers cost what the shared dequantization saves until a few dozen tokens
+MM_TILED_MIN_N = {"cpu": 32, "gpu": 4}
 
 
 @dataclass(frozen=True)
@@ -260,7 +262,7 @@ def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
     defines = _a_defines(a) | {"TB": TYPE[b.type]}
     args = [(srcs[0], a), (srcs[1], b), (dst, node)]
     M, N = node.ne[0], node.ne[1]
-    if N >= MM_TILED_MIN_N and ("DEQ" in defines or "A_CONTIG" in defines):
+    if N >= be.tiled_min_n and ("DEQ" in defines or "A_CONTIG" in defines):
         # several tokens: a block of d per work-group, a's rows staged once per group
         (wm, wn), (tm, tn) = MM_TILE_WG, MM_TILE
         defines.update(WG_M=wm, WG_N=wn, TM=tm, TN=tn, KC=MM_TILE_KC)

@@ -151,7 +151,7 @@ def _extra_graphs():
     rng = np.random.default_rng(0)
     for type in WEIGHTS:
         w = gr.new_weight(type, (256, 8), weight_rows(rng, type, 8, 256), "w")
-        yield gr.mul_mat(w, gr.new_input(DType.F32, (256, 8), "x"))
+        yield gr.mul_mat(w, gr.new_input(DType.F32, (256, 40), "x"))
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +278,7 @@ def test_f16_stores_round_to_nearest_even():
 
 
 @needs_device
-@pytest.mark.parametrize("n_tok", [1, 9])  # mat-vec / tiled
+@pytest.mark.parametrize("n_tok", [1, 5, 41])  # mat-vec / mat-vec over tokens or tiled / tiled
 @pytest.mark.parametrize("type", WEIGHTS, ids=lambda t: t.name)
 def test_mul_mat_per_weight_type(type, n_tok):
     """Odd row counts (partial work-groups and tiles), a broadcast over dims 2 and 3, against the reference."""
@@ -290,6 +290,8 @@ def test_mul_mat_per_weight_type(type, n_tok):
     out = gr.mul_mat(w, x)
     got, plan = run_on(out, {x: xv})
     assert all(plan.schedule.node_backend[n].name == "vulkan" for n in plan.graph.nodes)
+    tiled = "mul_mat_tiled" in plan._calls[0].keep[2][0].key
+    assert tiled == (n_tok >= get_backend("vulkan").tiled_min_n)
     want, _ = run_on(out, {x: xv}, ("ref",))  # float32 products (the cpu rounds activations to 8 bits)
     assert nmse(got, want) < 1e-10
 
@@ -321,7 +323,9 @@ def small_range():
     pd = dataclasses.replace(runtime.select_device(), max_storage_range=1 << 16)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runtime, "select_device", lambda: pd)
-        return VulkanBackend()
+        be = VulkanBackend()
+    be.tiled_min_n = 8  # the tiled kernel for 8 tokens (their result must stay within the 64 KiB too)
+    return be
 
 
 @pytest.mark.parametrize("type", WEIGHTS, ids=lambda t: t.name)
