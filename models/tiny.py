@@ -42,7 +42,7 @@ from .hparams import ARCHS, Qwen35HParams
 TINY_VERSION = "1"  # NOTE: bump when the recipe changes in a way the content hash would not see
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 VOCAB_SIZE = 512
-DTYPES = {"f32": DType.F32, "f16": DType.F16}
+DTYPES = {"f32": DType.F32, "f16": DType.F16, "q8_0": DType.Q8_0}
 CORPUS = "tiny_corpus.txt"
 SHIPPED_MODEL = "tiny-qwen35-py.gguf"  # trained by `graphir train-tiny`; recipe in tiny-qwen35-py.md
 
@@ -101,7 +101,7 @@ def _check_dtype(dtype: DType | str) -> DType:
             raise ValueError(f"[make-tiny] dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         return DTYPES[dtype.lower()]
     if dtype not in DTYPES.values():
-        raise ValueError(f"[make-tiny] dtype must be F32 or F16, got {dtype!r}")
+        raise ValueError(f"[make-tiny] dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return DType(dtype)
 
 
@@ -148,7 +148,7 @@ def make_tiny(
 
     Args:
         arch: "qwen35" or "qwen35moe".
-        dtype: storage type of the weight matrices, F32 or F16 (norms, ssm_a/dt, conv and router stay F32).
+        dtype: storage type of the weight matrices, F32, F16 or Q8_0 (norms, ssm_a/dt, conv and router stay F32).
         seed: the weights' random seed.
     """
     path = Path(path)

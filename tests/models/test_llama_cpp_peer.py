@@ -65,7 +65,7 @@ def nmse(a: np.ndarray, ref: np.ndarray) -> float:
 def models(tmp_path_factory) -> dict[tuple[str, str], Path]:
     d = tmp_path_factory.mktemp("peer")
     return {(a, t): tiny.make_tiny(d / f"{a}-{t}.gguf", a, t) for a, t in
-            [("qwen35", "f32"), ("qwen35moe", "f32"), ("qwen35", "f16")]}  # fmt: skip
+            [("qwen35", "f32"), ("qwen35moe", "f32"), ("qwen35", "f16"), ("qwen35", "q8_0")]}  # fmt: skip
 
 
 def llama(path: Path, n_batch: int = 64, nextn: bool = False) -> llama_cpp.Llama:
@@ -194,7 +194,7 @@ def _vocab_only(path: Path) -> llama_cpp.Llama:
 
 
 @pytest.mark.parametrize(("key", "bound"), [(("qwen35", "f32"), 1e-5), (("qwen35moe", "f32"), 1e-5),
-                                            (("qwen35", "f16"), 2e-3)])  # fmt: skip
+                                            (("qwen35", "f16"), 2e-3), (("qwen35", "q8_0"), 5e-4)])  # fmt: skip
 def test_logits_match_llama_cpp(models, key, bound, record_property) -> None:
     path = models[key]
     tokens = Tokenizer.from_gguf_fields(load_gguf(path).metadata).encode(PROMPT)
