@@ -148,6 +148,12 @@ class LLM:
         self.last_stats = GenerationStats()
         self._busy = False
 
+    @property
+    def generator(self) -> Any:
+        """The `Generator` (models/speculative.py) that runs spec="mtp" (its `stats` are the last
+        call's drafting counters); None without spec."""
+        return self._gen
+
     # ---- text <-> tokens ----------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Token ids of `text`. add_special: BOS/EOS where the vocabulary asks for them (Qwen: none);

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 
 import numpy as np
@@ -167,14 +169,27 @@ def _model_decode_graph(path: str, n_tokens: int, backends: list[str]):
     return result.graph, plan
 
 
+def _regex(text: str) -> str:
+    """An argparse type: a regular expression that compiles (else a usage error naming it)."""
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"invalid regular expression {text!r}: {e}") from e
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="graphir", description="graphir: a compiled tensor graph IR mirroring ggml")
+    from graphir import __version__
+
+    p = argparse.ArgumentParser(prog="graphir", description="graphir: a compiled tensor graph IR mirroring ggml",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--version", action="version", version=f"graphir {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("dump", help="dump a compiled graph (text table, Graphviz DOT or JSON)")
     d.add_argument("--format", "-f", choices=["text", "dot", "json"], default="text")
     d.add_argument("--layer", type=int, help="only tensors of this layer (names ending in -LAYER)")
-    d.add_argument("--name", help="only tensors whose name matches this regex")
+    d.add_argument("--name", type=_regex, help="only tensors whose name matches this regex")
     d.add_argument("--model", "-m", help="dump the decode graph of this GGUF model (default: the example graph)")
     d.add_argument("--layers", type=int, default=2, help="layers of the example graph (default 2)")
     d.add_argument("--tokens", type=int, default=8, help="tokens in the batch (default 8; 1 = a decode step)")
@@ -224,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--backend", "-b", action="append", help="backend(s) to check (default: all but ref)")
     q.add_argument("--case", "-c", action="append", help="only these op cases (default: all)")
     q.add_argument("--profile", choices=["ci", "thorough"], help="examples per case (default ci, fixed seed)")
+    q.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_parity)
 
     from .bench_ops import add_args as add_bench_ops_args
@@ -251,16 +267,52 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# One exit status convention for every subcommand (`graphir --help` prints it).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
+EPILOG = """exit status:
+  0    success
+  1    the work failed: a check found a failure (parity, compare, a bench --check), an internal error
+  2    bad usage or input: arguments, files, an invalid GGUF, a bad environment variable (every error
+       message goes to stderr as 'graphir COMMAND: error: ...')
+  130  interrupted (Ctrl-C)
+  141  the reader of stdout went away (e.g. '| head'), as a process ended by SIGPIPE
+
+environment: GRAPHIR_DEBUG=1|2|3 (debug output), GRAPHIR_CACHE (tiny test models), GRAPHIR_PROGRESS=0 (no
+progress bars; they also stay off when stderr is not a terminal or with --quiet)"""
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; returns the exit status (EPILOG). Errors are one line on stderr, never a
+    traceback, except for internal errors (bugs), which keep theirs."""
+    from graphir import debug, progress
+
     args = build_parser().parse_args(argv)
+    if debug.ENV_ERROR is not None:
+        print(f"graphir {args.command}: error: {debug.ENV_ERROR}", file=sys.stderr)
+        return EXIT_USAGE
+    if getattr(args, "quiet", False):
+        progress.set_quiet()
     if args.command == "dump" and args.backend is None:
         args.backend = [backends.FALLBACK]
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # NOTE: here, so a closed pipe is seen below and not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # the reader went away: point stdout at /dev/null so the exit-time flush is silent
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
+    except KeyboardInterrupt:
+        print(f"\ngraphir {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError as e:
+        print(f"graphir {args.command}: error: out of memory: {e}", file=sys.stderr)
+        return EXIT_FAILED
     # NOTE: FloatingPointError is the model's NonFiniteError (NaN/inf logits), a message, not a traceback
-    except (ValueError, KeyError, FileNotFoundError, FloatingPointError, backends.BackendUnavailable) as e:
-        print(f"graphir {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, KeyError, OSError, FloatingPointError, backends.BackendUnavailable) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"graphir {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -1,18 +1,30 @@
 """`graphir generate`: run a GGUF model on a prompt and stream the continuation.
 
 Defaults to the shipped trained tiny model (models/data/tiny-qwen35-py.gguf, see models/tiny.py). Prints the
-text to stdout as it is generated and the timing (prefill and decode tokens/s) to stderr.
+text to stdout as it is generated and the timing (prefill and decode tokens/s) to stderr, or with --json
+the statistics as one JSON object. The prompt comes from --prompt TEXT, --prompt - (stdin) or --file PATH;
+--chat runs an interactive chat through the model's chat template. Everything runs through the facade
+(`graphir.load`, models/facade.py), so the text is what `LLM.generate` gives for the same options.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from graphir.models.facade import LLM
+
+DEFAULT_PROMPT = "def main():"
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompt", "-p", default="def main():", help="text to continue")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", "-p", help=f"text to continue ('-': read it from stdin; default {DEFAULT_PROMPT!r})")
+    src.add_argument("--file", "-f", metavar="PATH", help="read the prompt from this file (UTF-8)")
     p.add_argument("--model", "-m", help="GGUF file (default: the shipped trained tiny qwen35 model)")
     p.add_argument("--n-predict", "-n", type=int, default=64, help="tokens to generate (default 64)")
     p.add_argument("--ctx-size", "-c", type=int, default=512, help="context size in tokens (default 512)")
@@ -25,91 +37,147 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=40, help="top-k cut (default 40; 0 = off)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus cut (default 0.95; 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no timing lines on stderr")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="end before this text (repeatable)")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="the statistics as one JSON object on stderr (instead of the timing lines), or into FILE")  # fmt: skip
+    p.add_argument("--chat", action="store_true",
+                   help="chat: each line you type is a user turn, rendered with the model's chat template; "
+                        "Ctrl-C ends a reply, Ctrl-D quits (without a terminal: one turn per stdin line)")  # fmt: skip
+    p.add_argument("--system", metavar="TEXT", help="--chat: a system message first")
+    p.add_argument("--quiet", "-q", action="store_true", help="no timing lines or progress bars on stderr")
     p.add_argument("--spec", choices=["mtp"], help="self-speculative decoding with the model's MTP head")
     p.add_argument("--draft-max", type=int, default=3, help="--spec: the most drafts per round (default 3)")
     p.add_argument("--p-min", type=float, default=0.0, help="--spec: stop drafting below this probability")
 
 
+def read_prompt(args: argparse.Namespace) -> str:
+    """The prompt of --prompt TEXT, --prompt - (stdin) or --file PATH (default DEFAULT_PROMPT)."""
+    if args.file is not None:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                return f.read()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--file {args.file}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    if args.prompt == "-":
+        return sys.stdin.read()
+    return DEFAULT_PROMPT if args.prompt is None else args.prompt
+
+
+def load_llm(args: argparse.Namespace) -> LLM:
+    """graphir.load with the command's options; its warnings (e.g. --ctx-size past the model's trained
+    context length) become 'graphir generate: warning: ...' lines."""
+    from graphir.models.facade import load
+
+    for name in ("n_predict", "ctx_size", "ubatch", "draft_max"):
+        if getattr(args, name) < (0 if name == "n_predict" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {0 if name == 'n_predict' else 1}, "
+                             f"got {getattr(args, name)}")  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        llm = load(args.model, args.backend, n_ctx=args.ctx_size, n_threads=args.threads, spec=args.spec,
+                   draft_max=args.draft_max, n_ubatch=args.ubatch, p_min=args.p_min)  # fmt: skip
+    for w in caught:
+        print(f"graphir generate: warning: {str(w.message).removeprefix('[load] ')}", file=sys.stderr)
+    return llm
+
+
+def sampling(args: argparse.Namespace) -> dict[str, Any]:
+    """The generate/chat keyword arguments of the sampling options."""
+    return dict(temperature=0.0 if args.greedy else args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                stop=args.stop)  # fmt: skip
+
+
 def run_generate(args: argparse.Namespace) -> int:
-    """Stream a continuation of args.prompt; returns 0, or 2 with a message on bad input."""
-    from graphir.models.batch import Batch
-    from graphir.models.context import Context
-    from graphir.models.model import Model
-    from graphir.models.sampling import Sampler, SamplerConfig
-
-    if args.n_predict < 0:
-        raise ValueError(f"--n-predict must be >= 0, got {args.n_predict}")
-    sampler = Sampler(SamplerConfig(greedy=args.greedy, temperature=args.temp, top_k=args.top_k,
-                                    top_p=args.top_p, seed=args.seed))  # fmt: skip
-    if args.model is None:
-        from graphir.models.tiny import default_model_path
-
-        args.model = str(default_model_path())
-    model = Model.load(args.model)
-    tok = model.tokenizer
-    prompt = tok.encode(args.prompt)
-    if not prompt:
+    """Stream a continuation of the prompt (through graphir.load, models/facade.py); returns 0, or raises
+    ValueError & co. for bad input (the CLI prints them, exit status 2)."""
+    prompt = None if args.chat else read_prompt(args)
+    llm = load_llm(args)
+    if args.chat:
+        return run_chat(llm, args)
+    ids = llm.tokenize(prompt)
+    if not ids:
         raise ValueError("the prompt encodes to no tokens")
-    if len(prompt) + args.n_predict > args.ctx_size:
-        raise ValueError(
-            f"prompt ({len(prompt)} tokens) + --n-predict {args.n_predict} exceed --ctx-size {args.ctx_size}"
-        )
-    n_ubatch = min(args.ubatch, args.ctx_size)
-    if args.spec:
-        return _run_spec(args, model, prompt, sampler, n_ubatch)
-    ctx = Context(model, n_ctx=args.ctx_size, n_batch=max(len(prompt), n_ubatch), n_ubatch=n_ubatch,
-                  backends=tuple(args.backend or ["cpu"]), n_threads=args.threads)  # fmt: skip
-
-    t0 = time.perf_counter()
-    logits = ctx.decode(Batch.simple(prompt, 0)).logits[-1]
-    t_prefill = time.perf_counter() - t0
-    sys.stdout.write(args.prompt)
-    sys.stdout.flush()
-    stream = tok.stream()
-    n_gen, pos = 0, len(prompt)
-    t1 = time.perf_counter()
-    for _ in range(args.n_predict):
-        tid = sampler.sample(logits, pos)  # coupled draws: the token of position pos, sequence 0
-        if tok.is_eog(tid):
-            break
-        sys.stdout.write(stream.push(tid))
-        sys.stdout.flush()
-        n_gen += 1
-        if n_gen == args.n_predict:
-            break
-        logits = ctx.decode(Batch.simple([tid], pos)).logits[-1]
-        pos += 1
-    t_decode = time.perf_counter() - t1
-    sys.stdout.write(stream.flush() + "\n")
-    if not args.quiet:
-        print(f"\n[graphir] {args.model}", file=sys.stderr)
-        print(f"[graphir] prefill: {len(prompt)} tokens in {t_prefill:.3f} s ({len(prompt) / t_prefill:.1f} tok/s); "
-              f"decode: {n_gen} tokens in {t_decode:.3f} s ({n_gen / max(t_decode, 1e-9):.1f} tok/s)",
-              file=sys.stderr)  # fmt: skip
+    if len(ids) + args.n_predict > args.ctx_size:
+        raise ValueError(f"prompt ({len(ids)} tokens) + --n-predict {args.n_predict} exceed --ctx-size {args.ctx_size}")
+    out = sys.stdout
+    out.write(prompt)
+    out.flush()
+    for piece in llm.generate(ids, max_tokens=args.n_predict, stream=True, **sampling(args)):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    out.flush()
+    report(llm, args)
     return 0
 
 
-def _run_spec(args: argparse.Namespace, model, prompt: list[int], sampler, n_ubatch: int) -> int:
-    """--spec mtp: the same streaming output through models.speculative.Generator, then its stats."""
-    from graphir.models.speculative import Generator
+def report(llm: LLM, args: argparse.Namespace) -> None:
+    """The statistics of the last generation: timing lines on stderr (unless --quiet), or --json."""
+    st = llm.last_stats
+    if args.json is not None:
+        record = {"model": llm.model.path, "backends": llm.context.backends, "spec": args.spec, **st.as_dict()}
+        text = json.dumps(record)
+        if args.json == "-":
+            print(text, file=sys.stderr)
+            return
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    if args.quiet:
+        return
+    print(f"\n[graphir] {llm.model.path}", file=sys.stderr)
+    if llm.generator is not None:
+        print(f"[graphir] prefill: {st.n_prompt} tokens in {st.t_prefill:.3f} s; spec {args.spec}: "
+              f"{llm.generator.stats.summary()}", file=sys.stderr)  # fmt: skip
+        return
+    print(f"[graphir] prefill: {st.n_prompt} tokens in {st.t_prefill:.3f} s ({st.prefill_tokens_per_s:.1f} tok/s); "
+          f"decode: {st.n_generated} tokens in {st.t_generate:.3f} s ({st.tokens_per_s:.1f} tok/s)",
+          file=sys.stderr)  # fmt: skip
 
-    gen = Generator(model, spec=args.spec, draft_max=args.draft_max, p_min=args.p_min, sampler=sampler,
-                    n_ctx=args.ctx_size, n_ubatch=n_ubatch, backends=tuple(args.backend or ["cpu"]),
-                    n_threads=args.threads)  # fmt: skip
-    tok = model.tokenizer
-    sys.stdout.write(args.prompt)
-    sys.stdout.flush()
-    stream = tok.stream()
-    for tid in gen.generate(prompt, args.n_predict, stop_at_eog=True):
-        if tok.is_eog(tid):
-            break
-        sys.stdout.write(stream.push(tid))
-        sys.stdout.flush()
-    sys.stdout.write(stream.flush() + "\n")
-    st = gen.stats
-    if not args.quiet:
-        print(f"\n[graphir] {args.model}", file=sys.stderr)
-        print(f"[graphir] prefill: {st.n_prompt} tokens in {st.t_prompt:.3f} s; spec {args.spec}: {st.summary()}",
+
+def run_chat(llm: LLM, args: argparse.Namespace) -> int:
+    """The --chat loop: read a user turn, stream the reply, keep the history (the oldest turns are
+    dropped when it no longer fits --ctx-size). On a terminal Ctrl-C ends the reply being written
+    (or clears the line being typed) and Ctrl-D quits; without one, each stdin line is a turn."""
+    tty = sys.stdin.isatty()
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    if tty:
+        print(f"[graphir] chat with {llm.model.path}: Enter sends, Ctrl-C ends a reply, Ctrl-D quits",
               file=sys.stderr)  # fmt: skip
-    return 0
+    while True:
+        try:
+            line = input("> ") if tty else sys.stdin.readline()
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            continue
+        if not tty and not line:
+            return 0
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line.rstrip("\n")})
+        _fit(llm, history, args.n_predict)
+        reply: list[str] = []
+        try:
+            for piece in llm.chat(history, max_tokens=args.n_predict, stream=True, **sampling(args)):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+                reply.append(piece)
+        except KeyboardInterrupt:
+            if not tty:
+                raise
+            sys.stdout.write(" [stopped]")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": "".join(reply)})
+
+
+def _fit(llm: LLM, history: list[dict[str, str]], n_predict: int) -> None:
+    """Drop the oldest turns (never the system message or the newest turn) until the rendered history
+    and n_predict tokens fit the context."""
+    first = 1 if history[0]["role"] == "system" else 0
+    while len(llm.tokenize(llm.apply_chat_template(history))) + n_predict > llm.n_ctx:
+        if len(history) - first <= 1:
+            raise ValueError(f"the message does not fit --ctx-size {llm.n_ctx} with --n-predict {n_predict}")
+        del history[first]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from typing import Any
 
@@ -20,14 +21,16 @@ def add_inspect_args(p: argparse.ArgumentParser) -> None:
 
 def run_inspect(path: str, args: argparse.Namespace | None = None) -> int:
     """Print metadata (arrays abbreviated), a tensor table and the verdict. Returns 0 if the file
-    is a valid model of a supported architecture, 1 otherwise (the error is printed, never raised)."""
+    is a valid model of a supported architecture (the VALID verdict on stdout), 2 otherwise (bad
+    input, the CLI's convention: 'INVALID: why' on stderr, never raised; whatever of the file could
+    be read is still printed on stdout)."""
     show_tensors = not getattr(args, "no_tensors", False)
     n_items = max(0, getattr(args, "array_items", 8))
     try:
         f = load_gguf(path)
     except GGUFError as e:
-        print(f"INVALID: {e}")
-        return 1
+        print(f"INVALID: {e}", file=sys.stderr)
+        return 2
     print(f"# {f.path}: GGUF v{f.version}, {f.size:,} bytes, alignment {f.alignment}")
     print(f"# {len(f.metadata)} keys, {len(f.tensors)} tensors\n")
     _print_metadata(f, n_items)
@@ -38,8 +41,8 @@ def run_inspect(path: str, args: argparse.Namespace | None = None) -> int:
     try:
         hp = validate(f)
     except GGUFError as e:
-        print(f"INVALID: {e}")
-        return 1
+        print(f"INVALID: {e}", file=sys.stderr)
+        return 2
     print(
         f"VALID {hp.arch}: {hp.n_layer_trunk} trunk blocks "
         f"({sum(hp.is_recurrent(il) for il in range(hp.n_layer_trunk))} recurrent) "

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import given
 
+from graphir import progress
 from graphir.backends import REFERENCE, Backend, availability, get_backend, names
 from graphir.compile import Plan, compile
 from graphir.graph import Graph, build_graph
@@ -287,6 +288,9 @@ def run_all(backends: Sequence[str | Backend] | None = None, profile: str | None
     """Every case (or those named) on every backend (default: all registered but the reference),
     over the profile's examples; unavailable backends are listed with their reason."""
     backends = list(backends) if backends is not None else [n for n in names() if n != REFERENCE]
+    unknown = [c for c in cases or () if c not in CASES]
+    if unknown:
+        raise ValueError(f"[parity] unknown case(s) {', '.join(map(repr, unknown))}; known: {', '.join(CASES)}")
     chosen = [CASES[c] for c in cases] if cases is not None else list(CASES.values())
     labels = [b if isinstance(b, str) else b.name for b in backends]
     table = ParityTable([c.name for c in chosen], labels)
@@ -297,10 +301,13 @@ def run_all(backends: Sequence[str | Backend] | None = None, profile: str | None
             table.unavailable[label] = r.reason
         else:
             resolved[label] = r
-    for c in chosen:
-        params = examples(c, profile) if resolved else []
-        for label in labels:
-            cell = table.cells.setdefault((c.name, label), Cell())
-            for p in params if label in resolved else ():
-                cell.add(check_case(c, p, resolved[label]))
+    with progress.bar(total=len(chosen), desc="parity", unit="case") as bar:
+        for c in chosen:
+            bar.set_postfix_str(c.name)
+            params = examples(c, profile) if resolved else []
+            for label in labels:
+                cell = table.cells.setdefault((c.name, label), Cell())
+                for p in params if label in resolved else ():
+                    cell.add(check_case(c, p, resolved[label]))
+            bar.update(1)
     return table

@@ -579,10 +579,11 @@ def test_inspect_valid_and_invalid(tmp_path: Path, capsys: pytest.CaptureFixture
     c.tensors["blk.0.ssm_a"] = (int(DType.F16), (4,), np.zeros(8, np.uint8))
     bad = tmp_path / "bad.gguf"
     write_gguf(bad, c)
-    assert run_inspect(str(bad)) == 1
-    out = capsys.readouterr().out
-    assert "INVALID" in out and "blk.0.ssm_a has type F16; expected F32" in out
+    assert run_inspect(str(bad)) == 2
+    out, err = capsys.readouterr()
+    assert "INVALID" not in out and "blk.0.ssm_a" in out  # the table on stdout, the verdict on stderr
+    assert "INVALID" in err and "blk.0.ssm_a has type F16; expected F32" in err
 
     (tmp_path / "junk.gguf").write_bytes(b"hello world")
-    assert run_inspect(str(tmp_path / "junk.gguf")) == 1
-    assert "magic" in capsys.readouterr().out
+    assert run_inspect(str(tmp_path / "junk.gguf")) == 2
+    assert "magic" in capsys.readouterr().err

@@ -75,8 +75,8 @@ def variant(tmp_path: Path, change: Callable[[fz.RawGGUF], object], base: str = 
 
 def refused(path: Path, capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
     """Both `graphir inspect` and Model.load refuse `path`; the message names every fragment."""
-    assert run_inspect(str(path)) == 1
-    printed = capsys.readouterr().out
+    assert run_inspect(str(path)) == 2
+    printed = capsys.readouterr().err
     with pytest.raises(GGUFError) as e:
         Model.load(path)
     msg = str(e.value)
