@@ -531,13 +531,25 @@ def test_mtp_speculation_on_vulkan_is_lossless():
     assert gen.stats.rounds > 0
 
 
+@needs_device
+def test_generate_cli_prints_the_cpu_greedy_text(capsys):
+    """`graphir generate --backend vulkan` on the shipped model: the same greedy text as the cpu."""
+    from graphir.tools.cli import main
+
+    outs = {}
+    for backend in ("cpu", "vulkan"):
+        assert main(["generate", "-p", "def add(a, b):", "-n", "24", "--greedy", "-q", "-b", backend]) == 0
+        outs[backend] = capsys.readouterr().out
+    assert outs["vulkan"] == outs["cpu"] and len(outs["cpu"]) > len("def add(a, b):")
+
+
 @pytest.mark.skipif(
     os.environ.get("GRAPHIR_VULKAN_08B") != "1", reason="set GRAPHIR_VULKAN_08B=1 (minutes on lavapipe)"
 )
 @needs_device
 def test_08b_shaped_model_prompt_and_decode():
     """The Qwen3.5-0.8B-shaped Q8_0 file (token_embd/output past 128 MiB, so windowed): a prompt and
-    three decode steps on vulkan alone, logits against the cpu."""
+    three decode steps on vulkan alone, logits against the cpu's."""
     from graphir.models.batch import Batch
     from graphir.models.context import Context
     from graphir.models.model import Model
@@ -546,18 +558,18 @@ def test_08b_shaped_model_prompt_and_decode():
     if not path.exists():
         pytest.skip(f"{path} absent (graphir bench --make-08b DIR writes it)")
     model = Model.load(path)
-    prompt = list(range(1, 9))
+    prompt, steps = list(range(1, 9)), [11, 2024, 77]  # the same tokens on both backends
 
     def decode(backends):
         ctx = Context(model, n_ctx=64, n_batch=8, n_ubatch=8, backends=backends)
         rows = [ctx.decode(Batch.simple(prompt, 0)).logits]
-        tok, n = int(rows[0][-1].argmax()), len(prompt)
-        for _ in range(3):
-            rows.append(ctx.decode(Batch.simple([tok], n)).logits)
-            tok, n = int(rows[-1][0].argmax()), n + 1
+        for i, tok in enumerate(steps):
+            rows.append(ctx.decode(Batch.simple([tok], len(prompt) + i)).logits)
         return np.concatenate(rows), ctx.last_graph()[1]
 
     ref, _ = decode(("cpu",))
     got, plan = decode(("vulkan",))
     assert {plan.schedule.node_backend[n].name for n in plan.graph.nodes} == {"vulkan"}
-    assert max(nmse(g, r) for g, r in zip(got, ref)) <= 2e-3
+    # NOTE: the cpu rounds activations to 8 bits for its Q8_0 dot products (4e-3 here; vulkan and
+    # opencl, which multiply in float, agree with each other to 1e-6)
+    assert max(nmse(g, r) for g, r in zip(got, ref)) <= 1e-2
