@@ -1,0 +1,532 @@
+"""The cuda backend without a GPU: every kernel source compiles for sm_80 and sm_90 with
+warnings as errors, the hot kernels keep everything in registers, every launcher packs exactly
+the parameters its kernel's signature declares, and the host side (allocation, places, copies,
+launch lists / CUDA graphs, split replay) runs against a recording fake of pycuda.driver that
+checks every launch: grid/block/shared sizes and registers within sm_80 limits, every Tensor
+record inside its allocation, every byte a launch or copy reads written before it.
+
+The tests that need a GPU (parity on the device, models end to end, generate, bench) are in
+tools/gpu_check.sh; here they skip with the reason.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+import graphir as gr
+from graphir.backends import availability, get_backend
+from graphir.backends.cuda import CUDABackend, compiler, runtime
+from graphir.backends.cuda.kernels import KERNELS
+from graphir.graph import build_graph
+from graphir.ops import Op
+from graphir.quants import quantize_rows
+from graphir.types import TYPE_INFO, DType
+
+HAVE_NVCC = compiler.nvcc() is not None
+needs_nvcc = pytest.mark.skipif(not HAVE_NVCC and not compiler.all_cached(), reason="nvcc not found, no cached cubins")
+AV = availability("cuda")
+needs_gpu = pytest.mark.skipif(not AV.ok, reason=f"cuda unavailable: {AV.reason}")
+SOURCES = {p.name: p.read_text() for p in compiler.sources()}
+HOT = ("mul_mat_vec", "mul_mat_tiled", "flash_attn_ext", "gated_delta_net")
+# sm_80 limits a launch must respect
+MAX_THREADS, MAX_BLOCK, MAX_GRID_X, MAX_GRID_YZ = 1024, (1024, 1024, 64), 2**31 - 1, 65535
+MAX_SMEM, MAX_REGS_PER_BLOCK = 48 * 1024, 65536
+
+
+# ---- compilation ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def reports() -> dict[tuple[str, str], compiler.KernelStats]:
+    """(kernel, arch) -> ptxas figures; each source compiled once per arch (and cached on disk)."""
+    built = compiler.compile_all(compiler.ARCHS, jobs=2)
+    return {(k.kernel, k.arch): k for b in built for k in compiler.parse_report(b.report)}
+
+
+@needs_nvcc
+def test_every_kernel_compiles_for_sm80_and_sm90(reports):
+    declared = {n for src in SOURCES.values() for n in compiler.kernel_signatures(src)}
+    assert {(n, a) for n in declared for a in compiler.ARCHS} == set(reports)
+    assert "-Werror" in compiler.FLAGS and "all-warnings" in compiler.FLAGS
+
+
+@needs_nvcc
+@pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
+def test_a_warning_fails_the_build(tmp_path, monkeypatch):
+    # the check bites: a source with an unused variable does not build
+    monkeypatch.setenv("GRAPHIR_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "warn.cu"
+    (tmp_path / compiler.HEADER).write_text((compiler.shader_dir() / compiler.HEADER).read_text())
+    src.write_text('#include "common.cuh"\nextern "C" __global__ void k(Tensor d) { int unused = 3; }\n')
+    with pytest.raises(RuntimeError, match="nvcc failed(.|\n)*never referenced"):
+        compiler.compile_source(src, "sm_80")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", compiler.ARCHS)
+@pytest.mark.parametrize("kernel", HOT)
+def test_hot_kernels_do_not_spill(reports, kernel, arch):
+    k = reports[(kernel, arch)]
+    assert (k.spill_stores, k.spill_loads, k.stack) == (0, 0, 0), k
+    assert k.registers <= 255
+
+
+def test_ptxas_report_parser():
+    text = """ptxas info    : Compiling entry function 'mv' for 'sm_80'
+ptxas info    : Function properties for mv
+    16 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 72 registers, used 1 barriers, 4128 bytes smem, 608 bytes cmem[0]"""
+    (k,) = compiler.parse_report(text)
+    assert (k.kernel, k.arch, k.registers, k.stack, k.spill_stores, k.spill_loads, k.smem) == (
+        "mv", "sm_80", 72, 16, 8, 4, 4128)  # fmt: skip
+
+
+# ---- a recording fake of pycuda.driver ------------------------------------------------
+
+
+class FakeAlloc:
+    def __init__(self, cuda: FakeCuda, addr: int, nbytes: int) -> None:
+        self.cuda, self.addr, self.nbytes = cuda, addr, nbytes
+        self.mem = bytearray(nbytes)
+        self.written = np.zeros(nbytes, dtype=bool)
+
+    def __int__(self) -> int:
+        return self.addr
+
+
+class FakeStream:
+    def __init__(self, cuda: FakeCuda) -> None:
+        self.cuda, self.capturing = cuda, None
+
+    def synchronize(self) -> None:
+        pass
+
+
+class FakeCaptureStream(FakeStream):
+    """A stream of a pycuda with graph support (stream capture)."""
+
+    def begin_capture(self) -> None:
+        assert self.capturing is None, "nested capture"
+        self.capturing = []
+
+    def end_capture(self) -> FakeGraph:
+        ops, self.capturing = self.capturing, None
+        return FakeGraph(self.cuda, ops)
+
+
+class FakeGraph:
+    def __init__(self, cuda: FakeCuda, ops: list) -> None:
+        self.cuda, self.ops = cuda, ops
+
+    def instantiate(self) -> FakeGraph:
+        return self
+
+    def launch(self, stream: FakeStream) -> None:
+        self.cuda.events.append(("graph", len(self.ops)))
+        for op in self.ops:
+            op()
+
+
+class FakeFunction:
+    def __init__(self, cuda: FakeCuda, name: str) -> None:
+        self.cuda, self.name = cuda, name
+
+    def _launch_kernel(self, grid, block, args: bytes, shared: int, stream: FakeStream) -> None:
+        def run() -> None:
+            self.cuda.check_launch(self.name, grid, block, args, shared)
+
+        if stream.capturing is not None:
+            stream.capturing.append(run)
+        else:
+            self.cuda.events.append(("launch", self.name))
+            run()
+
+
+class FakeModule:
+    def __init__(self, cuda: FakeCuda) -> None:
+        self.cuda = cuda
+
+    def get_function(self, name: str) -> FakeFunction:
+        assert name in self.cuda.signatures, f"no kernel {name!r} in any source"
+        return FakeFunction(self.cuda, name)
+
+
+class FakeCuda:
+    """The surface of pycuda.driver the backend uses. Memory is host bytes with a written-mask:
+    a launch's inputs and a copy's source must have been written (by a copy or an earlier launch),
+    so launches and copies replay in dependency order. Kernels compute nothing: a launch marks its
+    destination's extent written."""
+
+    Error = RuntimeError
+
+    def __init__(self, graphs: bool = True, stats: dict | None = None) -> None:
+        self.allocs: list[FakeAlloc] = []
+        self.next = 1 << 20
+        self.events: list[tuple] = []
+        self.launched: list[tuple[str, str]] = []
+        self.stats = stats or {}
+        self.signatures = {n: s for src in SOURCES.values() for n, s in compiler.kernel_signatures(src).items()}
+        self.graphs = graphs
+        self.problems: list[str] = []
+
+    # device and context
+    def init(self) -> None:
+        pass
+
+    class _Context:
+        def push(self) -> None:
+            pass
+
+    class Device:
+        def __init__(self, i: int) -> None:
+            self.i = i
+
+        @staticmethod
+        def count() -> int:
+            return 1
+
+        def name(self) -> str:
+            return "Fake A100"
+
+        def compute_capability(self) -> tuple[int, int]:
+            return (8, 0)
+
+        def retain_primary_context(self):
+            return FakeCuda._Context()
+
+    def Stream(self) -> FakeStream:  # noqa: N802 - pycuda's name
+        return FakeCaptureStream(self) if self.graphs else FakeStream(self)
+
+    def module_from_buffer(self, data: bytes) -> FakeModule:
+        assert data[:4] == b"\x7fELF", "not a cubin"
+        return FakeModule(self)
+
+    # memory
+    def mem_alloc(self, nbytes: int) -> FakeAlloc:
+        a = FakeAlloc(self, self.next, nbytes)
+        self.next += -(-nbytes // 256) * 256 + 4096  # a gap: an overrun never lands in the next allocation
+        self.allocs.append(a)
+        return a
+
+    def find(self, addr: int, n: int, what: str) -> tuple[FakeAlloc, int] | None:
+        for a in self.allocs:
+            if a.addr <= addr and addr + n <= a.addr + a.nbytes:
+                return a, addr - a.addr
+        self.problems.append(f"{what}: [{addr:#x}, +{n}) outside every allocation")
+        return None
+
+    def require_written(self, addr: int, n: int, what: str) -> None:
+        hit = self.find(addr, n, what)
+        if hit and not hit[0].written[hit[1] : hit[1] + n].all():
+            self.problems.append(f"{what}: reads [{addr:#x}, +{n}) before anything wrote it")
+
+    def mark_written(self, addr: int, n: int, what: str) -> None:
+        hit = self.find(addr, n, what)
+        if hit:
+            hit[0].written[hit[1] : hit[1] + n] = True
+
+    def memcpy_htod(self, dst: int, src: np.ndarray) -> None:
+        raw = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
+        hit = self.find(int(dst), raw.size, "memcpy_htod")
+        if hit:
+            a, o = hit
+            a.mem[o : o + raw.size] = raw.tobytes()
+            a.written[o : o + raw.size] = True
+        self.events.append(("htod", raw.size))
+
+    def memcpy_dtoh(self, dst: np.ndarray, src: int) -> None:
+        hit = self.find(int(src), dst.nbytes, "memcpy_dtoh")
+        if hit:
+            a, o = hit
+            dst.reshape(-1).view(np.uint8)[...] = np.frombuffer(a.mem, np.uint8, dst.nbytes, o)
+        self.events.append(("dtoh", dst.nbytes))
+
+    def memcpy_dtod_async(self, dst: int, src: int, n: int, stream: FakeStream) -> None:
+        def run() -> None:
+            self.require_written(src, n, "memcpy_dtod")
+            s, d = self.find(src, n, "memcpy_dtod"), self.find(dst, n, "memcpy_dtod")
+            if s and d:
+                d[0].mem[d[1] : d[1] + n] = s[0].mem[s[1] : s[1] + n]
+                d[0].written[d[1] : d[1] + n] = True
+            self.events.append(("dtod", n))
+
+        if stream.capturing is not None:
+            stream.capturing.append(run)
+        else:
+            run()
+
+    # launches
+    def check_launch(self, name: str, grid, block, args: bytes, shared: int) -> None:
+        layout = self.signatures[name]
+        self.launched.append((name, layout))
+        fmt = "".join(runtime.LAYOUT[c] for c in layout)
+        if struct.calcsize(fmt) != len(args):
+            self.problems.append(f"{name}: {len(args)} bytes of parameters, the signature {layout!r} takes "
+                                 f"{struct.calcsize(fmt)}")  # fmt: skip
+            return
+        threads = block[0] * block[1] * block[2]
+        if threads > MAX_THREADS or any(b > m for b, m in zip(block, MAX_BLOCK)) or threads % 32:
+            self.problems.append(f"{name}: block {block}")
+        if grid[0] > MAX_GRID_X or grid[1] > MAX_GRID_YZ or grid[2] > MAX_GRID_YZ or min(grid) < 1:
+            self.problems.append(f"{name}: grid {grid}")
+        st = self.stats.get(name)
+        if st is not None and (st.smem + shared > MAX_SMEM or st.registers * threads > MAX_REGS_PER_BLOCK):
+            self.problems.append(f"{name}: {st.smem} + {shared} B shared, {st.registers} registers x {threads}")
+        values, pos, records = struct.unpack(fmt, args), 0, []
+        for code in layout:
+            if code == "T":
+                ptr, nb, ne, type_ = values[pos], values[pos + 1 : pos + 5], values[pos + 5 : pos + 9], values[pos + 9]
+                records.append((ptr, nb, ne, type_))
+                pos += 11
+            else:
+                pos += 1
+        for i, (ptr, nb, ne, type_) in enumerate(records):
+            if ptr == 0:
+                continue  # an absent optional operand
+            info = TYPE_INFO[DType(type_)]
+            if min(ne) == 0:
+                continue
+            extent = (ne[0] // info.block_elems - 1) * nb[0] + info.block_bytes
+            extent += sum((n - 1) * s for n, s in zip(ne[1:], nb[1:]))
+            what = f"{name} operand {i}"
+            if i == len(records) - 1:  # the destination (every kernel's last Tensor)
+                self.mark_written(ptr, extent, what)
+            else:
+                self.require_written(ptr, extent, what)
+
+
+def fake_backend(monkeypatch, graphs: bool = True, stats: dict | None = None) -> tuple[CUDABackend, FakeCuda]:
+    fake = FakeCuda(graphs, stats)
+    monkeypatch.setattr(runtime, "cuda", fake)
+    be = CUDABackend()
+    return be, fake
+
+
+# ---- availability ---------------------------------------------------------------------
+
+
+def test_unavailable_without_pycuda(monkeypatch):
+    monkeypatch.setattr(runtime, "cuda", None)
+    av = availability("cuda")
+    assert not av.ok and av.reason.startswith("pycuda is not installed")
+    assert "compiled, not run here" in av.reason or "not compiled yet" in av.reason
+
+
+def test_no_driver_is_a_reason(monkeypatch):
+    class NoDriver(FakeCuda):
+        def init(self) -> None:
+            raise RuntimeError("cuInit failed: no CUDA-capable device is detected")
+
+    monkeypatch.setattr(runtime, "cuda", NoDriver())
+    av = availability("cuda")
+    assert not av.ok and av.reason.startswith("no CUDA driver")
+
+
+@pytest.mark.parametrize(("value", "why"), [("no-such-gpu", "matches no device"), ("7", "only 1 devices")])
+def test_device_selection_reason(monkeypatch, value, why):
+    monkeypatch.setattr(runtime, "cuda", FakeCuda())
+    monkeypatch.setenv(runtime.ENV_DEVICE, value)
+    av = availability("cuda")
+    assert not av.ok and why in av.reason
+
+
+def test_arch_of_compute_capability():
+    assert runtime.arch_of((8, 6)) == "sm_80" and runtime.arch_of((9, 0)) == "sm_90"
+    assert runtime.arch_of((12, 0)) == compiler.PTX_ARCH
+
+
+def test_every_op_is_in_the_table():
+    assert {op for op in Op if op is not Op.NONE} == set(KERNELS)
+
+
+# ---- launch-argument layouts ------------------------------------------------------------
+
+
+def layout_mismatches(sources: dict[str, str], launched: set[tuple[str, str]]) -> list[str]:
+    """(kernel, packed layout) pairs that disagree with the kernel's signature in sources."""
+    sigs = {n: s for src in sources.values() for n, s in compiler.kernel_signatures(src).items()}
+    bad = []
+    for name, layout in sorted(launched):
+        if name not in sigs:
+            bad.append(f"{name}: no such kernel")
+        elif sigs[name] != layout:
+            bad.append(f"{name}: python packs {layout!r}, the kernel takes {sigs[name]!r}")
+    return bad
+
+
+@pytest.fixture(scope="module")
+def case_launches() -> set[tuple[str, str]]:
+    """(kernel, layout) of every launch that lowering every parity case's examples makes."""
+    from graphir.parity import CASES
+    from graphir.parity.harness import examples
+
+    mp = pytest.MonkeyPatch()
+    try:
+        be, _ = fake_backend(mp)
+        mp.setattr(be.modules, "function", lambda name: None)  # lowering only
+        seen: set[tuple[str, str]] = set()
+        orig = be.launches
+
+        def record(node, dst, srcs):
+            out = orig(node, dst, srcs)
+            seen.update((la.kernel, la.layout) for la in out)
+            return out
+
+        mp.setattr(be, "launches", record)
+        for case in CASES.values():
+            for p in examples(case, "ci"):
+                gr.compile(build_graph(*case.build(p).outputs), [be, get_backend("cpu")], cache=False)
+        return seen
+    finally:
+        mp.undo()
+
+
+def test_kernel_argument_layouts_match_the_cu_signatures(case_launches):
+    assert layout_mismatches(SOURCES, case_launches) == []
+    # every kernel of every source is launched by some lowering
+    declared = {n for src in SOURCES.values() for n in compiler.kernel_signatures(src)}
+    assert declared == {n for n, _ in case_launches}
+    # the check bites: a parameter whose type changed, one dropped, and a launcher packing one too many
+    fa = SOURCES["attn.cu"]
+    for mutant in (fa.replace("float softcap", "int softcap"), fa.replace(",\n               float scale", "")):
+        assert mutant != fa
+        bad = layout_mismatches(SOURCES | {"attn.cu": mutant}, case_launches)
+        assert bad and all(b.startswith("flash_attn_ext:") for b in bad)
+    extra = {(n, lay + "f" if n == "norm_rows" else lay) for n, lay in case_launches}
+    bad = layout_mismatches(SOURCES, extra)
+    assert bad and all(b.startswith("norm_rows:") for b in bad)
+
+
+def test_kernel_signature_parser():
+    src = ('extern "C" __global__ void __launch_bounds__(128)\nk(const Tensor a, Tensor d, const float *s,\n'
+           ' int n, float x, double y) {}')  # fmt: skip
+    assert compiler.kernel_signatures(src) == {"k": "TTPif?"}
+
+
+def test_pack_lays_out_tensor_records_as_the_c_abi():
+    rec = (0x1000, (4, 16, 64, 64), (4, 4, 1, 1), 0)
+    buf = runtime.pack("TiT", [rec, 7, rec])
+    assert runtime.TENSOR_BYTES == 64 and len(buf) == 64 + 8 + 64  # the int padded to the record's alignment
+    assert struct.unpack_from("i", buf, 64) == (7,)
+    with pytest.raises(ValueError, match="layout"):
+        runtime.pack("TT", [rec])
+
+
+# ---- the host side against the fake ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sm80_stats() -> dict:
+    if not (HAVE_NVCC or compiler.all_cached()):
+        return {}
+    built = compiler.compile_all(("sm_80",), jobs=2)
+    return {k.kernel: k for b in built for k in compiler.parse_report(b.report)}
+
+
+def _run_case(be: CUDABackend, case, p: dict) -> None:
+    built = case.build(p)
+    plan = gr.compile(build_graph(*built.outputs), [be, get_backend("cpu")], cache=False)
+    for t, data in built.inputs.items():
+        plan.set_input(t, data)
+    plan.run()
+    plan.run()  # a replay of the same prepared calls
+    for t in built.outputs:
+        plan.get(t)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("graphs", [True, False], ids=["graph", "launch-list"])
+def test_every_parity_case_runs_through_the_fake(monkeypatch, sm80_stats, graphs):
+    from graphir.parity import CASES
+    from graphir.parity.harness import examples
+
+    be, fake = fake_backend(monkeypatch, graphs, sm80_stats)
+    assert be.use_graphs is graphs
+    for case in CASES.values():
+        for p in examples(case, "ci")[:3]:
+            _run_case(be, case, p)
+            assert fake.problems == [], f"{case.name} {p}: {fake.problems[:5]}"
+    kinds = {e[0] for e in fake.events}
+    assert ("graph" in kinds) is graphs
+    assert "launch" in kinds  # single-launch splits (and the launch list) go straight to the stream
+    ran = {n for n, _ in fake.launched}
+    assert {"mul_mat_vec", "mul_mat_tiled", "flash_attn_ext", "gated_delta_net", "quantize"} <= ran
+
+
+def _mixed_graph():
+    """rms_norm -> mul_mat by Q4_K weights -> silu -> add -> scale -> cpy to I32 (not on cuda:
+    the cpu takes it, with a copy through the host)."""
+    rng = np.random.default_rng(0)
+    K, M, N = 256, 12, 5
+    x = gr.new_input(DType.F32, (K, N), "x")
+    w = gr.new_weight(DType.Q4_K, (K, M), quantize_rows(rng.standard_normal((M, K)).astype(np.float32), DType.Q4_K),
+                      "w")  # fmt: skip
+    bias = gr.from_numpy(rng.standard_normal(M).astype(np.float32), "bias")
+    c = gr.add(gr.silu(gr.mul_mat(w, gr.rms_norm(x, 1e-6))), bias)
+    return x, gr.cpy(gr.scale(c, 100.0), gr.new_tensor(DType.I32, c.ne, "c_i32"))
+
+
+@needs_nvcc
+def test_one_graph_per_split_and_weights_uploaded_once(monkeypatch, sm80_stats):
+    be, fake = fake_backend(monkeypatch, True, sm80_stats)
+    x, out = _mixed_graph()
+    graph = build_graph(out)
+    plan = gr.compile(graph, [be, get_backend("cpu")], cache=False)
+    homes = [plan.backend_of(n).name for n in graph.nodes if n.op is not Op.NONE]
+    assert "cuda" in homes and "cpu" in homes
+    uploads = sum(1 for e in fake.events if e[0] == "htod")
+    plan.set_input(x, np.ones((5, 256), np.float32))
+    for _ in range(3):
+        fake.events.clear()
+        plan.run()
+        graphs = [e for e in fake.events if e[0] == "graph"]
+        assert len(graphs) == 1 and graphs[0][1] == 5  # rms_norm, mul_mat, silu, add, scale: one graph
+        assert not any(e[0] == "launch" for e in fake.events)
+        assert sum(1 for e in fake.events if e[0] == "htod") == 0  # weights stay on the device
+    assert fake.problems == []
+    assert uploads >= 2  # the weight and the bias, once, at compile time
+    plan.get(out)
+
+
+@needs_nvcc
+def test_device_to_device_copy_waits_for_its_source(monkeypatch, sm80_stats):
+    from graphir.backends.base import Place
+
+    be, fake = fake_backend(monkeypatch, True, sm80_stats)
+    t = gr.new_tensor(DType.F32, (64,), "t")
+    a, b = be.alloc_buffer(256), be.alloc_buffer(256)
+    call = be.copy_from(Place(b, 0), t, be, Place(a, 0))
+    call()
+    assert fake.problems and "before anything wrote it" in fake.problems[0]
+    fake.problems.clear()
+    be.set_tensor(Place(a, 0), t, np.arange(64, dtype=np.float32))
+    call()
+    assert fake.problems == []
+    np.testing.assert_array_equal(be.get_tensor(Place(b, 0), t).reshape(-1), np.arange(64, dtype=np.float32))
+
+
+@needs_nvcc
+def test_the_fake_catches_an_out_of_bounds_record(monkeypatch, sm80_stats):
+    be, fake = fake_backend(monkeypatch, True, sm80_stats)
+    buf = be.alloc_buffer(256)
+    fake.mark_written(int(buf.handle), 256, "test")
+    rec = (int(buf.handle) + 128, (4, 256, 256, 256), (64, 1, 1, 1), 0)  # 256 bytes from offset 128
+    fake.check_launch("unary", (1, 1, 1), (64, 1, 1), runtime.pack("TTiff", [rec, rec, 0, 0.0, 0.0]), 0)
+    assert any("outside every allocation" in p for p in fake.problems)
+    fake.problems.clear()
+    fake.check_launch("unary", (1, 1, 1), (2048, 1, 1), runtime.pack("TTiff", [rec, rec, 0, 0.0, 0.0]), 0)
+    assert any("block" in p for p in fake.problems)
+
+
+# ---- on a GPU -----------------------------------------------------------------------
+
+
+@needs_gpu
+def test_parity_on_the_device():
+    from graphir.parity.harness import run_all
+
+    table = run_all(["cuda"], "ci")
+    assert table.ok, table.format()
