@@ -38,6 +38,7 @@ import numpy as np
 import graphir as gr
 from graphir.types import DType
 
+from ..argcheck import int_arg, is_int, show
 from ..batch import BatchError, UBatch
 
 # the types a state leaf may have, and their numpy types (host data)
@@ -205,16 +206,25 @@ class Memory(abc.ABC):
         return tuple(c._version for c in self.components)
 
     # ---- sequences ----------------------------------------------------------------------------
-    def _check_seq(self, seq: int, allow_all: bool = False) -> None:
-        """seq must be in [0, n_seq_max); with allow_all any negative seq (= every sequence) too."""
-        if not isinstance(seq, (int, np.integer)) or seq >= self.n_seq_max or (seq < 0 and not allow_all):
+    def _check_seq(self, seq: object, allow_all: bool = False, name: str = "seq_id") -> int:
+        """seq must be an integer in [0, n_seq_max); with allow_all any negative seq (= every
+        sequence) too. Returns it as an int."""
+        if not is_int(seq):
+            raise ValueError(f"[memory] {name} must be an integer, got {show(seq)} ({type(seq).__name__})")
+        if seq >= self.n_seq_max or (seq < 0 and not allow_all):
             what = "< 0 (all) or in " if allow_all else ""
-            raise ValueError(f"[memory] seq_id {seq!r} out of range: must be {what}[0, {self.n_seq_max})")
+            raise ValueError(f"[memory] {name} {seq} out of range: must be {what}[0, {self.n_seq_max})")
+        return int(seq)
+
+    @staticmethod
+    def _check_range(p0: object, p1: object) -> tuple[int, int]:
+        return int_arg("memory", "p0", p0), int_arg("memory", "p1", p1)
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         """Remove positions [p0, p1) of `seq` (all sequences if seq < 0). False: refused, nothing changed."""
         if not self.can_seq_rm(seq, p0, p1):
             return False
+        seq, (p0, p1) = int(seq), self._check_range(p0, p1)
         for c in self.components:
             c._seq_rm(seq, p0, p1)
             c._touch()
@@ -222,44 +232,59 @@ class Memory(abc.ABC):
 
     def can_seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         """Whether seq_rm(seq, p0, p1) would succeed (no mutation)."""
-        self._check_seq(seq, allow_all=True)
+        seq, (p0, p1) = self._check_seq(seq, allow_all=True), self._check_range(p0, p1)
         return all(c._can_seq_rm(seq, p0, p1) for c in self.components)
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
-        """Give `dst` the positions [p0, p1) of `src` (KV: cells gain dst, as llama.cpp: seq_rm dst
-        first; recurrent: dst's state becomes src's, so the range must cover all of src)."""
-        self._check_seq(src)
-        self._check_seq(dst)
-        for c in self.components:
-            c._check_seq_cp(src, dst, p0, p1)
+        """Copy the tokens of `src` at positions [p0, p1) to `dst` (llama.cpp's llama_memory_seq_cp).
+
+        A KV cache adds dst to those cells (onto a populated dst the two merge, as in llama.cpp). A
+        recurrent state is copied whole: the range must cover all of src, and dst must be empty (a
+        state cannot merge two sequences; seq_rm(dst) first), so in a hybrid the KV cache and the
+        recurrent state always describe the same sequences. Copying an empty src changes nothing.
+        Raises ValueError, before anything changes, for a copy some component cannot make."""
+        src, dst = self._check_seq(src, name="src"), self._check_seq(dst, name="dst")
+        p0, p1 = self._check_range(p0, p1)
         if src == dst:
             return
+        for c in self.components:
+            c._check_seq_cp(src, dst, p0, p1)
         for c in self.components:
             c._seq_cp(src, dst, p0, p1)
             c._touch()
 
     def seq_keep(self, seq: int) -> None:
         """Remove every sequence but `seq`."""
-        self._check_seq(seq)
+        seq = self._check_seq(seq)
         for c in self.components:
             c._seq_keep(seq)
             c._touch()
 
     def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
-        """Shift the positions [p0, p1) of `seq` by delta (KV: records the K re-rotation)."""
-        self._check_seq(seq)
+        """Add `delta` to the positions in [p0, p1) of `seq`'s tokens (llama.cpp's llama_memory_seq_add;
+        KV: records the K re-rotation; a token moved below position 0 is dropped).
+
+        Raises ValueError, before anything changes, when a component cannot make the shift: a KV
+        cache refuses to move cells `seq` shares with another sequence (that would move the other
+        one's tokens too); a recurrent state keeps only where its tokens start and end, so it moves
+        all of a sequence's positions or none, and drops all of them or none; and no position may
+        leave llama.cpp's int32."""
+        seq, (p0, p1) = self._check_seq(seq), self._check_range(p0, p1)
+        delta = int_arg("memory", "delta", delta)
         if delta == 0:
             return
         for c in self.components:
-            c._seq_add(seq, p0, p1, int(delta))
+            c._check_seq_add(seq, p0, p1, delta)
+        for c in self.components:
+            c._seq_add(seq, p0, p1, delta)
             c._touch()
 
     def seq_pos_min(self, seq: int) -> int:
-        self._check_seq(seq)
+        seq = self._check_seq(seq)
         return max(c._seq_pos_min(seq) for c in self.components)
 
     def seq_pos_max(self, seq: int) -> int:
-        self._check_seq(seq)
+        seq = self._check_seq(seq)
         return min(c._seq_pos_max(seq) for c in self.components)
 
     def clear(self) -> None:
@@ -316,6 +341,10 @@ class MemoryComponent(Memory):
 
     @abc.abstractmethod
     def _seq_keep(self, seq: int) -> None: ...
+
+    @abc.abstractmethod
+    def _check_seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        """Raise ValueError when this component cannot shift (before any component mutates)."""
 
     @abc.abstractmethod
     def _seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None: ...

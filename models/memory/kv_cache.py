@@ -16,6 +16,7 @@ import numpy as np
 
 from graphir.types import DType, parse_type
 
+from ..argcheck import INT32_MAX
 from .base import (
     STATE_TYPES,
     KVInputs,
@@ -164,6 +165,17 @@ class KVCache(MemoryComponent):
         self.seqs[:] = False
         self.seqs[keep, seq] = True
         self._free_empty()
+
+    def _check_seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        sel = self.seqs[:, seq] & self._in_range(p0, p1)
+        shared = np.flatnonzero(sel & (self.seqs.sum(axis=1) > 1))
+        if shared.size:
+            c = int(shared[0])
+            others = [int(s) for s in np.flatnonzero(self.seqs[c]) if s != seq]
+            raise ValueError(f"[kv_cache] seq_add({seq}, {p0}, {p1}, {delta}): the cell of pos {self.pos[c]} is shared "
+                             f"with seq {others} (seq_cp): moving it would move their tokens too")  # fmt: skip
+        if sel.any() and int(self.pos[sel].max()) + delta > INT32_MAX:
+            raise ValueError(f"[kv_cache] seq_add({seq}, {p0}, {p1}, {delta}): positions would pass {INT32_MAX}")
 
     def _seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
         sel = self.seqs[:, seq] & self._in_range(p0, p1)

@@ -31,6 +31,7 @@ import numpy as np
 
 from graphir.types import DType
 
+from ..argcheck import INT32_MAX
 from .base import MemoryComponent, MemorySizes, RSInputs, check_continuity, norm_range, state_leaf
 
 if TYPE_CHECKING:
@@ -151,14 +152,17 @@ class RecurrentMemory(MemoryComponent):
 
     def _check_seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
         lo, hi = norm_range(p0, p1)
+        if self.pos_max[dst] >= 0:
+            raise ValueError(f"[recurrent] seq_cp({src}, {dst}, {p0}, {p1}): seq {dst} is not empty (positions "
+                             f"{self.pos_min[dst]}..{self.pos_max[dst]}); a recurrent state cannot merge two "
+                             f"sequences: seq_rm({dst}) first")  # fmt: skip
         if self.pos_max[src] >= 0 and not (lo <= self.pos_min[src] and self.pos_max[src] < hi):
             raise ValueError(f"[recurrent] seq_cp({src}, {dst}, {p0}, {p1}): a recurrent state is copied whole; "
                              f"the range must cover seq {src}'s positions {self.pos_min[src]}..{self.pos_max[src]}")  # fmt: skip
 
     def _seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
         if self.pos_max[src] < 0:
-            self._reset(dst)
-            return
+            return  # nothing to copy (dst is empty: checked)
         self.copies.append((self.row(src, int(self.pending[src])), self.row(dst, 0)))
         self.pos_min[dst], self.pos_max[dst] = self.pos_min[src], self.pos_max[src]
         self.valid[dst] = self.pending[dst] = 0
@@ -168,18 +172,31 @@ class RecurrentMemory(MemoryComponent):
             if s != seq:
                 self._reset(s)
 
-    def _seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
-        """Positions only (the state does not depend on them): each end in [p0, p1) moves."""
-        if self.pos_max[seq] < 0:
-            return
+    def _check_seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        pmin, pmax = int(self.pos_min[seq]), int(self.pos_max[seq])
         lo, hi = norm_range(p0, p1)
-        ends = [int(self.pos_min[seq]), int(self.pos_max[seq])]
-        moved = [lo <= p < hi for p in ends]
-        pmin, pmax = (p + delta if m else p for p, m in zip(ends, moved))
-        if pmax < 0:
+        if pmax < 0 or hi <= pmin or lo > pmax or lo >= hi:
+            return  # no position in range: nothing moves
+        why = None
+        if lo > pmin or hi <= pmax:
+            why = f"the range covers only part of positions {pmin}..{pmax}; a recurrent state moves them all or none"
+        elif pmin + delta < 0 <= pmax + delta:
+            why = f"positions {pmin}..{pmax} would be cut at 0; a recurrent state cannot forget its first tokens"
+        elif pmax + delta > INT32_MAX:
+            why = f"positions would pass {INT32_MAX}"
+        if why:
+            raise ValueError(f"[recurrent] seq_add({seq}, {p0}, {p1}, {delta}): {why}")
+
+    def _seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        """Positions only (the state does not depend on them): all of them move (checked)."""
+        lo, hi = norm_range(p0, p1)
+        pmin, pmax = int(self.pos_min[seq]), int(self.pos_max[seq])
+        if pmax < 0 or hi <= pmin or lo > pmax or lo >= hi:
+            return
+        if pmax + delta < 0:
             self._reset(seq)  # as the KV cache drops cells shifted below 0
             return
-        self.pos_min[seq], self.pos_max[seq] = min(max(pmin, 0), pmax), pmax
+        self.pos_min[seq], self.pos_max[seq] = pmin + delta, pmax + delta
 
     @property
     def pending_copies(self) -> tuple[tuple[int, int], ...]:

@@ -193,11 +193,59 @@ def test_seq_ids_are_checked() -> None:
     mem = hybrid(n_seq_max=2)
     for call in (lambda: mem.seq_rm(2), lambda: mem.seq_cp(0, 2), lambda: mem.seq_keep(-1),
                  lambda: mem.seq_add(-1, 0, 1, 1), lambda: mem.seq_pos_max(5)):  # fmt: skip
-        with pytest.raises(ValueError, match="seq_id .* out of range"):
+        with pytest.raises(ValueError, match="(seq_id|dst) .* out of range"):
             call()
     with pytest.raises(ValueError, match=r"must be < 0 \(all\) or in \[0, 2\)"):
         mem.can_seq_rm(2)
     assert mem.seq_rm(-1) and mem.seq_rm(-5), "seq < 0: every sequence"
+
+
+def test_seq_cp_never_desynchronizes_the_hybrid() -> None:
+    """Issue 18: seq_cp(1, 0) from an empty sequence onto a populated one left the KV cache with 0..7
+    and the recurrent state empty (seq_pos_min 0, seq_pos_max -1), and a decode at pos 8 ran on a
+    zeroed state. Onto a populated dst a hybrid refuses (a state cannot merge); a KV cache merges."""
+    mem = hybrid(n_seq_max=3)
+    decode(mem, tokens(0, 8, seq=0))
+    before = mem.bookkeeping()
+    for src in (1, 2):
+        with pytest.raises(ValueError, match=r"seq 0 is not empty \(positions 0..7\).*seq_rm\(0\) first"):
+            mem.seq_cp(src, 0)
+    assert same(before, mem.bookkeeping())
+    for m in (mem, mem.kv, mem.rs):
+        assert (m.seq_pos_min(0), m.seq_pos_max(0)) == (0, 7)
+    (inp,) = decode(mem, tokens(8, 1, seq=0))  # continues from the real state
+    assert not inp.rs.fresh.any() and inp.rs.zero_rows == ()
+    mem.seq_cp(1, 2)  # empty onto empty: nothing happens
+    assert mem.seq_pos_max(2) == -1 and mem.rs.pending_copies == ()
+    mem.seq_cp(0, 1)
+    assert [(m.seq_pos_min(1), m.seq_pos_max(1)) for m in (mem.kv, mem.rs)] == [(0, 8)] * 2
+    kv = KVCache([0], 4, 4, n_ctx=16, n_seq_max=2)  # KV alone: llama.cpp's merge
+    decode(kv, tokens(0, 3, seq=0))
+    decode(kv, tokens(0, 2, seq=1))
+    kv.seq_cp(0, 1)
+    assert kv_positions(kv, 1) == [0, 0, 1, 1, 2]
+
+
+def test_seq_add_moves_a_hybrid_sequence_whole_or_refuses() -> None:
+    mem = hybrid(n_seq_max=2)
+    decode(mem, tokens(0, 6, seq=0))
+    before = mem.bookkeeping()
+    for args, message in [((0, 3, -1, 5), "covers only part"), ((0, 0, 3, -2), "covers only part"),
+                          ((0, -1, -1, -3), "cut at 0"), ((0, -1, -1, 2**31), "would pass")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            mem.seq_add(*args)
+        assert same(before, mem.bookkeeping())
+    mem.seq_add(0, -1, -1, 4)  # every position: 4..9 in both
+    assert [(m.seq_pos_min(0), m.seq_pos_max(0)) for m in (mem.kv, mem.rs)] == [(4, 9)] * 2
+    mem.seq_add(0, 0, 100, -10)  # every token below 0: the sequence is gone from both
+    assert [m.seq_pos_max(0) for m in (mem.kv, mem.rs)] == [-1, -1]
+    decode(mem, tokens(0, 4, seq=0))
+    mem.seq_cp(0, 1)
+    with pytest.raises(ValueError, match=r"shared with seq \[1\]"):
+        mem.seq_add(0, -1, -1, 1)
+    for bad in (True, 1.0, np.float64(1), "1"):
+        with pytest.raises(ValueError, match="must be an integer"):
+            mem.seq_add(0, -1, -1, bad)
 
 
 # ---- recurrent: planes, rows, rollback -----------------------------------------------------------
@@ -292,13 +340,21 @@ def test_recurrent_seq_cp_records_row_copies() -> None:
     decode(rs, tokens(0, 3, seq=1), n_rs_seq=2)  # dst has valid snapshots of its own: they go
     assert rs.seq_rm(0, 2, -1)  # pending rollback of 2 -> the current state is plane 2
     before = rs.bookkeeping()
+    with pytest.raises(ValueError, match=r"seq 1 is not empty \(positions 0..2\).*seq_rm\(1\) first"):
+        rs.seq_cp(0, 1)
+    assert same(before, rs.bookkeeping())
+    assert rs.seq_rm(1)
+    before = rs.bookkeeping()
     with pytest.raises(ValueError, match="copied whole"):
         rs.seq_cp(0, 1, 1, -1)
     assert same(before, rs.bookkeeping())
     rs.seq_cp(0, 1)
     assert rs.pending_copies == ((2, 3),) and rs.seq_pos_max(1) == 1 and rs.seq_pos_min(1) == 0
     assert not rs.seq_rm(1, 1, -1), "a copy has no snapshots"
-    rs.seq_cp(2, 1)  # from an empty sequence: dst becomes empty
+    with pytest.raises(ValueError, match="not empty"):
+        rs.seq_cp(2, 1)  # from an empty sequence onto a populated one: refused
+    assert rs.seq_rm(1)
+    rs.seq_cp(2, 1)  # from an empty sequence onto an empty one: nothing to do
     assert rs.needs_zero(1)
     (inp,) = decode(rs, tokens(2, 1, seq=0), n_rs_seq=2)
     assert inp.rs.copies == ((2, 3),) and rs.pending_copies == ()
@@ -402,7 +458,7 @@ N_CTX, N_SEQ = 24, 3
 
 
 class MemoryMachine(RuleBasedStateMachine):
-    """Random decodes / seq_rm / rollbacks / seq_cp / seq_keep on a hybrid memory, checked against
+    """Random decodes / seq_rm / rollbacks / seq_cp / seq_add / seq_keep on a hybrid memory, checked against
     a reference: per sequence a list of positions, the token count of its last ubatch and the
     pending rollback; KV cells as a list of [pos, seqs] (no slot ids); expected row copies."""
 
@@ -528,19 +584,65 @@ class MemoryMachine(RuleBasedStateMachine):
             assert same(before, self.mem.bookkeeping()), "a refusal changes nothing"
         return want
 
-    @rule(src=st.integers(0, N_SEQ - 1), dst=st.integers(0, N_SEQ - 1))
-    def seq_cp(self, src: int, dst: int) -> None:
-        if src == dst:
+    @rule(src=st.integers(0, N_SEQ - 1), dst=st.integers(0, N_SEQ - 1), clear=st.booleans(),
+          p0=st.integers(-1, 6), p1=st.integers(-1, 40))  # fmt: skip
+    def seq_cp(self, src: int, dst: int, clear: bool = True, p0: int = -1, p1: int = -1) -> None:
+        """llama.cpp's seq_cp; on a hybrid dst must be empty and the range must cover all of src."""
+        if clear and src != dst:
+            assert self.mem.seq_rm(dst)
+            self.ref_rm(dst, 0, np.inf)
+        ps_src, ps_dst = self.positions[src], self.positions[dst]
+        lo, hi = (0 if p0 < 0 else p0), (np.inf if p1 < 0 else p1)
+        covers = not ps_src or (lo <= ps_src[0] and ps_src[-1] < hi)
+        before = self.mem.bookkeeping()
+        if src != dst and (ps_dst or not covers):
+            with pytest.raises(ValueError, match="not empty" if ps_dst else "copied whole"):
+                self.mem.seq_cp(src, dst, p0, p1)
+            assert same(before, self.mem.bookkeeping()), "a refused seq_cp changes nothing"
+            event(f"seq_cp refused ({'dst not empty' if ps_dst else 'partial range'})")
             return
-        assert self.mem.seq_rm(dst)
-        self.ref_rm(dst, 0, np.inf)
-        self.mem.seq_cp(src, dst)
-        if self.positions[src]:
-            self.copies.append((src * self.P + self.pending[src], dst * self.P))
-        self.positions[dst] = list(self.positions[src])
+        self.mem.seq_cp(src, dst, p0, p1)
+        if src == dst or not ps_src:
+            assert same(before, self.mem.bookkeeping()), "nothing to copy"
+            return
+        self.copies.append((src * self.P + self.pending[src], dst * self.P))
+        self.positions[dst] = list(ps_src)
         for c in self.cells:
             if src in c[1]:
                 c[1].add(dst)
+
+    @rule(data=st.data())
+    def seq_add(self, data) -> None:
+        """llama.cpp's seq_add; on a hybrid all of a sequence's positions move (or none), none may be
+        cut at 0 alone, and no cell shared with another sequence moves."""
+        s = data.draw(st.integers(0, N_SEQ - 1))
+        ps = self.positions[s]
+        top = ps[-1] if ps else 0
+        p0, p1 = data.draw(st.integers(-1, top + 2)), data.draw(st.integers(-1, top + 3))
+        delta = data.draw(st.integers(-12, 12))
+        lo, hi = (0 if p0 < 0 else p0), (np.inf if p1 < 0 else p1)
+        moved = [p for p in ps if lo <= p < hi]
+        shared = any(s in c[1] and len(c[1]) > 1 and lo <= c[0] < hi for c in self.cells)
+        before = self.mem.bookkeeping()
+        if delta == 0 or not moved:
+            self.mem.seq_add(s, p0, p1, delta)
+            assert same(before, self.mem.bookkeeping()), "nothing moves"
+            return
+        if shared or len(moved) < len(ps) or ps[0] + delta < 0 <= ps[-1] + delta:
+            with pytest.raises(ValueError, match="shared|part of positions|cut at 0"):
+                self.mem.seq_add(s, p0, p1, delta)
+            assert same(before, self.mem.bookkeeping()), "a refused seq_add changes nothing"
+            event("seq_add refused")
+            return
+        self.mem.seq_add(s, p0, p1, delta)
+        event("seq_add done")
+        if ps[-1] + delta < 0:  # every token dropped, as llama.cpp drops cells moved below 0
+            self.ref_rm(s, 0, np.inf)
+            return
+        self.positions[s] = [p + delta for p in ps]
+        for c in self.cells:
+            if s in c[1]:
+                c[0] += delta
 
     @rule(seq=st.integers(0, N_SEQ - 1))
     def seq_keep(self, seq: int) -> None:
@@ -551,6 +653,8 @@ class MemoryMachine(RuleBasedStateMachine):
 
     @invariant()
     def positions_agree(self) -> None:
+        """After every step the KV cache and the recurrent state describe the same sequences, the
+        reference's: the same first and last positions, every position in a KV cell."""
         if not hasattr(self, "mem"):
             return
         for s, ps in self.positions.items():
