@@ -18,6 +18,7 @@ def cmd_ops(args: argparse.Namespace) -> int:
     names = backends.names()
     tables: dict[str, dict | None] = {}
     notes = []
+    marks: dict[str, str] = {}  # a short state after the count, e.g. cuda's "compiled, not run here"
     for name in names:
         try:
             cls = backends.backend_class(name)
@@ -28,6 +29,9 @@ def cmd_ops(args: argparse.Namespace) -> int:
         av = backends.availability(name)
         if not av.ok:
             notes.append(f"{name}: unavailable here ({av.reason})")
+            note = getattr(cls, "support_note", None)
+            if note is not None:
+                marks[name] = f" ({note().removeprefix('kernels ')})"
     width = max(len(op.value) for op in Op)
     print(f"{'op':<{width}}  " + "  ".join(f"{n:^7}" for n in names))
     for op in Op:
@@ -40,7 +44,7 @@ def cmd_ops(args: argparse.Namespace) -> int:
         print(f"{op.value:<{width}}  " + "  ".join(cells))
     counts = {n: (sum(op in t for op in Op if op is not Op.NONE) if t else 0) for n, t in tables.items()}
     total = len(Op) - 1
-    print("\n" + ", ".join(f"{n}: {c}/{total}" for n, c in counts.items()))
+    print("\n" + ", ".join(f"{n}: {c}/{total}{marks.get(n, '')}" for n, c in counts.items()))
     for note in notes:
         print(note)
     return 0
