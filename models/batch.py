@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .argcheck import INT32_MAX, bool_arg, int_arg, int_array, show
+
 
 class BatchError(ValueError):
     """A malformed batch or an impossible split; the message names the bad index and value."""
@@ -33,14 +35,39 @@ def _fail(msg: str) -> None:
 
 
 def _int_array(name: str, values, n: int | None) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        _fail(f"{name} must be 1-D, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        _fail(f"{name} must be integers, got dtype {arr.dtype}")
+    """A 1-D integer array (ids, positions, sequence ids: integer dtypes only, within int32) as int64."""
+    arr = int_array("batch", name, values, BatchError)
     if n is not None and arr.shape[0] != n:
         _fail(f"{name} has {arr.shape[0]} entries, the batch has {n} tokens")
-    return arr.astype(np.int64)
+    return arr
+
+
+def _embd_array(embd) -> np.ndarray:
+    """Floating-point rows (n_tokens, n_embd), finite, as float32."""
+    try:
+        arr = np.asarray(embd)
+    except (ValueError, TypeError) as e:
+        raise BatchError(f"[batch] embd must be a 2-D array of floats (n_tokens, n_embd): {e}") from None
+    if arr.dtype.kind != "f":
+        _fail(f"embd must be floating point rows (n_tokens, n_embd), got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        _fail(f"embd must be 2-D (n_tokens, n_embd), got shape {arr.shape}")
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
+        arr = arr.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    if bad.size:
+        _fail(f"embd row {bad[0]} holds a NaN or an infinity (as float32)")
+    return arr
+
+
+def _output_array(output, n: int) -> np.ndarray:
+    """Output flags: bools (or integers 0/1), one per token."""
+    out = np.asarray(output)
+    if out.shape != (n,):
+        _fail(f"output must have shape ({n},), got {out.shape}")
+    if out.dtype.kind != "b" and not (out.dtype.kind in "iu" and np.isin(out, (0, 1)).all()):
+        _fail(f"output must be booleans (one per token), got dtype {out.dtype}: {show(output)}")
+    return out.astype(bool)
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,24 +96,23 @@ class Batch:
             tokens = _int_array("tokens", tokens, None)
             n = tokens.shape[0]
         if embd is not None:
-            embd = np.asarray(embd, dtype=np.float32)
-            if embd.ndim != 2:
-                _fail(f"embd must be 2-D (n_tokens, n_embd), got shape {embd.shape}")
+            embd = _embd_array(embd)
             if n is not None and embd.shape[0] != n:
                 _fail(f"embd has {embd.shape[0]} rows, tokens has {n}")
             n = embd.shape[0]
         if n == 0:
             _fail("is empty (n_tokens == 0)")
         pos = _int_array("pos", pos, n)
-        seq = np.full(n, seq_id, np.int64) if np.ndim(seq_id) == 0 else _int_array("seq_id", seq_id, n)
+        if np.ndim(seq_id) == 0 and not isinstance(seq_id, str | bytes):
+            seq = np.full(n, int_arg("batch", "seq_id", seq_id, hi=INT32_MAX, error=BatchError), np.int64)
+        else:
+            seq = _int_array("seq_id", seq_id, n)
         if output is None:
             out = np.zeros(n, bool)
             for s in np.unique(seq):
                 out[np.flatnonzero(seq == s)[-1]] = True
         else:
-            out = np.asarray(output, dtype=bool)
-            if out.shape != (n,):
-                _fail(f"output must have shape ({n},), got {out.shape}")
+            out = _output_array(output, n)
         for name, val in (("tokens", tokens), ("embd", embd), ("pos", pos), ("seq_id", seq), ("output", out)):
             object.__setattr__(self, name, val)
         self._check_order()
@@ -94,7 +120,10 @@ class Batch:
     @classmethod
     def simple(cls, tokens: Sequence[int], pos0: int = 0, seq_id: int = 0, all_outputs: bool = False) -> Batch:
         """One sequence of tokens at positions pos0, pos0+1, ...; outputs for the last (or all)."""
+        tokens = _int_array("tokens", tokens, None)
         n = len(tokens)
+        pos0 = int_arg("batch", "pos0", pos0, None, INT32_MAX - max(n - 1, 0), BatchError)  # < 0: _check_order says
+        all_outputs = bool_arg("batch", "all_outputs", all_outputs, BatchError)
         return cls(
             tokens, pos=np.arange(pos0, pos0 + n), seq_id=seq_id, output=np.ones(n, bool) if all_outputs else None
         )

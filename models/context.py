@@ -23,9 +23,11 @@ buffer is what `compute_buffer_bytes()` reports.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +37,9 @@ from graphir import debug
 from graphir.backends.base import default_threads
 from graphir.compile import PlanStats
 from graphir.compile.schedule import resolve_backends
+from graphir.types import DType
 
+from .argcheck import INT32_MAX, bool_arg, int_arg, opt_int_arg, show
 from .batch import Batch, BatchError, UBatch, split
 from .graph_context import GraphResult, StateTensors, UBatchShape
 from .memory import MemorySizes, UBatchInputs, build_state_update, make_memory
@@ -106,23 +110,30 @@ class Context:
         n_threads: threads of the cpu backend for this context's runs (default: the CPUs this
             process may use, `os.sched_getaffinity`).
     Raises:
-        ValueError on bad sizes or types, BackendUnavailable for a backend that cannot run,
-        MemoryError when the memory or the worst-case compute buffer cannot be allocated.
+        ValueError on bad sizes or types (integers must be ints, never bools or floats),
+        BackendUnavailable for a backend that cannot run, MemoryError when the memory or the
+        worst-case compute buffer cannot be allocated.
+
+    Thread safety: a Context serves one thread at a time. A call (decode, seq_*, clear) that finds
+    it busy with another one -- from another thread, or from an eval callback inside decode --
+    raises RuntimeError at once instead of corrupting its memory. Contexts are independent: use
+    one per thread (they may share one Model, whose weights, leafs and tokenizer are safe to share;
+    their runs on the cpu backend take turns), or guard one Context with your own lock.
     """
 
     def __init__(self, model: Model, n_ctx: int = 512, n_batch: int = 512, n_ubatch: int = 512, n_seq_max: int = 1,
                  n_rs_seq: int = 0, backends: Sequence[str] = ("cpu",), type_k: str = "f16", type_v: str = "f16",
                  *, embeddings_nextn: bool = False, plan_cache_size: int = 16,
                  n_threads: int | None = None) -> None:  # fmt: skip
-        for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch), ("n_seq_max", n_seq_max),
-                        ("plan_cache_size", plan_cache_size)):  # fmt: skip
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"[context] {name} must be an integer >= 1, got {v!r}")
-        if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer))
-                                      or n_threads < 1):  # fmt: skip
-            raise ValueError(f"[context] n_threads must be an integer >= 1, got {n_threads!r}")
-        if not isinstance(n_rs_seq, (int, np.integer)) or n_rs_seq < 0:
-            raise ValueError(f"[context] n_rs_seq must be an integer >= 0, got {n_rs_seq!r}")
+        n_ctx, n_batch, n_ubatch, n_seq_max, plan_cache_size = (
+            int_arg("context", name, v, 1, INT32_MAX) for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch),
+            ("n_ubatch", n_ubatch), ("n_seq_max", n_seq_max), ("plan_cache_size", plan_cache_size)))  # fmt: skip
+        n_threads = opt_int_arg("context", "n_threads", n_threads, 1)
+        n_rs_seq = int_arg("context", "n_rs_seq", n_rs_seq, 0, INT32_MAX)
+        embeddings_nextn = bool_arg("context", "embeddings_nextn", embeddings_nextn)
+        for name, t in (("type_k", type_k), ("type_v", type_v)):
+            if not isinstance(t, str | DType):
+                raise ValueError(f"[context] {name} must be a type name such as 'f16', got {show(t)}")
         n_ubatch = min(n_ubatch, n_batch)
         if n_ubatch < 1 + n_rs_seq:
             raise ValueError(f"[context] n_ubatch ({n_ubatch}, after clamping to n_batch) must be >= 1 + n_rs_seq "
@@ -138,6 +149,7 @@ class Context:
         self._threaded = [b for b in resolved if hasattr(b, "n_threads")]
         self.n_threads = int(n_threads) if n_threads is not None else default_threads()
         self.stats = ContextStats()
+        self._busy = threading.Lock()  # held by every call; a second one raises (see the class docstring)
         self._plans: OrderedDict[UBatchShape, _Entry] = OrderedDict()
         self._plan_cache_size = int(plan_cache_size)
         try:
@@ -188,21 +200,35 @@ class Context:
         """
         t0 = time.perf_counter()
         try:
-            self.check(batch)
-            ubatches = split(batch, self.n_ubatch, self.n_rs_seq)
-            mctx = self.memory.init_batch(ubatches)  # raises before any change
-            out_idx = np.flatnonzero(batch.output)
-            logits = np.empty((out_idx.shape[0], self.hp.n_vocab), np.float32)
-            h = np.empty((out_idx.shape[0], self.hp.n_embd), np.float32) if self.embeddings_nextn else None
-            for _ in ubatches:
-                ubi = mctx.apply()
-                self._run_ubatch(ubi, np.searchsorted(out_idx, ubi.ubatch.out_idx), logits, h)
-            self.stats.decodes += 1
-            self.stats.tokens += batch.n_tokens
-            self.stats.ubatches += len(ubatches)
-            return DecodeResult(logits, h, out_idx)
+            with self._exclusive("decode"):
+                self.check(batch)
+                ubatches = split(batch, self.n_ubatch, self.n_rs_seq)
+                mctx = self.memory.init_batch(ubatches)  # raises before any change
+                out_idx = np.flatnonzero(batch.output)
+                logits = np.empty((out_idx.shape[0], self.hp.n_vocab), np.float32)
+                h = np.empty((out_idx.shape[0], self.hp.n_embd), np.float32) if self.embeddings_nextn else None
+                for _ in ubatches:
+                    ubi = mctx.apply()
+                    self._run_ubatch(ubi, np.searchsorted(out_idx, ubi.ubatch.out_idx), logits, h)
+                self.stats.decodes += 1
+                self.stats.tokens += batch.n_tokens
+                self.stats.ubatches += len(ubatches)
+                return DecodeResult(logits, h, out_idx)
         finally:
             self.stats.t_decode += time.perf_counter() - t0
+
+    @contextmanager
+    def _exclusive(self, what: str) -> Iterator[None]:
+        """One call at a time: a call that finds the context busy (another thread, or a callback
+        re-entering decode) raises at once instead of corrupting the memory or the plans."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(f"[context] {what}: this Context is in use by another call (another thread, or a "
+                               "callback inside decode); a Context serves one thread at a time: use one Context "
+                               "per thread, or guard its calls with a lock")  # fmt: skip
+        try:
+            yield
+        finally:
+            self._busy.release()
 
     def _run_ubatch(self, ubi: UBatchInputs, rows: np.ndarray, logits: np.ndarray, h: np.ndarray | None) -> None:
         """State updates, then the model graph; outputs land in logits[rows] / h[rows]."""
@@ -280,35 +306,48 @@ class Context:
         On recurrent state only whole sequences, or a tail of at most the snapshots the sequence's
         last ubatch wrote (partial rollback, one pending at a time), can be removed: otherwise
         False, and nothing changed."""
-        return self.memory.seq_rm(seq, p0, p1)
+        with self._exclusive("seq_rm"):
+            return self.memory.seq_rm(seq, p0, p1)
 
     def can_seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         """Whether seq_rm(seq, p0, p1) would succeed (changes nothing)."""
-        return self.memory.can_seq_rm(seq, p0, p1)
+        with self._exclusive("can_seq_rm"):
+            return self.memory.can_seq_rm(seq, p0, p1)
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
-        """Give `dst` the positions [p0, p1) of `src` (recurrent state: all of src); seq_rm dst first."""
-        self.memory.seq_cp(src, dst, p0, p1)
+        """Copy the tokens of `src` at positions [p0, p1) to `dst` (llama.cpp's seq_cp). With recurrent
+        state dst must be empty (seq_rm it first) and the range must cover all of src; otherwise
+        ValueError, nothing changed. Copying an empty src does nothing."""
+        with self._exclusive("seq_cp"):
+            self.memory.seq_cp(src, dst, p0, p1)
 
     def seq_keep(self, seq: int) -> None:
         """Remove every sequence but `seq`."""
-        self.memory.seq_keep(seq)
+        with self._exclusive("seq_keep"):
+            self.memory.seq_keep(seq)
 
     def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
-        """Shift positions [p0, p1) of `seq` by delta (K is re-rotated before the next ubatch)."""
-        self.memory.seq_add(seq, p0, p1, delta)
+        """Add delta to the positions in [p0, p1) of `seq` (K is re-rotated before the next ubatch;
+        tokens moved below 0 are dropped). With recurrent state all of the sequence's positions
+        move or none, and cells shared with another sequence (seq_cp) never move: ValueError
+        otherwise, nothing changed."""
+        with self._exclusive("seq_add"):
+            self.memory.seq_add(seq, p0, p1, delta)
 
     def seq_pos_min(self, seq: int) -> int:
         """The smallest position of `seq` in memory, -1 when empty."""
-        return self.memory.seq_pos_min(seq)
+        with self._exclusive("seq_pos_min"):
+            return self.memory.seq_pos_min(seq)
 
     def seq_pos_max(self, seq: int) -> int:
         """The largest position of `seq` in memory, -1 when empty."""
-        return self.memory.seq_pos_max(seq)
+        with self._exclusive("seq_pos_max"):
+            return self.memory.seq_pos_max(seq)
 
     def clear(self) -> None:
         """Forget every sequence (cached plans stay)."""
-        self.memory.clear()
+        with self._exclusive("clear"):
+            self.memory.clear()
 
     def __repr__(self) -> str:
         return (f"Context({self.model.arch}, n_ctx={self.n_ctx}, n_batch={self.n_batch}, n_ubatch={self.n_ubatch}, "

@@ -33,12 +33,14 @@ a round whose first draft falls below p_min verifies [last] alone.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .argcheck import bool_arg, float_arg, int_arg, int_array
 from .batch import Batch
 from .context import Context
 from .model import Model
@@ -149,6 +151,12 @@ class Generator:
         n_ctx, n_ubatch, backends, type_k, type_v: the target context's (and the head's) sizes.
         n_rs_seq: rollback snapshots of the target (default draft_max); must be >= draft_max.
         n_seq: the most sequences `generate_batch` runs together.
+
+    Thread safety: a Generator runs one generation at a time. `generate` / `generate_batch` hold it
+    from the first token asked for until the iterator is exhausted or closed; another one started
+    meanwhile (a second iterator, or another thread) raises RuntimeError at its first step instead
+    of corrupting the first. Use one Generator per concurrent stream (several may share a Model), or
+    `generate_batch` for several sequences in one.
     """
 
     def __init__(self, model: Model, spec: str | None = "mtp", draft_max: int = 3, p_min: float = 0.0,
@@ -157,11 +165,12 @@ class Generator:
                  type_v: str = "f16", n_seq: int = 1, n_threads: int | None = None) -> None:  # fmt: skip
         if spec not in (None, "mtp"):
             raise ValueError(f"[spec] unknown speculative mode {spec!r} (None or 'mtp')")
-        if not isinstance(draft_max, (int, np.integer)) or draft_max < 1:
-            raise ValueError(f"[spec] draft_max must be an integer >= 1, got {draft_max!r}")
-        if not 0.0 <= p_min <= 1.0:
-            raise ValueError(f"[spec] p_min must be in [0, 1], got {p_min!r}")
-        n_rs = int(draft_max) if n_rs_seq is None else int(n_rs_seq)
+        draft_max, p_min = int_arg("spec", "draft_max", draft_max, 1), float_arg("spec", "p_min", p_min, 0.0, 1.0)
+        n_ctx, n_ubatch, n_seq = (int_arg("spec", k, v, 1) for k, v in (("n_ctx", n_ctx), ("n_ubatch", n_ubatch),
+                                                                         ("n_seq", n_seq)))  # fmt: skip
+        if sampler is not None and not isinstance(sampler, Sampler):
+            raise ValueError(f"[spec] sampler must be a Sampler, got {type(sampler).__name__}")
+        n_rs = draft_max if n_rs_seq is None else int_arg("spec", "n_rs_seq", n_rs_seq, 0)
         if spec == "mtp":
             mtp_layer(model.weights)  # NoMtpHeadError before allocating anything
             if draft_max > n_rs:
@@ -181,6 +190,7 @@ class Generator:
                     if spec == "mtp" else None)  # fmt: skip
         self.stats = SpecStats()
         self.states: list[SeqState] = []  # the sequences of the last call
+        self._busy = threading.Lock()  # held by a running generate / generate_batch
 
     # ---- sequence 0 (the sequence of `generate`) ---------------------------------------------
     @property
@@ -223,19 +233,26 @@ class Generator:
     def _run(self, prompts: Sequence[Sequence[int]], n_predict: int, samplers: Sequence[Sampler],
              stop_at_eog: bool) -> Iterator[tuple[int, int]]:  # fmt: skip
         """Yield (sequence, token) as the rounds emit them, until every sequence is done."""
-        states = self._start(prompts, n_predict, samplers, stop_at_eog)
-        if n_predict == 0:
-            return
-        t0 = time.perf_counter()
-        first = self._prefill(states)
-        t_gen0 = time.perf_counter()
-        self.stats.t_prompt = t_gen0 - t0
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("[spec] this Generator is already generating: another generate()/generate_batch() "
+                               "is still open (an unfinished iterator, or another thread); finish or close() it "
+                               "first, or use one Generator per stream")  # fmt: skip
         try:
-            yield from self._emit(states, first)
-            while active := [s for s in states if not s.done]:
-                yield from self._emit(active, self._round(active))
+            states = self._start(prompts, n_predict, samplers, stop_at_eog)
+            if n_predict == 0:
+                return
+            t0 = time.perf_counter()
+            first = self._prefill(states)
+            t_gen0 = time.perf_counter()
+            self.stats.t_prompt = t_gen0 - t0
+            try:
+                yield from self._emit(states, first)
+                while active := [s for s in states if not s.done]:
+                    yield from self._emit(active, self._round(active))
+            finally:
+                self.stats.t_generate = time.perf_counter() - t_gen0
         finally:
-            self.stats.t_generate = time.perf_counter() - t_gen0
+            self._busy.release()
 
     def _start(self, prompts: Sequence[Sequence[int]], n_predict: int, samplers: Sequence[Sampler],
                stop_at_eog: bool) -> list[SeqState]:  # fmt: skip
@@ -243,11 +260,18 @@ class Generator:
         S = len(prompts)
         if not 1 <= S <= self.target.n_seq_max:
             raise ValueError(f"[spec] {S} prompts: need 1 .. n_seq ({self.target.n_seq_max})")
-        prompts = [[int(t) for t in p] for p in prompts]
+        n_vocab = self.model.n_vocab
+        prompts = [int_array("spec", f"prompts[{i}]" if S > 1 else "prompt", p).tolist() for i, p in enumerate(prompts)]
         if any(not p for p in prompts):
             raise ValueError("[spec] a prompt is empty")
-        if n_predict < 0:
-            raise ValueError(f"[spec] n_predict must be >= 0, got {n_predict}")
+        bad = next(((i, j, t) for i, p in enumerate(prompts) for j, t in enumerate(p) if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            raise ValueError(f"[spec] prompt{f's[{bad[0]}]' if S > 1 else ''}[{bad[1]}] = {bad[2]} is not a token id "
+                             f"in [0, {n_vocab})")  # fmt: skip
+        n_predict = int_arg("spec", "n_predict", n_predict, 0)
+        stop_at_eog = bool_arg("spec", "stop_at_eog", stop_at_eog)
+        if any(not isinstance(sp, Sampler) for sp in samplers):
+            raise ValueError("[spec] samplers must be Sampler objects")
         n_tok = sum(len(p) + n_predict for p in prompts)
         if n_tok > self.target.n_ctx:
             raise ValueError(f"[spec] the prompts + n_predict ({n_tok} tokens) exceed n_ctx ({self.target.n_ctx})")

@@ -14,6 +14,7 @@ Per-layer attributes are named exactly as the GGUF tensors, without the `blk.N.`
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -97,6 +98,7 @@ class ModelWeights:
         self.file, self.hp = file, hp
         self._leafs: dict[str, gr.Tensor] = {}
         self._layers: dict[int, LayerWeights] = {}
+        self._lock = threading.RLock()  # leafs are created once, whichever thread builds a graph first
 
     # ---- leafs ----------------------------------------------------------------------------
     def get(self, name: str) -> gr.Tensor | None:
@@ -106,9 +108,11 @@ class ModelWeights:
             info = self.file.tensors.get(name)
             if info is None:
                 return None
-            # info.data is a uint8 slice of the memory map: new_weight keeps it without a copy
-            leaf = gr.new_weight(info.dtype, info.ne, info.data, name)
-            self._leafs[name] = leaf
+            with self._lock:  # contexts in several threads share one leaf per tensor
+                leaf = self._leafs.get(name)
+                if leaf is None:
+                    # info.data is a uint8 slice of the memory map: new_weight keeps it without a copy
+                    leaf = self._leafs[name] = gr.new_weight(info.dtype, info.ne, info.data, name)
         return leaf
 
     def tensor(self, name: str) -> gr.Tensor:
@@ -143,7 +147,11 @@ class ModelWeights:
         """Block `il` (trunk or nextn), its leafs created on first use."""
         if not 0 <= il < self.hp.block_count:
             raise IndexError(f"[weights] layer {il} out of range 0..{self.hp.block_count - 1}")
-        if il not in self._layers:
+        if il in self._layers:
+            return self._layers[il]
+        with self._lock:
+            if il in self._layers:
+                return self._layers[il]
             p = f"blk.{il}."
             attrs = {f.name: self.get(p + f.name + _SUFFIX.get(f.name, ".weight"))
                      for f in fields(LayerWeights) if f.name not in ("il", "nextn")}  # fmt: skip
