@@ -8,14 +8,16 @@
  *
  * Numerics: one canonical order per weight type, the same in the scalar, AVX2 and AVX-512
  * kernels and in every tile shape, so results are bit-identical across ISAs, thread counts and
- * batch sizes (batch invariance). Every dot product keeps 16 float lanes acc[16]:
- *   - F32/F16/BF16: acc[k % 16] = fma(w[k], a[k], acc[k % 16]) for k ascending;
- *   - block types: a "lane" is 4 consecutive elements; 64 consecutive elements (two Q8_0/Q4_0
+ * batch sizes (batch invariance). Every dot product keeps float lanes acc[]:
+ *   - F32/F16/BF16, 32 lanes (two independent chains of 16 in SIMD):
+ *     acc[k % 32] = fma(w[k], a[k], acc[k % 32]) for k ascending;
+ *   - block types, 16 lanes:
+ *     a "lane" is 4 consecutive elements; 64 consecutive elements (two Q8_0/Q4_0
  *     blocks, one K-quant chunk) fill lanes 0..15 in order. Integer lane sums are exact, then
  *     Q8_0/Q4_0: acc[L] = fma(dw * da, (float)sum_L, acc[L]) per block pair;
  *     K-quants: per super-block, the lanes' scale-weighted integer sums over its 4 chunks are
  *     converted once: acc[L] = fma(da * d, (float)IL[L], acc[L]) (then the mins, see vecdot.c);
- *   - the result is the tree sum: for h = 8, 4, 2, 1: acc[i] += acc[i + h] (i < h); acc[0].
+ *   - the result is the tree sum: for h = n/2, ..., 2, 1: acc[i] += acc[i + h] (i < h); acc[0].
  */
 #ifndef GRAPHIR_MATMUL_H
 #define GRAPHIR_MATMUL_H
@@ -52,22 +54,23 @@ _Static_assert(sizeof(gr_q8_pair) == 192, "gr_q8_pair layout");
 _Static_assert(sizeof(gr_q8k) == 320, "gr_q8k layout");
 
 /* ---- tile kernels ---- */
-/* out[c][r] = dot(weight row r, activation row c) for r < nr, c < nc. Weight rows start at
- * w + r * ws (K elements of the weight type); act[c] is activation row c in the weight type's
- * format (K elements). nr <= rt, nc <= ct of the kernel. */
-typedef void (*gr_mm_tile_fn)(int64_t K, const char *w, int64_t ws, int nr, const char *const *act,
-                              float *const *out, int nc);
-
-typedef struct gr_mm_kernel {
-    int act;   /* enum gr_act_kind */
-    int rt, ct; /* largest tile: weight rows x activation rows */
-    gr_mm_tile_fn tile;
-} gr_mm_kernel;
+/* A shape-specialized kernel: for every tile of NR weight rows (nrows, a multiple of NR) x NC
+ * activation rows: out[c][r0 + r] = dot(weight row r, activation row c) for r < nrows, c < NC.
+ * Weight row r starts at w + r * ws (K elements of the weight type); act[c] is activation row c
+ * in the weight type's format (K elements); out[c] is the output row of activation c. */
+typedef void (*gr_mm_rows_fn)(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act,
+                              float *const *out, int64_t r0);
 
 #define GR_MM_MAX_RT 4
 #define GR_MM_MAX_CT 4
 
-/* The kernel for weights of `type` at the current ISA level; .tile NULL if unsupported. */
+typedef struct gr_mm_kernel {
+    int act;    /* enum gr_act_kind */
+    int rt, ct; /* largest tile: weight rows x activation rows */
+    const gr_mm_rows_fn (*tiles)[GR_MM_MAX_CT]; /* tiles[nr - 1][nc - 1], nr <= rt, nc <= ct */
+} gr_mm_kernel;
+
+/* The kernel for weights of `type` at the current ISA level; .tiles NULL if unsupported. */
 gr_mm_kernel gr_mm_kernel_for(int type);
 
 /* bytes of one activation row of K elements in format `act` (a multiple of 64) */
@@ -99,6 +102,18 @@ static inline void gr_k4_scales(const uint8_t *s, uint8_t *sc, uint8_t *m) {
         sc[j + 4] = (s[j + 8] & 0xF) | ((s[j] >> 6) << 4);
         m[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
     }
+}
+
+/* the same, 8 bytes each packed in a uint64 (byte j = sub-block j), word-parallel */
+static inline void gr_k4_scales64(const uint8_t *s, uint64_t *sc, uint64_t *m) {
+    uint32_t u0, u1, u2;
+    memcpy(&u0, s, 4);
+    memcpy(&u1, s + 4, 4);
+    memcpy(&u2, s + 8, 4);
+    uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | ((u0 >> 2) & 0x30303030u);
+    uint32_t m_hi = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 2) & 0x30303030u);
+    *sc = (u0 & 0x3f3f3f3fu) | (uint64_t)sc_hi << 32;
+    *m = (u1 & 0x3f3f3f3fu) | (uint64_t)m_hi << 32;
 }
 
 #endif

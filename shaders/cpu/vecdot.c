@@ -7,33 +7,35 @@
 #pragma GCC optimize("fp-contract=off")
 #include "matmul.h"
 
-static float tree16(float *acc) {
-    for (int h = 8; h; h >>= 1)
+/* the tree sum of n (16 or 32) lanes: for h = n/2 .. 1: acc[i] += acc[i + h] (i < h) */
+static float tree(float *acc, int n) {
+    for (int h = n / 2; h; h >>= 1)
         for (int i = 0; i < h; i++) acc[i] += acc[i + h];
     return acc[0];
 }
+static float tree16(float *acc) { return tree(acc, 16); }
 
-/* ---- F32 / F16 / BF16 weights, F32 activations ---- */
+/* ---- F32 / F16 / BF16 weights, F32 activations: 32 lanes ---- */
 static float dot_f32(int64_t K, const char *w, const float *a) {
-    float acc[16] = {0};
+    float acc[32] = {0};
     for (int64_t k = 0; k < K; k++) {
         float x;
         memcpy(&x, w + 4 * k, 4);
-        acc[k & 15] = fmaf(x, a[k], acc[k & 15]);
+        acc[k & 31] = fmaf(x, a[k], acc[k & 31]);
     }
-    return tree16(acc);
+    return tree(acc, 32);
 }
 
 static float dot_f16(int64_t K, const char *w, const float *a) {
-    float acc[16] = {0};
-    for (int64_t k = 0; k < K; k++) acc[k & 15] = fmaf(gr_f16_to_f32(gr_ld16(w + 2 * k)), a[k], acc[k & 15]);
-    return tree16(acc);
+    float acc[32] = {0};
+    for (int64_t k = 0; k < K; k++) acc[k & 31] = fmaf(gr_f16_to_f32(gr_ld16(w + 2 * k)), a[k], acc[k & 31]);
+    return tree(acc, 32);
 }
 
 static float dot_bf16(int64_t K, const char *w, const float *a) {
-    float acc[16] = {0};
-    for (int64_t k = 0; k < K; k++) acc[k & 15] = fmaf(gr_bf16_to_f32(gr_ld16(w + 2 * k)), a[k], acc[k & 15]);
-    return tree16(acc);
+    float acc[32] = {0};
+    for (int64_t k = 0; k < K; k++) acc[k & 31] = fmaf(gr_bf16_to_f32(gr_ld16(w + 2 * k)), a[k], acc[k & 31]);
+    return tree(acc, 32);
 }
 
 /* ---- Q8_0 / Q4_0 weights, Q8 pairs ---- */
@@ -150,35 +152,35 @@ static float dot_q6_k(int64_t K, const char *w, const gr_q8k *a) {
     return tree16(acc);
 }
 
-/* ---- the scalar kernel set ---- */
+/* ---- the scalar kernel set: tiles of one row x one activation ---- */
 #define SCALAR_TILE(name, call)                                                                        \
-    static void tile_##name(int64_t K, const char *w, int64_t ws, int nr, const char *const *act,       \
-                            float *const *out, int nc) {                                               \
-        for (int c = 0; c < nc; c++)                                                                   \
-            for (int r = 0; r < nr; r++) out[c][r] = call(K, w + r * ws, (const void *)act[c]);        \
-    }
-SCALAR_TILE(f32, dot_f32)
-SCALAR_TILE(f16, dot_f16)
-SCALAR_TILE(bf16, dot_bf16)
-SCALAR_TILE(q8_0, dot_q8_0)
-SCALAR_TILE(q4_0, dot_q4_0)
+    static void name##_1x1(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act, \
+                           float *const *out, int64_t r0) {                                            \
+        for (int64_t r = 0; r < nrows; r++) out[0][r0 + r] = call(K, w + r * ws, (const void *)act[0]);  \
+    }                                                                                                  \
+    static const gr_mm_rows_fn name[GR_MM_MAX_RT][GR_MM_MAX_CT] = {{name##_1x1}};
+SCALAR_TILE(tile_f32, dot_f32)
+SCALAR_TILE(tile_f16, dot_f16)
+SCALAR_TILE(tile_bf16, dot_bf16)
+SCALAR_TILE(tile_q8_0, dot_q8_0)
+SCALAR_TILE(tile_q4_0, dot_q4_0)
 static float dot_q4_k(int64_t K, const char *w, const gr_q8k *a) { return dot_k4(K, w, a, 0); }
 static float dot_q5_k(int64_t K, const char *w, const gr_q8k *a) { return dot_k4(K, w, a, 1); }
-SCALAR_TILE(q4_k, dot_q4_k)
-SCALAR_TILE(q5_k, dot_q5_k)
-SCALAR_TILE(q6_k, dot_q6_k)
+SCALAR_TILE(tile_q4_k, dot_q4_k)
+SCALAR_TILE(tile_q5_k, dot_q5_k)
+SCALAR_TILE(tile_q6_k, dot_q6_k)
 #undef SCALAR_TILE
 
 gr_mm_kernel gr_mm_scalar(int type) {
     switch (type) {
-    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 4, 4, tile_f32};
-    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 4, 4, tile_f16};
-    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 4, 4, tile_bf16};
-    case GR_Q8_0: return (gr_mm_kernel){GR_ACT_Q8, 4, 4, tile_q8_0};
-    case GR_Q4_0: return (gr_mm_kernel){GR_ACT_Q8, 4, 4, tile_q4_0};
-    case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 4, 4, tile_q4_k};
-    case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 4, 4, tile_q5_k};
-    case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 4, 4, tile_q6_k};
+    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 1, 1, tile_f32};
+    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 1, 1, tile_f16};
+    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 1, 1, tile_bf16};
+    case GR_Q8_0: return (gr_mm_kernel){GR_ACT_Q8, 1, 1, tile_q8_0};
+    case GR_Q4_0: return (gr_mm_kernel){GR_ACT_Q8, 1, 1, tile_q4_0};
+    case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 1, tile_q4_k};
+    case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 1, tile_q5_k};
+    case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 1, tile_q6_k};
     default: return (gr_mm_kernel){0, 0, 0, NULL};
     }
 }
@@ -190,5 +192,5 @@ gr_mm_kernel gr_mm_kernel_for(int type) {
     if (gr_has_vnni) k = gr_mm_avx512(type);
     else if (gr_has_avx2) k = gr_mm_avx2(type);
 #endif
-    return k.tile ? k : gr_mm_scalar(type);
+    return k.tiles ? k : gr_mm_scalar(type);
 }

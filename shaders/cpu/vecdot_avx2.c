@@ -14,6 +14,8 @@
 #include "matmul.h"
 
 #define INLINE static inline __attribute__((always_inline))
+/* the row / token / chunk loops of a tile unrolled completely, so its accumulators live in registers */
+#define UNROLL _Pragma("GCC unroll 16")
 
 /* the canonical tree sum of 16 lanes (lo = lanes 0-7, hi = 8-15): h = 8, 4, 2, 1 */
 INLINE float tree(__m256 lo, __m256 hi) {
@@ -29,11 +31,11 @@ typedef struct {
 } acc16;
 
 #define ZERO_ACC(acc, NR, NC)                                                                           \
-    for (int r = 0; r < NR; r++)                                                                        \
-        for (int c = 0; c < NC; c++) acc[r][c].v[0] = acc[r][c].v[1] = _mm256_setzero_ps();
+    UNROLL for (int r = 0; r < NR; r++) UNROLL for (int c = 0; c < NC; c++)                             \
+        acc[r][c].v[0] = acc[r][c].v[1] = _mm256_setzero_ps();
 #define STORE_ACC(acc, NR, NC)                                                                          \
-    for (int r = 0; r < NR; r++)                                                                        \
-        for (int c = 0; c < NC; c++) out[c][r] = tree(acc[r][c].v[0], acc[r][c].v[1]);
+    UNROLL for (int r = 0; r < NR; r++) UNROLL for (int c = 0; c < NC; c++)                             \
+        out[c][r0 + r] = tree(acc[r][c].v[0], acc[r][c].v[1]);
 
 /* ================= F32 / F16 / BF16 weights, F32 activations ================= */
 
@@ -44,42 +46,63 @@ INLINE __m256 load8_w(int type, const char *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-/* 16 elements: weights at w + r * ws, activations at a[c] */
-INLINE void float_step(int type, int NR, int NC, acc16 acc[2][2], const char *w, int64_t ws, const float *const *a) {
+/* 32 lanes as 4 registers (lanes 8q .. 8q + 7) */
+typedef struct {
+    __m256 v[4];
+} acc32;
+
+/* 32 elements: weights at w + r * ws, activations at a[c] */
+INLINE void float_step(int type, int NR, int NC, acc32 acc[2][2], const char *w, int64_t ws, const float *const *a) {
     int es = type == GR_F32 ? 4 : 2;
-    __m256 wv[2][2];
-    for (int r = 0; r < NR; r++)
-        for (int h = 0; h < 2; h++) wv[r][h] = load8_w(type, w + r * ws + 8 * h * es);
-    for (int c = 0; c < NC; c++)
-        for (int h = 0; h < 2; h++) {
-            __m256 av = _mm256_loadu_ps(a[c] + 8 * h);
-            for (int r = 0; r < NR; r++) acc[r][c].v[h] = _mm256_fmadd_ps(wv[r][h], av, acc[r][c].v[h]);
+    UNROLL
+    for (int q = 0; q < 4; q++) {
+        __m256 wv[2];
+        UNROLL
+        for (int r = 0; r < NR; r++) wv[r] = load8_w(type, w + r * ws + 8 * q * es);
+        UNROLL
+        for (int c = 0; c < NC; c++) {
+            __m256 av = _mm256_loadu_ps(a[c] + 8 * q);
+            UNROLL
+            for (int r = 0; r < NR; r++) acc[r][c].v[q] = _mm256_fmadd_ps(wv[r], av, acc[r][c].v[q]);
         }
+    }
 }
 
 INLINE void float_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t ws, const char *const *act,
-                       float *const *out) {
+                       float *const *out, int64_t r0) {
     int es = type == GR_F32 ? 4 : 2;
-    acc16 acc[2][2];
-    ZERO_ACC(acc, NR, NC)
+    acc32 acc[2][2];
+    UNROLL
+    for (int r = 0; r < NR; r++)
+        UNROLL
+        for (int c = 0; c < NC; c++)
+            UNROLL
+            for (int q = 0; q < 4; q++) acc[r][c].v[q] = _mm256_setzero_ps();
     const float *a[2];
     int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
+    for (; k + 32 <= K; k += 32) {
+        UNROLL
         for (int c = 0; c < NC; c++) a[c] = (const float *)act[c] + k;
         float_step(type, NR, NC, acc, w + k * es, ws, a);
     }
     if (k < K) { /* the tail through zero-padded copies: absent elements add +0 */
         int n = (int)(K - k);
-        char wt[2][64] = {{0}};
-        float at[2][16] = {{0}};
+        char wt[2][128] = {{0}};
+        float at[2][32] = {{0}};
+        UNROLL
         for (int r = 0; r < NR; r++) memcpy(wt[r], w + r * ws + k * es, (size_t)(n * es));
+        UNROLL
         for (int c = 0; c < NC; c++) {
             memcpy(at[c], (const float *)act[c] + k, (size_t)n * 4);
             a[c] = at[c];
         }
-        float_step(type, NR, NC, acc, wt[0], 64, a);
+        float_step(type, NR, NC, acc, wt[0], 128, a);
     }
-    STORE_ACC(acc, NR, NC)
+    UNROLL
+    for (int r = 0; r < NR; r++)
+        UNROLL
+        for (int c = 0; c < NC; c++) /* h = 16 first, then the 16-lane tree */
+            out[c][r0 + r] = tree(_mm256_add_ps(acc[r][c].v[0], acc[r][c].v[2]), _mm256_add_ps(acc[r][c].v[1], acc[r][c].v[3]));
 }
 
 /* ================= Q8_0 / Q4_0 weights, Q8 pairs ================= */
@@ -93,6 +116,7 @@ INLINE void q8_block(int type, int NR, int NC, acc16 acc[2][2], const char *w, i
     int bs = type == GR_Q8_0 ? 34 : 18, h = (int)(j & 1);
     __m256i wq[2];
     __m256 dw[2];
+    UNROLL
     for (int r = 0; r < NR; r++) {
         const char *b = w + r * ws + bs * j;
         dw[r] = _mm256_set1_ps(gr_f16_to_f32(gr_ld16(b)));
@@ -103,10 +127,12 @@ INLINE void q8_block(int type, int NR, int NC, acc16 acc[2][2], const char *w, i
             wq[r] = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m), _mm_and_si128(x, m));
         }
     }
+    UNROLL
     for (int c = 0; c < NC; c++) {
         const gr_q8_pair *ap = (const gr_q8_pair *)act[c] + j / 2;
         __m256i av = _mm256_load_si256((const __m256i *)(ap->qs + 32 * h));
         __m256 da = _mm256_load_ps(ap->d + 8 * h);
+        UNROLL
         for (int r = 0; r < NR; r++) {
             __m256i s;
             if (type == GR_Q8_0) {
@@ -120,7 +146,7 @@ INLINE void q8_block(int type, int NR, int NC, acc16 acc[2][2], const char *w, i
 }
 
 INLINE void q8_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t ws, const char *const *act,
-                    float *const *out) {
+                    float *const *out, int64_t r0) {
     acc16 acc[2][2];
     ZERO_ACC(acc, NR, NC)
     for (int64_t j = 0; j < K / 32; j++) q8_block(type, NR, NC, acc, w, ws, act, j);
@@ -141,10 +167,10 @@ INLINE void k_head(int type, const uint8_t *b, ksb *s) {
         s->d = gr_f16_to_f32(gr_ld16(b + 208));
         return;
     }
-    uint8_t sc[8], m[8];
-    gr_k4_scales(b + 4, sc, m);
-    for (int i = 0; i < 8; i++) s->sc[i] = sc[i];
-    s->m = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)m));
+    uint64_t sc, m;
+    gr_k4_scales64(b + 4, &sc, &m);
+    _mm_storeu_si128((__m128i *)s->sc, _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
+    s->m = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)m));
     s->d = gr_f16_to_f32(gr_ld16(b));
     s->dmin = gr_f16_to_f32(gr_ld16(b + 2));
 }
@@ -179,16 +205,19 @@ INLINE __m256i k_scales(int type, const ksb *s, int c, int h) {
 }
 
 INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t ws, const char *const *act,
-                   float *const *out) {
+                   float *const *out, int64_t r0) {
     int bytes = type == GR_Q4_K ? 144 : type == GR_Q5_K ? 176 : 210;
     acc16 acc[2][2];
     ZERO_ACC(acc, NR, NC)
     for (int64_t i = 0; i < K / 256; i++) {
         ksb s[2];
         __m256i IL[2][2][2];
+        UNROLL
         for (int r = 0; r < NR; r++) k_head(type, (const uint8_t *)w + r * ws + bytes * i, &s[r]);
+        UNROLL
         for (int c = 0; c < NC; c++) {
             const gr_q8k *ak = (const gr_q8k *)act[c] + i;
+            UNROLL
             for (int r = 0; r < NR; r++) {
                 IL[r][c][1] = _mm256_setzero_si256();
                 if (type == GR_Q6_K) { /* -32 * (sc[2k] bsums[2k] + sc[2k+1] bsums[2k+1]) in lanes k < 8 */
@@ -200,24 +229,32 @@ INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t w
                 }
             }
         }
+        UNROLL
         for (int ch = 0; ch < 4; ch++)
+            UNROLL
             for (int h = 0; h < 2; h++) {
                 __m256i q[2], sc[2];
+                UNROLL
                 for (int r = 0; r < NR; r++) {
                     q[r] = k_half(type, (const uint8_t *)w + r * ws + bytes * i, ch, h);
                     sc[r] = k_scales(type, &s[r], ch, h);
                 }
+                UNROLL
                 for (int c = 0; c < NC; c++) {
                     __m256i a = _mm256_load_si256((const __m256i *)(((const gr_q8k *)act[c] + i)->qs + 64 * ch + 32 * h));
+                    UNROLL
                     for (int r = 0; r < NR; r++)
                         IL[r][c][h] = _mm256_add_epi32(IL[r][c][h], _mm256_madd_epi16(_mm256_maddubs_epi16(q[r], a), sc[r]));
                 }
             }
+        UNROLL
         for (int c = 0; c < NC; c++) {
             const gr_q8k *ak = (const gr_q8k *)act[c] + i;
             __m256i bw = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)ak->bsum32));
+            UNROLL
             for (int r = 0; r < NR; r++) {
                 __m256 dd = _mm256_set1_ps(ak->d * s[r].d);
+                UNROLL
                 for (int h = 0; h < 2; h++)
                     acc[r][c].v[h] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(IL[r][c][h]), acc[r][c].v[h]);
                 if (type != GR_Q6_K) {
@@ -232,21 +269,16 @@ INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t w
 
 /* ================= instantiation: one function per (type, nr, nc), nr, nc <= 2 ================= */
 
-typedef void (*fixed_tile)(int64_t K, const char *w, int64_t ws, const char *const *act, float *const *out);
-
+/* shape (NR, NC): its tiles over nrows weight rows (a multiple of NR) */
 #define SHAPE(name, gen, type, NR, NC)                                                                   \
-    static void name##_##NR##x##NC(int64_t K, const char *w, int64_t ws, const char *const *act,          \
-                                   float *const *out) {                                                  \
-        gen(type, NR, NC, K, w, ws, act, out);                                                           \
+    static void name##_##NR##x##NC(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act, \
+                                   float *const *out, int64_t r0) {                                      \
+        for (int64_t r = 0; r < nrows; r += NR) gen(type, NR, NC, K, w + r * ws, ws, act, out, r0 + r);    \
     }
 #define KERNEL(name, gen, type)                                                                          \
     SHAPE(name, gen, type, 1, 1) SHAPE(name, gen, type, 1, 2) SHAPE(name, gen, type, 2, 1)              \
     SHAPE(name, gen, type, 2, 2)                                                                         \
-    static const fixed_tile name##_shapes[2][2] = {{name##_1x1, name##_1x2}, {name##_2x1, name##_2x2}};  \
-    static void name(int64_t K, const char *w, int64_t ws, int nr, const char *const *act, float *const *out, \
-                     int nc) {                                                                           \
-        name##_shapes[nr - 1][nc - 1](K, w, ws, act, out);                                               \
-    }
+    static const gr_mm_rows_fn name[GR_MM_MAX_RT][GR_MM_MAX_CT] = {{name##_1x1, name##_1x2}, {name##_2x1, name##_2x2}};
 
 KERNEL(f32_tile, float_tile, GR_F32)
 KERNEL(f16_tile, float_tile, GR_F16)
@@ -259,14 +291,14 @@ KERNEL(q6_k_tile, k_tile, GR_Q6_K)
 
 gr_mm_kernel gr_mm_avx2(int type) {
     switch (type) {
-    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 2, 2, f32_tile};
-    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 2, 2, f16_tile};
-    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 2, 2, bf16_tile};
+    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 1, 2, f32_tile};
+    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 1, 2, f16_tile};
+    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 1, 2, bf16_tile};
     case GR_Q8_0: return (gr_mm_kernel){GR_ACT_Q8, 2, 2, q8_0_tile};
     case GR_Q4_0: return (gr_mm_kernel){GR_ACT_Q8, 2, 2, q4_0_tile};
-    case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 2, 2, q4_k_tile};
-    case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 2, 2, q5_k_tile};
-    case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 2, 2, q6_k_tile};
+    case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 2, q4_k_tile};
+    case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 2, q5_k_tile};
+    case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 2, q6_k_tile};
     default: return (gr_mm_kernel){0, 0, 0, NULL};
     }
 }

@@ -18,6 +18,8 @@
 #include "matmul.h"
 
 #define INLINE static inline __attribute__((always_inline))
+/* the row / token / chunk loops of a tile unrolled completely, so its accumulators live in registers */
+#define UNROLL _Pragma("GCC unroll 16")
 
 /* the canonical tree sum of 16 lanes: h = 8, 4, 2, 1 */
 INLINE float tree(__m512 v) {
@@ -38,29 +40,44 @@ INLINE __m512 load_w(int type, const char *p, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* one 16-element step at k (m: the elements present; absent ones load as 0 and add +0, which
- * leaves an accumulator unchanged since it is never -0) */
-INLINE void float_step(int type, int NR, int NC, __m512 acc[4][4], const char *w, int64_t ws,
+/* 16 elements at k into accumulators acc (m: the elements present; absent ones load as 0 and
+ * add +0, which leaves an accumulator unchanged since it is never -0) */
+INLINE void float_step(int type, int NR, int NC, __m512 acc[2][4], const char *w, int64_t ws,
                        const char *const *act, int64_t k, __mmask16 m) {
     int es = type == GR_F32 ? 4 : 2;
-    __m512 wv[4];
+    __m512 wv[2];
+    UNROLL
     for (int r = 0; r < NR; r++) wv[r] = load_w(type, w + r * ws + k * es, m);
+    UNROLL
     for (int c = 0; c < NC; c++) {
         __m512 av = _mm512_maskz_loadu_ps(m, (const float *)act[c] + k);
+        UNROLL
         for (int r = 0; r < NR; r++) acc[r][c] = _mm512_fmadd_ps(wv[r], av, acc[r][c]);
     }
 }
 
+/* 32 lanes: lo holds lanes k % 32 < 16, hi the others (two independent chains) */
 INLINE void float_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t ws, const char *const *act,
-                       float *const *out) {
-    __m512 acc[4][4];
+                       float *const *out, int64_t r0) {
+    __m512 lo[2][4], hi[2][4];
+    UNROLL
     for (int r = 0; r < NR; r++)
-        for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_ps();
+        UNROLL
+        for (int c = 0; c < NC; c++) lo[r][c] = hi[r][c] = _mm512_setzero_ps();
     int64_t k = 0;
-    for (; k + 16 <= K; k += 16) float_step(type, NR, NC, acc, w, ws, act, k, 0xFFFF);
-    if (k < K) float_step(type, NR, NC, acc, w, ws, act, k, (__mmask16)((1u << (K - k)) - 1));
+    for (; k + 32 <= K; k += 32) {
+        float_step(type, NR, NC, lo, w, ws, act, k, 0xFFFF);
+        float_step(type, NR, NC, hi, w, ws, act, k + 16, 0xFFFF);
+    }
+    if (k < K) { /* the last 1..31 elements */
+        int64_t n = K - k;
+        float_step(type, NR, NC, lo, w, ws, act, k, n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1));
+        if (n > 16) float_step(type, NR, NC, hi, w, ws, act, k + 16, (__mmask16)((1u << (n - 16)) - 1));
+    }
+    UNROLL
     for (int r = 0; r < NR; r++)
-        for (int c = 0; c < NC; c++) out[c][r] = tree(acc[r][c]);
+        UNROLL
+        for (int c = 0; c < NC; c++) out[c][r0 + r] = tree(_mm512_add_ps(lo[r][c], hi[r][c]));
 }
 
 /* ================= Q8_0 / Q4_0 weights, Q8 pairs ================= */
@@ -94,15 +111,18 @@ INLINE void q8_step(int type, int NR, int NC, __m512 acc[4][4], const char *w, i
     int bs = type == GR_Q8_0 ? 34 : 18;
     __m512i wv[4];
     __m512 dw[4];
+    UNROLL
     for (int r = 0; r < NR; r++) {
         const char *b = w + r * ws + 2 * bs * p;
         wv[r] = type == GR_Q8_0 ? q8_0_pair(b, two) : q4_0_pair(b, two);
         dw[r] = pair_scale(b, bs, two);
     }
+    UNROLL
     for (int c = 0; c < NC; c++) {
         const gr_q8_pair *ap = (const gr_q8_pair *)act[c] + p;
         __m512i av = _mm512_load_si512(ap->qs);
         __m512 da = _mm512_load_ps(ap->d);
+        UNROLL
         for (int r = 0; r < NR; r++) {
             __m512i s = _mm512_dpbusd_epi32(_mm512_load_si512(ap->corr), wv[r], av);
             acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(dw[r], da), _mm512_cvtepi32_ps(s), acc[r][c]);
@@ -111,15 +131,19 @@ INLINE void q8_step(int type, int NR, int NC, __m512 acc[4][4], const char *w, i
 }
 
 INLINE void q8_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t ws, const char *const *act,
-                    float *const *out) {
+                    float *const *out, int64_t r0) {
     __m512 acc[4][4];
+    UNROLL
     for (int r = 0; r < NR; r++)
+        UNROLL
         for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_ps();
     int64_t nblk = K / 32, p = 0;
     for (; 2 * p + 2 <= nblk; p++) q8_step(type, NR, NC, acc, w, ws, act, p, 1);
     if (nblk & 1) q8_step(type, NR, NC, acc, w, ws, act, p, 0);
+    UNROLL
     for (int r = 0; r < NR; r++)
-        for (int c = 0; c < NC; c++) out[c][r] = tree(acc[r][c]);
+        UNROLL
+        for (int c = 0; c < NC; c++) out[c][r0 + r] = tree(acc[r][c]);
 }
 
 /* ================= K-quants, Q8K super-blocks ================= */
@@ -151,10 +175,10 @@ INLINE void k_head(int type, const uint8_t *b, ksb *s) {
         s->d = gr_f16_to_f32(gr_ld16(b + 208));
         return;
     }
-    uint8_t sc[8], m[8];
-    gr_k4_scales(b + 4, sc, m);
-    s->sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
-    s->m = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)m));
+    uint64_t sc, m;
+    gr_k4_scales64(b + 4, &sc, &m);
+    s->sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
+    s->m = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)m));
     s->d = gr_f16_to_f32(gr_ld16(b));
     s->dmin = gr_f16_to_f32(gr_ld16(b + 2));
 }
@@ -186,17 +210,23 @@ INLINE __m512i k_chunk(int type, const uint8_t *b, int c) {
 }
 
 INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t ws, const char *const *act,
-                   float *const *out) {
+                   float *const *out, int64_t r0) {
     int bytes = type == GR_Q4_K ? 144 : type == GR_Q5_K ? 176 : 210;
     __m512 acc[4][4];
+    UNROLL
     for (int r = 0; r < NR; r++)
+        UNROLL
         for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_ps();
     for (int64_t i = 0; i < K / 256; i++) {
         ksb s[4];
-        __m512i IL[4][4];
+        __m512i IL[4][4], IL2[4][4]; /* IL2: odd chunks of small tiles (a second dependency chain) */
+        const int split = NR * NC <= 2;
+        UNROLL
         for (int r = 0; r < NR; r++) k_head(type, (const uint8_t *)w + r * ws + bytes * i, &s[r]);
+        UNROLL
         for (int c = 0; c < NC; c++) {
             const gr_q8k *ak = (const gr_q8k *)act[c] + i;
+            UNROLL
             for (int r = 0; r < NR; r++) {
                 if (type == GR_Q6_K) { /* -32 * (sc[2k] bsums[2k] + sc[2k+1] bsums[2k+1]) in lanes k < 8 */
                     __m256i t = _mm256_madd_epi16(_mm512_castsi512_si256(s[r].sc), _mm256_loadu_si256((const __m256i *)ak->bsums));
@@ -204,24 +234,36 @@ INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t w
                 } else {
                     IL[r][c] = _mm512_setzero_si512();
                 }
+                IL2[r][c] = _mm512_setzero_si512();
             }
         }
+        UNROLL
         for (int ch = 0; ch < 4; ch++) {
             __m512i q[4], sc[4];
+            UNROLL
             for (int r = 0; r < NR; r++) {
                 q[r] = k_chunk(type, (const uint8_t *)w + r * ws + bytes * i, ch);
                 sc[r] = chunk_scales(type, &s[r], ch);
             }
+            UNROLL
             for (int c = 0; c < NC; c++) {
                 __m512i a = _mm512_load_si512(((const gr_q8k *)act[c] + i)->qs + 64 * ch);
-                for (int r = 0; r < NR; r++) IL[r][c] = _mm512_dpwssd_epi32(IL[r][c], _mm512_maddubs_epi16(q[r], a), sc[r]);
+                UNROLL
+                for (int r = 0; r < NR; r++) {
+                    __m512i p = _mm512_maddubs_epi16(q[r], a);
+                    if (split && (ch & 1)) IL2[r][c] = _mm512_dpwssd_epi32(IL2[r][c], p, sc[r]);
+                    else IL[r][c] = _mm512_dpwssd_epi32(IL[r][c], p, sc[r]);
+                }
             }
         }
+        UNROLL
         for (int c = 0; c < NC; c++) {
             const gr_q8k *ak = (const gr_q8k *)act[c] + i;
             __m256i bw = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)ak->bsum32));
+            UNROLL
             for (int r = 0; r < NR; r++) {
-                acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(ak->d * s[r].d), _mm512_cvtepi32_ps(IL[r][c]), acc[r][c]);
+                __m512i il = split ? _mm512_add_epi32(IL[r][c], IL2[r][c]) : IL[r][c];
+                acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(ak->d * s[r].d), _mm512_cvtepi32_ps(il), acc[r][c]);
                 if (type != GR_Q6_K) {
                     __m512i ml = _mm512_zextsi256_si512(_mm256_mullo_epi32(s[r].m, bw));
                     acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(-(ak->d * s[r].dmin)), _mm512_cvtepi32_ps(ml), acc[r][c]);
@@ -229,51 +271,53 @@ INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t w
             }
         }
     }
+    UNROLL
     for (int r = 0; r < NR; r++)
-        for (int c = 0; c < NC; c++) out[c][r] = tree(acc[r][c]);
+        UNROLL
+        for (int c = 0; c < NC; c++) out[c][r0 + r] = tree(acc[r][c]);
 }
 
 /* ================= instantiation: one function per (type, nr, nc) ================= */
 
-typedef void (*fixed_tile)(int64_t K, const char *w, int64_t ws, const char *const *act, float *const *out);
-
+/* shape (NR, NC): its tiles over nrows weight rows (a multiple of NR) */
 #define SHAPE(name, gen, type, NR, NC)                                                                   \
-    static void name##_##NR##x##NC(int64_t K, const char *w, int64_t ws, const char *const *act,          \
-                                   float *const *out) {                                                  \
-        gen(type, NR, NC, K, w, ws, act, out);                                                           \
+    static void name##_##NR##x##NC(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act, \
+                                   float *const *out, int64_t r0) {                                      \
+        for (int64_t r = 0; r < nrows; r += NR) gen(type, NR, NC, K, w + r * ws, ws, act, out, r0 + r);    \
     }
-#define SHAPES_ROW(name, gen, type, NR)                                                                  \
+#define SHAPES(name, gen, type, NR)                                                                      \
     SHAPE(name, gen, type, NR, 1) SHAPE(name, gen, type, NR, 2) SHAPE(name, gen, type, NR, 3) SHAPE(name, gen, type, NR, 4)
-#define ROW_PTRS(name, NR) {name##_##NR##x1, name##_##NR##x2, name##_##NR##x3, name##_##NR##x4}
-#define KERNEL(name, gen, type)                                                                          \
-    SHAPES_ROW(name, gen, type, 1) SHAPES_ROW(name, gen, type, 2) SHAPES_ROW(name, gen, type, 3)        \
-    SHAPES_ROW(name, gen, type, 4)                                                                       \
-    static const fixed_tile name##_shapes[4][4] = {ROW_PTRS(name, 1), ROW_PTRS(name, 2), ROW_PTRS(name, 3), \
-                                                   ROW_PTRS(name, 4)};                                   \
-    static void name(int64_t K, const char *w, int64_t ws, int nr, const char *const *act, float *const *out, \
-                     int nc) {                                                                           \
-        name##_shapes[nr - 1][nc - 1](K, w, ws, act, out);                                               \
-    }
+#define PTRS(name, NR) {name##_##NR##x1, name##_##NR##x2, name##_##NR##x3, name##_##NR##x4}
+#define DISPATCH(name, RT, ...) static const gr_mm_rows_fn name[GR_MM_MAX_RT][GR_MM_MAX_CT] = {__VA_ARGS__};
+/* tiles of up to 1, 2 or 4 weight rows x 4 tokens */
+#define KERNEL1(name, gen, type) SHAPES(name, gen, type, 1) DISPATCH(name, 1, PTRS(name, 1))
+#define KERNEL2(name, gen, type)                                                                         \
+    SHAPES(name, gen, type, 1) SHAPES(name, gen, type, 2) DISPATCH(name, 2, PTRS(name, 1), PTRS(name, 2))
+#define KERNEL4(name, gen, type)                                                                         \
+    SHAPES(name, gen, type, 1) SHAPES(name, gen, type, 2) SHAPES(name, gen, type, 3) SHAPES(name, gen, type, 4) \
+    DISPATCH(name, 4, PTRS(name, 1), PTRS(name, 2), PTRS(name, 3), PTRS(name, 4))
 
-KERNEL(f32_tile, float_tile, GR_F32)
-KERNEL(f16_tile, float_tile, GR_F16)
-KERNEL(bf16_tile, float_tile, GR_BF16)
-KERNEL(q8_0_tile, q8_tile, GR_Q8_0)
-KERNEL(q4_0_tile, q8_tile, GR_Q4_0)
-KERNEL(q4_k_tile, k_tile, GR_Q4_K)
-KERNEL(q5_k_tile, k_tile, GR_Q5_K)
-KERNEL(q6_k_tile, k_tile, GR_Q6_K)
+/* measured (Zen 4): F32/F16/BF16 best at 2 rows (two accumulators per dot product), Q8_0/Q4_0 at
+ * 4 rows, the K-quants at 1 row (their decoded quants and scales fill the registers) */
+KERNEL2(f32_tile, float_tile, GR_F32)
+KERNEL2(f16_tile, float_tile, GR_F16)
+KERNEL2(bf16_tile, float_tile, GR_BF16)
+KERNEL4(q8_0_tile, q8_tile, GR_Q8_0)
+KERNEL4(q4_0_tile, q8_tile, GR_Q4_0)
+KERNEL1(q4_k_tile, k_tile, GR_Q4_K)
+KERNEL1(q5_k_tile, k_tile, GR_Q5_K)
+KERNEL1(q6_k_tile, k_tile, GR_Q6_K)
 
 gr_mm_kernel gr_mm_avx512(int type) {
     switch (type) {
-    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 4, 4, f32_tile};
-    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 4, 4, f16_tile};
-    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 4, 4, bf16_tile};
+    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 2, 4, f32_tile};
+    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 2, 4, f16_tile};
+    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 2, 4, bf16_tile};
     case GR_Q8_0: return (gr_mm_kernel){GR_ACT_Q8, 4, 4, q8_0_tile};
     case GR_Q4_0: return (gr_mm_kernel){GR_ACT_Q8, 4, 4, q4_0_tile};
-    case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 4, 2, q4_k_tile};
-    case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 4, 2, q5_k_tile};
-    case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 4, 2, q6_k_tile};
+    case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 4, q4_k_tile};
+    case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 4, q5_k_tile};
+    case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 4, q6_k_tile};
     default: return (gr_mm_kernel){0, 0, 0, NULL};
     }
 }
