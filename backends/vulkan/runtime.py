@@ -272,9 +272,10 @@ class Device:
         if buf.mapped is not None:
             buf.mapped[offset : offset + raw.size] = raw
             return
-        stage = self._staging(raw.size)
-        stage.mapped[: raw.size] = raw
-        self.copy_now(stage, 0, buf, offset, raw.size)
+        with self.lock:  # one staging buffer per device
+            stage = self._staging(raw.size)
+            stage.mapped[: raw.size] = raw
+            self.copy_now(stage, 0, buf, offset, raw.size)
 
     def read(self, buf: VkBuf, offset: int, nbytes: int) -> np.ndarray:
         """A host copy (uint8) of nbytes of buf from offset."""
@@ -282,9 +283,10 @@ class Device:
             return buf.mapped[offset : offset + nbytes].copy()
         out = np.empty(nbytes, np.uint8)
         if nbytes:
-            stage = self._staging(nbytes)
-            self.copy_now(buf, offset, stage, 0, nbytes)
-            out[:] = stage.mapped[:nbytes]
+            with self.lock:
+                stage = self._staging(nbytes)
+                self.copy_now(buf, offset, stage, 0, nbytes)
+                out[:] = stage.mapped[:nbytes]
         return out
 
     def _staging(self, nbytes: int) -> VkBuf:
@@ -467,6 +469,9 @@ def _overlap(a: list[tuple[int, int, int]], b: list[tuple[int, int, int]]) -> bo
 ALL_WRITES = vk.ACCESS_SHADER_WRITE | vk.ACCESS_TRANSFER_WRITE | vk.ACCESS_HOST_WRITE
 ALL_ACCESS = vk.ACCESS_SHADER_READ | vk.ACCESS_SHADER_WRITE | vk.ACCESS_TRANSFER_READ | vk.ACCESS_TRANSFER_WRITE
 ALL_STAGES = vk.STAGE_COMPUTE | vk.STAGE_TRANSFER | vk.STAGE_HOST
+# the (read, write) accesses each pipeline stage of a command buffer body performs
+STAGE_ACCESS = {vk.STAGE_COMPUTE: (vk.ACCESS_SHADER_READ, vk.ACCESS_SHADER_WRITE),
+                vk.STAGE_TRANSFER: (vk.ACCESS_TRANSFER_READ, vk.ACCESS_TRANSFER_WRITE)}  # fmt: skip
 
 
 class Recorded:
@@ -488,9 +493,10 @@ class Recorded:
             begin = ffi.new("VkCommandBufferBeginInfo*", {"sType": vk.ST_COMMAND_BUFFER_BEGIN_INFO})
             vk.check(lib.vkBeginCommandBuffer(cmd[0], begin), "vkBeginCommandBuffer")
             # host writes and other submissions' writes, then the body, then everything visible to the host
-            device._barrier(cmd[0], ALL_STAGES, stages, ALL_WRITES, ALL_ACCESS)
+            reads, writes = STAGE_ACCESS[stages]
+            device._barrier(cmd[0], ALL_STAGES, stages, ALL_WRITES, reads | writes)
             body(cmd[0])
-            device._barrier(cmd[0], stages, ALL_STAGES, ALL_WRITES, ALL_ACCESS | vk.ACCESS_HOST_READ)
+            device._barrier(cmd[0], stages, ALL_STAGES, writes, ALL_ACCESS | vk.ACCESS_HOST_READ)
             vk.check(lib.vkEndCommandBuffer(cmd[0]), "vkEndCommandBuffer")
         self.cmd = cmd
         self.submit_info = ffi.new("VkSubmitInfo*", {"sType": vk.ST_SUBMIT_INFO, "commandBufferCount": 1,
