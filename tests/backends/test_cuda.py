@@ -283,6 +283,9 @@ class FakeCuda:
                 pos += 11
             else:
                 pos += 1
+        why = uncovered(name, grid, block, [r[2] for r in records])
+        if why:
+            self.problems.append(f"{name}: grid {grid} x block {block} does not cover {why}")
         for i, (ptr, nb, ne, type_) in enumerate(records):
             if ptr == 0:
                 continue  # an absent optional operand
@@ -296,6 +299,50 @@ class FakeCuda:
                 self.mark_written(ptr, extent, what)
             else:
                 self.require_written(ptr, extent, what)
+
+
+def _n(ne) -> int:
+    return ne[0] * ne[1] * ne[2] * ne[3]
+
+
+# kernel -> (the items its threads (or warps, or blocks) stand for, from the records' ne; per-thread,
+# per-warp or per-block). The one-item-per-thread kernels return early past the last item.
+COVER = {
+    "copy": (lambda ne: _n(ne[-1]), "thread"),
+    "binary": (lambda ne: _n(ne[-1]), "thread"),
+    "unary": (lambda ne: _n(ne[-1]), "thread"),
+    "concat": (lambda ne: _n(ne[-1]), "thread"),
+    "get_rows": (lambda ne: _n(ne[-1]), "thread"),
+    "ssm_conv": (lambda ne: _n(ne[-1]), "thread"),
+    "quantize": (lambda ne: _n(ne[-1]) // 32, "thread"),
+    "get_rows_q": (lambda ne: _n(ne[-1]) // 16, "thread"),
+    "argsort": (lambda ne: _n(ne[0]), "thread"),
+    "set_rows": (lambda ne: ne[0][0] * ne[0][2] * ne[0][3], "thread"),
+    "rope": (lambda ne: _n(ne[0]) // ne[0][0], "thread"),
+    "norm_rows": (lambda ne: _n(ne[0]) // ne[0][0], "block"),
+    "rows": (lambda ne: _n(ne[0]) // ne[0][0], "block"),
+    "soft_max": (lambda ne: _n(ne[0]) // ne[0][0], "block"),
+    "flash_attn_ext": (lambda ne: _n(ne[0]) // ne[0][0], "block"),
+    "gated_delta_net": (lambda ne: ne[2][0] * ne[2][1] * ne[2][3], "warp"),
+}
+
+
+def uncovered(name: str, grid, block, ne: list) -> str | None:
+    """Why a launch's grid misses some of its kernel's items (None when it covers them exactly
+    enough: every item, and no whole block past the end)."""
+    d = ne[-1]
+    if name == "mul_mat_vec":  # warps over d's rows; tokens (expert slots) in y; batches (tokens) in z
+        want = (-(-d[0] // (block[0] // 32)), d[1], d[2] * d[3])
+        return None if tuple(grid) == want else f"d {d} (want {want})"
+    if name == "mul_mat_tiled":  # 64 x 64 tiles of d, batches in z
+        want = (-(-d[0] // 64), -(-d[1] // 64), d[2] * d[3])
+        return None if tuple(grid) == want else f"d {d} (want {want})"
+    items, per = COVER[name]
+    n = items(ne)
+    if per == "block":
+        return None if grid[0] == n else f"{n} rows"
+    width = block[0] // 32 if per == "warp" else block[0]
+    return None if grid[0] == -(-n // width) else f"{n} items"
 
 
 def fake_backend(monkeypatch, graphs: bool = True, stats: dict | None = None) -> tuple[CUDABackend, FakeCuda]:
@@ -509,7 +556,7 @@ def test_device_to_device_copy_waits_for_its_source(monkeypatch, sm80_stats):
 
 
 @needs_nvcc
-def test_the_fake_catches_an_out_of_bounds_record(monkeypatch, sm80_stats):
+def test_the_fake_catches_bad_records_blocks_and_grids(monkeypatch, sm80_stats):
     be, fake = fake_backend(monkeypatch, True, sm80_stats)
     buf = be.alloc_buffer(256)
     fake.mark_written(int(buf.handle), 256, "test")
@@ -519,6 +566,10 @@ def test_the_fake_catches_an_out_of_bounds_record(monkeypatch, sm80_stats):
     fake.problems.clear()
     fake.check_launch("unary", (1, 1, 1), (2048, 1, 1), runtime.pack("TTiff", [rec, rec, 0, 0.0, 0.0]), 0)
     assert any("block" in p for p in fake.problems)
+    fake.problems.clear()
+    rec = (int(buf.handle), (4, 256, 256, 256), (64, 1, 1, 1), 0)
+    fake.check_launch("unary", (1, 1, 1), (32, 1, 1), runtime.pack("TTiff", [rec, rec, 0, 0.0, 0.0]), 0)
+    assert fake.problems == ["unary: grid (1, 1, 1) x block (32, 1, 1) does not cover 64 items"]
 
 
 # ---- on a GPU -----------------------------------------------------------------------
