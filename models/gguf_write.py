@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from graphir import progress
 from graphir.layout import f32_to_bf16
 from graphir.types import TYPE_INFO, DType, row_size
 
@@ -38,8 +39,9 @@ class GGUFContents:
     tensors: dict[str, tuple[int, tuple[int, ...], np.ndarray]] = field(default_factory=dict)  # (type id, ne, bytes)
 
 
-def write_gguf(path: str | os.PathLike[str], c: GGUFContents) -> None:
-    """Write `c` verbatim (general.architecture first, then the KVs, then the tensors)."""
+def write_gguf(path: str | os.PathLike[str], c: GGUFContents, *, show_progress: bool = False) -> None:
+    """Write `c` verbatim (general.architecture first, then the KVs, then the tensors). show_progress:
+    a bar over the tensor bytes (gguf's own tqdm bar; where graphir.progress is enabled)."""
     from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 
     w = GGUFWriter(os.fspath(path), arch=c.arch)
@@ -53,7 +55,7 @@ def write_gguf(path: str | os.PathLike[str], c: GGUFContents) -> None:
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file()
+        w.write_tensors_to_file(progress=show_progress and progress.enabled())
     finally:
         w.close()
 
@@ -115,8 +117,10 @@ def write_qwen35(
     tokenizer: Mapping[str, Any],
     name: str | None = None,
     chat_template: str | None = None,
+    *,
+    show_progress: bool = False,
 ) -> None:
-    """Write a Qwen3.5 GGUF that loads here and in llama.cpp.
+    """Write a Qwen3.5 GGUF that loads here and in llama.cpp (show_progress: a bar while writing).
 
     Args:
         hp: the hyperparameters (arch "qwen35" or "qwen35moe"); `hp.n_vocab` must equal the token count.
@@ -128,7 +132,7 @@ def write_qwen35(
         chat_template: the Jinja2 chat template (`tokenizer.chat_template`, what `LLM.chat` and
             llama.cpp's `--jinja` render; models.chat.CHATML for Qwen's format); None: no key.
     """
-    write_gguf(path, qwen35_contents(hp, tensors, tokenizer, name, chat_template))
+    write_gguf(path, qwen35_contents(hp, tensors, tokenizer, name, chat_template), show_progress=show_progress)
 
 
 def _check_template(template: str) -> str:
@@ -232,7 +236,7 @@ def _to_raw(name: str, t: DType, data: Any, ne: tuple[int, ...]) -> np.ndarray:
 
 
 def random_qwen35(
-    hp: Qwen35HParams, seed: int, dtype: DType = DType.F32, *, tied_output: bool = False
+    hp: Qwen35HParams, seed: int, dtype: DType = DType.F32, *, tied_output: bool = False, show_progress: bool = False
 ) -> dict[str, TensorData]:
     """A deterministic random-weight model of `hp`, scaled so activations stay O(1).
 
@@ -245,14 +249,18 @@ def random_qwen35(
     """
     rng = np.random.default_rng(seed)
     out: dict[str, TensorData] = {}
-    for group in archs.tensor_groups(hp):
-        first = group.options[0][0].name
-        wanted = first.endswith("nextn.shared_head_norm.weight") or (first == "output.weight" and not tied_output)
-        if not group.required and not wanted:
-            continue
-        for spec in group.options[0]:
-            x = _random_values(rng, spec)
-            out[spec.name] = _store(spec, x, dtype)
+    groups = archs.tensor_groups(hp)
+    desc = f"random weights ({dtype.name})"
+    with progress.bar(total=len(groups), desc=desc, unit="group", show=show_progress) as bar:
+        for group in groups:
+            bar.update(1)
+            first = group.options[0][0].name
+            wanted = first.endswith("nextn.shared_head_norm.weight") or (first == "output.weight" and not tied_output)
+            if not group.required and not wanted:
+                continue
+            for spec in group.options[0]:
+                x = _random_values(rng, spec)
+                out[spec.name] = _store(spec, x, dtype)
     return out
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graphir import progress
 from graphir.backends.base import default_threads
 
 
@@ -37,6 +38,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-llama", action="store_true", help="skip the llama.cpp side")
     p.add_argument("--bandwidth", action="store_true", help="measure the machine's read bandwidth and exit")
     p.add_argument("--make-08b", metavar="DIR", help="write qwen35-0.8b-shaped-{q8_0,f16}.gguf into DIR and exit")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
 # ---- the two sides (each runs in a worker process) ----
@@ -203,16 +205,17 @@ def _run_sides(sides: dict, args, tokens: list[int], threads: int) -> dict[str, 
     spec = (args.model, len(tokens), args.gen_tokens, args.ubatch, args.backend or ["cpu"], threads)
     workers = {name: _start(cls, spec, tokens, args.gen_tokens) for name, cls in sides.items()}
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
-    for rep in range(args.reps + 1):  # the first round warms up (plans, caches, page faults)
-        for name, (_, conn) in workers.items():
-            conn.send("run")
-            kind, payload = conn.recv()
-            if kind == "error":
-                raise RuntimeError(f"{name}: {payload}")
-            if rep:
-                times[name].append(payload)
-        print(f"\r  run {rep}/{args.reps}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+    with progress.bar(total=(args.reps + 1) * len(workers), desc="bench", unit="run") as bar:
+        for rep in range(args.reps + 1):  # the first round warms up (plans, caches, page faults)
+            for name, (_, conn) in workers.items():
+                bar.set_postfix_str(f"{name} {'warm-up' if rep == 0 else f'run {rep}/{args.reps}'}")
+                conn.send("run")
+                kind, payload = conn.recv()
+                if kind == "error":
+                    raise RuntimeError(f"{name}: {payload}")
+                if rep:
+                    times[name].append(payload)
+                bar.update(1)
     results = {}
     for name, (proc, conn) in workers.items():
         conn.send("stop")

@@ -47,8 +47,8 @@ def write_08b_models(out_dir: Path, dtypes=(DType.Q8_0, DType.F16)) -> list[Path
         path = out_dir / f"qwen35-0.8b-shaped-{dt.name.lower()}.gguf"
         if not path.exists():
             tmp = path.with_suffix(".tmp")
-            write_qwen35(tmp, hp, random_qwen35(hp, seed=0, dtype=dt), synthetic_vocab(N_VOCAB),
-                         name=f"qwen35 0.8B-shaped random {dt.name}")  # fmt: skip
+            write_qwen35(tmp, hp, random_qwen35(hp, seed=0, dtype=dt, show_progress=True), synthetic_vocab(N_VOCAB),
+                         name=f"qwen35 0.8B-shaped random {dt.name}", show_progress=True)  # fmt: skip
             tmp.rename(path)
         paths.append(path)
     return paths

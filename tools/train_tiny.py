@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from graphir import progress
+
 from .train_tiny_model import build_model, import_torch
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -297,29 +299,29 @@ def evaluate(torch: Any, model: Any, windows: np.ndarray, batch: int = 16) -> di
 
 
 class Progress:
-    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+    """Training progress: graphir's tqdm bar (graphir/progress.py) on a terminal; without one, a plain
+    line every 30 s (a log for runs in the background)."""
 
     def __init__(self, total: int, start: int = 0) -> None:
         self.total, self.t0, self.start = total, time.perf_counter(), start
-        self.tty = sys.stderr.isatty()
+        self.bar = progress.bar(total=total, desc="train", unit="step", initial=start) if progress.enabled() else None
         self.last_line = 0.0
 
     def update(self, step: int, text: str) -> None:
-        done = step - self.start
-        el = time.perf_counter() - self.t0
-        eta = el / max(done, 1) * (self.total - step)
-        bar = "#" * int(30 * step / self.total)
-        line = f"[{bar:<30}] {step}/{self.total} {text} {el / max(done, 1):.2f} s/step eta {eta / 60:.1f} min"
-        if self.tty:
-            sys.stderr.write("\r" + line)
-        elif time.perf_counter() - self.last_line > 30 or step == self.total:
-            sys.stderr.write(line + "\n")
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(step - self.bar.n)
+            return
+        if time.perf_counter() - self.last_line > 30 or step == self.total:
+            done, el = step - self.start, time.perf_counter() - self.t0
+            eta = el / max(done, 1) * (self.total - step)
+            print(f"{step}/{self.total} {text} {el / max(done, 1):.2f} s/step eta {eta / 60:.1f} min",
+                  file=sys.stderr, flush=True)  # fmt: skip
             self.last_line = time.perf_counter()
-        sys.stderr.flush()
 
     def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
+        if self.bar is not None:
+            self.bar.close()
 
 
 def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float | None = None,

@@ -141,3 +141,67 @@ def test_parity_works_after_the_main_job_install(capsys) -> None:
     assert any(r.startswith("jinja2") for r in requires) and any(r.startswith("tqdm") for r in requires)
     assert main(["parity", "-b", "cpu", "-c", "add", "-q"]) == 0
     assert "add" in capsys.readouterr().out
+
+
+class Terminal:
+    """A child process on a pseudo-terminal (stdin, stdout and stderr all a tty), read as it writes."""
+
+    def __init__(self, *argv: str) -> None:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 x 100: tqdm needs a width
+        self.proc = subprocess.Popen([*GRAPHIR, *argv], stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+        os.close(slave)
+        self.buf = b""
+
+    def read_until(self, pred, timeout: float = 60) -> bool:
+        import select
+
+        end = time.monotonic() + timeout
+        while not pred(self.buf) and time.monotonic() < end:
+            if select.select([self.master], [], [], 0.1)[0]:
+                try:
+                    self.buf += os.read(self.master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+        return pred(self.buf)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        os.close(self.master)
+
+
+def test_chat_on_a_terminal_ctrl_c_ends_the_turn_ctrl_d_quits() -> None:
+    t = Terminal("generate", "--chat", "-n", "3000", "-c", "4096", "--seed", "1")
+    try:
+        assert t.read_until(lambda b: b"> " in b), t.buf
+        os.write(t.master, b"Write a loop\n")
+        assert t.read_until(lambda b: len(b.partition(b"Write a loop\r\n")[2]) > 40), t.buf  # replying
+        t.proc.send_signal(signal.SIGINT)
+        assert t.read_until(lambda b: b"[stopped]\r\n> " in b), t.buf  # the turn ended, a new prompt
+        os.write(t.master, b"\x04")  # Ctrl-D
+        assert t.proc.wait(timeout=60) == 0
+        assert b"Traceback" not in t.buf
+    finally:
+        t.close()
+
+
+def test_progress_on_a_terminal_only(tmp_path) -> None:
+    prompt = tmp_path / "long.txt"
+    prompt.write_text("import os\n" * 40)  # > 2 ubatches of 16 tokens: the prefill shows a bar
+    for quiet, shown in ((False, True), (True, False)):
+        t = Terminal("generate", "--file", str(prompt), "--ubatch", "16", "-n", "2", *(["-q"] if quiet else []))
+        try:
+            assert t.proc.wait(timeout=60) == 0
+            t.read_until(lambda b: False, timeout=0.3)
+            assert (b"prefill: " in t.buf and b"%|" in t.buf) == shown, t.buf  # tqdm's "prefill:  40%|###  | 64/160"
+        finally:
+            t.close()
+    r = run("generate", "--file", str(prompt), "--ubatch", "16", "-n", "2")  # stderr a pipe: no bar
+    assert r.returncode == 0 and "%|" not in r.stderr and "\r" not in r.stderr and "prefill:" in r.stderr
