@@ -18,7 +18,7 @@ import pytest
 
 import graphir as gr
 from graphir.backends import availability, get_backend
-from graphir.backends.cuda import CUDABackend, compiler, runtime
+from graphir.backends.cuda import CUDABackend, compiler, emu, runtime
 from graphir.backends.cuda.kernels import KERNELS
 from graphir.graph import build_graph
 from graphir.ops import Op
@@ -88,9 +88,17 @@ ptxas info    : Used 72 registers, used 1 barriers, 4128 bytes smem, 608 bytes c
 
 
 class FakeAlloc:
-    def __init__(self, cuda: FakeCuda, addr: int, nbytes: int) -> None:
-        self.cuda, self.addr, self.nbytes = cuda, addr, nbytes
-        self.mem = bytearray(nbytes)
+    """Device memory as host memory (a real address, so the host emulator can run kernels on it),
+    a guard of GUARD bytes after it, and a mask of the bytes written so far."""
+
+    GUARD = 4096
+
+    def __init__(self, cuda: FakeCuda, nbytes: int) -> None:
+        self.cuda, self.nbytes = cuda, nbytes
+        self.host = np.zeros(nbytes + self.GUARD + 256, dtype=np.uint8)
+        self.addr = -(-self.host.ctypes.data // 256) * 256  # cudaMalloc's alignment
+        off = self.addr - self.host.ctypes.data
+        self.mem = self.host[off : off + nbytes]
         self.written = np.zeros(nbytes, dtype=bool)
 
     def __int__(self) -> int:
@@ -162,9 +170,9 @@ class FakeCuda:
 
     Error = RuntimeError
 
-    def __init__(self, graphs: bool = True, stats: dict | None = None) -> None:
+    def __init__(self, graphs: bool = True, stats: dict | None = None, emulate: bool = False) -> None:
         self.allocs: list[FakeAlloc] = []
-        self.next = 1 << 20
+        self.emulate = emulate
         self.events: list[tuple] = []
         self.launched: list[tuple[str, str]] = []
         self.stats = stats or {}
@@ -206,8 +214,7 @@ class FakeCuda:
 
     # memory
     def mem_alloc(self, nbytes: int) -> FakeAlloc:
-        a = FakeAlloc(self, self.next, nbytes)
-        self.next += -(-nbytes // 256) * 256 + 4096  # a gap: an overrun never lands in the next allocation
+        a = FakeAlloc(self, nbytes)
         self.allocs.append(a)
         return a
 
@@ -233,7 +240,7 @@ class FakeCuda:
         hit = self.find(int(dst), raw.size, "memcpy_htod")
         if hit:
             a, o = hit
-            a.mem[o : o + raw.size] = raw.tobytes()
+            a.mem[o : o + raw.size] = raw
             a.written[o : o + raw.size] = True
         self.events.append(("htod", raw.size))
 
@@ -241,7 +248,7 @@ class FakeCuda:
         hit = self.find(int(src), dst.nbytes, "memcpy_dtoh")
         if hit:
             a, o = hit
-            dst.reshape(-1).view(np.uint8)[...] = np.frombuffer(a.mem, np.uint8, dst.nbytes, o)
+            dst.reshape(-1).view(np.uint8)[...] = a.mem[o : o + dst.nbytes]
         self.events.append(("dtoh", dst.nbytes))
 
     def memcpy_dtod_async(self, dst: int, src: int, n: int, stream: FakeStream) -> None:
@@ -299,6 +306,8 @@ class FakeCuda:
                 self.mark_written(ptr, extent, what)
             else:
                 self.require_written(ptr, extent, what)
+        if self.emulate and not self.problems:
+            emu.launch(name, grid, block, args)
 
 
 def _n(ne) -> int:
@@ -345,8 +354,10 @@ def uncovered(name: str, grid, block, ne: list) -> str | None:
     return None if grid[0] == -(-n // width) else f"{n} items"
 
 
-def fake_backend(monkeypatch, graphs: bool = True, stats: dict | None = None) -> tuple[CUDABackend, FakeCuda]:
-    fake = FakeCuda(graphs, stats)
+def fake_backend(
+    monkeypatch, graphs: bool = True, stats: dict | None = None, emulate: bool = False
+) -> tuple[CUDABackend, FakeCuda]:
+    fake = FakeCuda(graphs, stats, emulate)
     monkeypatch.setattr(runtime, "cuda", fake)
     be = CUDABackend()
     return be, fake
@@ -581,3 +592,40 @@ def test_parity_on_the_device():
 
     table = run_all(["cuda"], "ci")
     assert table.ok, table.format()
+
+
+# ---- the kernels themselves, in the host emulator --------------------------------------
+
+EMU = emu.available()
+needs_emu = pytest.mark.skipif(EMU is not None or not (HAVE_NVCC or compiler.all_cached()), reason=f"{EMU}")
+
+
+def emulated_parity(monkeypatch, stats: dict, cases: list[str] | None = None, per_case: int | None = None):
+    """(case, params, result) of every parity example run by the kernels in the host emulator."""
+    from graphir.parity import CASES
+    from graphir.parity.harness import check_case, examples
+
+    be, fake = fake_backend(monkeypatch, True, stats, emulate=True)
+    out = []
+    for name, case in CASES.items():
+        if cases is None or name in cases:
+            for p in examples(case, "ci")[:per_case]:
+                out.append((name, p, check_case(case, p, be)))
+                assert fake.problems == [], f"{name} {p}: {fake.problems[:5]}"
+    return out
+
+
+@needs_emu
+def test_every_parity_case_passes_in_the_host_emulator(monkeypatch, sm80_stats):
+    results = emulated_parity(monkeypatch, sm80_stats)
+    bad = [f"{n} {p}: {r.status.value} {r.reason}" for n, p, r in results if not r.passed]
+    assert bad == [] and len(results) > 0
+
+
+@needs_emu
+def test_the_emulated_parity_check_bites(monkeypatch, sm80_stats):
+    from graphir.backends.cuda import kernels
+
+    monkeypatch.setitem(kernels.BINARY, Op.ADD, kernels.BINARY[Op.SUB])  # a launcher passing the wrong op code
+    results = emulated_parity(monkeypatch, sm80_stats, ["add"], 2)
+    assert results and all(r.status.value == "fail" for _, _, r in results)
