@@ -2,7 +2,8 @@
  *
  * Phase 1: the threads convert the rows of b into the weights' dot-product format (matmul.h)
  * in the op's scratch (F32 rows of b that are already contiguous are read in place), then meet
- * at a barrier. Phase 2: the output is cut into units of RB weight rows x NB activation rows
+ * at a barrier; with at most PRIVATE_ROWS rows of b (decode) every thread converts them all
+ * into its own part of the scratch instead, and no thread waits for another. Phase 2: the output is cut into units of RB weight rows x NB activation rows
  * (per b matrix); each thread takes a contiguous run of units, so a decode (one activation
  * row) has every thread streaming its own contiguous range of weight rows. A unit runs its
  * token tiles (up to ct activation rows) one after the other, each over all the unit's rows,
@@ -19,6 +20,7 @@
 
 #define RB 16 /* weight rows per unit */
 #define NB 64 /* activation rows per unit */
+#define PRIVATE_ROWS 2 /* up to this many rows of b, each thread converts its own copy */
 
 static int act_kind(int wtype) {
     switch (wtype) {
@@ -37,23 +39,40 @@ static int64_t act_bytes(int wtype, const gr_tensor *b) {
     return act_in_place(wtype, b) ? 0 : gr_nrows(b) * gr_act_row_bytes(act_kind(wtype), b->ne[0]);
 }
 
-/* Phase 1: this thread's share of the rows of b into the scratch (row r of b at r * rb). */
-static void convert_rows(const gr_tensor *b, int wtype, char *wdata, const gr_thread *th) {
+/* every thread its own converted copy of b (and its own expert lists) */
+static int act_private(int wtype, const gr_tensor *b) { return gr_nrows(b) <= PRIVATE_ROWS; }
+
+/* the scratch part this thread reads (private parts are `part` bytes apart) */
+static char *scratch_of(const gr_op *op, int64_t part, const gr_thread *th) {
+    return op->wdata + (act_private(op->src[0].type, &op->src[1]) ? th->ith * part : 0);
+}
+
+/* rows [r0, r1) of b into the scratch (row r of b at r * row bytes) */
+static void convert_rows(const gr_tensor *b, int wtype, char *base, int64_t r0, int64_t r1) {
     int act = act_kind(wtype);
-    int64_t rb = gr_act_row_bytes(act, b->ne[0]), r0, r1;
-    gr_chunk(gr_nrows(b), th->ith, th->nth, &r0, &r1);
+    int64_t rb = gr_act_row_bytes(act, b->ne[0]);
     for (int64_t r = r0; r < r1; r++) {
         int64_t i1, i2, i3;
         gr_unravel_row(b, r, &i1, &i2, &i3);
-        gr_act_row(gr_row(b, i1, i2, i3), b->type, b->nb[0], b->ne[0], act, gr_act_q8_corr(wtype), wdata + r * rb);
+        gr_act_row(gr_row(b, i1, i2, i3), b->type, b->nb[0], b->ne[0], act, gr_act_q8_corr(wtype), base + r * rb);
     }
 }
 
-/* activation row (i1, i2, i3) of b: in place or its converted copy */
-static const char *act_row(const gr_tensor *b, int wtype, const char *wdata, int64_t i1, int64_t i2, int64_t i3) {
+/* Phase 1 of a thread: its share of the rows of b (all of them when private) */
+static void convert_b(const gr_op *op, char *base, const gr_thread *th) {
+    const gr_tensor *b = &op->src[1];
+    int wtype = op->src[0].type;
+    int64_t r0 = 0, r1 = gr_nrows(b);
+    if (act_in_place(wtype, b)) return;
+    if (!act_private(wtype, b)) gr_chunk(gr_nrows(b), th->ith, th->nth, &r0, &r1);
+    convert_rows(b, wtype, base, r0, r1);
+}
+
+/* activation row (i1, i2, i3) of b: in place or its converted copy at base */
+static const char *act_row(const gr_tensor *b, int wtype, const char *base, int64_t i1, int64_t i2, int64_t i3) {
     if (act_in_place(wtype, b)) return gr_row(b, i1, i2, i3);
     int64_t r = i1 + b->ne[1] * (i2 + b->ne[2] * i3);
-    return wdata + r * gr_act_row_bytes(act_kind(wtype), b->ne[0]);
+    return base + r * gr_act_row_bytes(act_kind(wtype), b->ne[0]);
 }
 
 /* A unit: nrows weight rows at w (stride ws; output rows r0 ..) x n activation rows */
@@ -71,12 +90,13 @@ static void run_unit(const gr_mm_kernel *k, int64_t K, const char *w, int64_t ws
 /* ================================ mul_mat ================================ */
 
 int64_t gr_w_mul_mat(const gr_op *op, int nth) {
-    (void)nth;
-    return act_bytes(op->src[0].type, &op->src[1]);
+    const gr_tensor *b = &op->src[1];
+    int wtype = op->src[0].type;
+    return act_bytes(wtype, b) * (act_private(wtype, b) ? nth : 1);
 }
 
 /* Units: (b matrix, weight row block, activation row block), activation row block fastest. */
-static void mul_mat_unit(const gr_op *op, const gr_mm_kernel *k, int64_t u) {
+static void mul_mat_unit(const gr_op *op, const gr_mm_kernel *k, const char *base, int64_t u) {
     const gr_tensor *a = &op->src[0], *b = &op->src[1], *d = &op->dst;
     int64_t M = a->ne[1], N = b->ne[1];
     int64_t nrb = (M + RB - 1) / RB, ntb = (N + NB - 1) / NB;
@@ -89,7 +109,7 @@ static void mul_mat_unit(const gr_op *op, const gr_mm_kernel *k, int64_t u) {
     const char *act[NB];
     float *out[NB];
     for (int64_t n = n0; n < n1; n++) {
-        act[n - n0] = act_row(b, a->type, op->wdata, n, i2, i3);
+        act[n - n0] = act_row(b, a->type, base, n, i2, i3);
         out[n - n0] = (float *)gr_row(d, n, i2, i3);
     }
     run_unit(k, a->ne[0], w + m0 * a->nb[1], a->nb[1], m1 - m0, m0, act, out, n1 - n0);
@@ -98,20 +118,20 @@ static void mul_mat_unit(const gr_op *op, const gr_mm_kernel *k, int64_t u) {
 void gr_k_mul_mat(const gr_op *op, const gr_thread *th) {
     const gr_tensor *a = &op->src[0], *b = &op->src[1];
     gr_mm_kernel k = gr_mm_kernel_for(a->type);
-    if (!act_in_place(a->type, b)) {
-        convert_rows(b, a->type, op->wdata, th);
-        gr_barrier(th);
-    }
+    char *base = scratch_of(op, act_bytes(a->type, b), th);
+    convert_b(op, base, th);
+    if (!act_in_place(a->type, b) && !act_private(a->type, b)) gr_barrier(th);
     int64_t nrb = (a->ne[1] + RB - 1) / RB, ntb = (b->ne[1] + NB - 1) / NB;
     int64_t u0, u1;
     gr_chunk(b->ne[2] * b->ne[3] * nrb * ntb, th->ith, th->nth, &u0, &u1);
-    for (int64_t u = u0; u < u1; u++) mul_mat_unit(op, &k, u);
+    for (int64_t u = u0; u < u1; u++) mul_mat_unit(op, &k, base, u);
 }
 
 /* ================================ mul_mat_id ================================
  * as [K, M, n_expert], b [K, n_b1, n_tokens], ids [n_used, n_tokens] -> dst [M, n_used, n_tokens]:
  * dst[:, e, t] = as[:, :, ids[e, t]] . b[:, e % n_b1, t]. The (e, t) pairs of each expert are
- * listed (thread 0, during phase 1) and each expert's weights are tiled over its own pairs.
+ * listed (by thread 0 during phase 1, or by every thread for itself when b is private) and each
+ * expert's weights are tiled over its own pairs.
  * An id out of range (the reference raises) leaves its output row zero. */
 
 typedef struct {
@@ -119,26 +139,35 @@ typedef struct {
     int32_t *list;  /* e + n_used * t */
 } id_lists;
 
-static id_lists lists_at(const gr_op *op) {
-    char *p = op->wdata + act_bytes(op->src[0].type, &op->src[1]);
-    id_lists l = {(int32_t *)p, (int32_t *)p + op->src[0].ne[2] + 1};
+static int64_t lists_bytes(const gr_op *op) {
+    const gr_tensor *ids = &op->src[2];
+    return 4 * (op->src[0].ne[2] + 1 + ids->ne[0] * ids->ne[1]);
+}
+
+/* the lists follow the converted b in this thread's scratch part */
+static id_lists lists_at(const gr_op *op, const char *base) {
+    int32_t *p = (int32_t *)(base + act_bytes(op->src[0].type, &op->src[1]));
+    id_lists l = {p, p + op->src[0].ne[2] + 1};
     return l;
 }
 
+/* converted b, then the lists (act_bytes is a multiple of 64) */
+static int64_t id_part(const gr_op *op) {
+    return act_bytes(op->src[0].type, &op->src[1]) + (lists_bytes(op) + 63) / 64 * 64;
+}
+
 int64_t gr_w_mul_mat_id(const gr_op *op, int nth) {
-    (void)nth;
-    const gr_tensor *ids = &op->src[2];
-    return act_bytes(op->src[0].type, &op->src[1]) + 4 * (op->src[0].ne[2] + 1 + ids->ne[0] * ids->ne[1]);
+    return id_part(op) * (act_private(op->src[0].type, &op->src[1]) ? nth : 1);
 }
 
 static int32_t id_at(const gr_tensor *ids, int64_t e, int64_t t) {
     return *(const int32_t *)(ids->data + e * ids->nb[0] + t * ids->nb[1]);
 }
 
-static void build_lists(const gr_op *op) {
+static void build_lists(const gr_op *op, const char *base, int write_zeros) {
     const gr_tensor *ids = &op->src[2];
     int64_t n_expert = op->src[0].ne[2], n_used = ids->ne[0], n_tokens = ids->ne[1];
-    id_lists l = lists_at(op);
+    id_lists l = lists_at(op, base);
     memset(l.start, 0, 4 * (size_t)(n_expert + 1));
     for (int64_t t = 0; t < n_tokens; t++)
         for (int64_t e = 0; e < n_used; e++) {
@@ -150,15 +179,16 @@ static void build_lists(const gr_op *op) {
         for (int64_t e = 0; e < n_used; e++) {
             int32_t x = id_at(ids, e, t);
             if (x >= 0 && x < n_expert) l.list[l.start[x]++] = (int32_t)(e + n_used * t);
-            else memset(gr_row(&op->dst, e, t, 0), 0, (size_t)(op->dst.ne[0] * 4));
+            else if (write_zeros) memset(gr_row(&op->dst, e, t, 0), 0, (size_t)(op->dst.ne[0] * 4));
         }
     for (int64_t x = n_expert; x > 0; x--) l.start[x] = l.start[x - 1]; /* undo the fill's advance */
     l.start[0] = 0;
 }
 
-static void mul_mat_id_unit(const gr_op *op, const gr_mm_kernel *k, int64_t x, int64_t rb, int64_t tb) {
+static void mul_mat_id_unit(const gr_op *op, const gr_mm_kernel *k, const char *base, int64_t x, int64_t rb,
+                            int64_t tb) {
     const gr_tensor *as = &op->src[0], *b = &op->src[1], *d = &op->dst;
-    id_lists l = lists_at(op);
+    id_lists l = lists_at(op, base);
     const int32_t *pairs = l.list + l.start[x];
     int64_t M = as->ne[1], count = l.start[x + 1] - l.start[x], n_used = op->src[2].ne[0];
     int64_t m0 = rb * RB, m1 = m0 + RB < M ? m0 + RB : M, n0 = tb * NB, n1 = n0 + NB < count ? n0 + NB : count;
@@ -167,7 +197,7 @@ static void mul_mat_id_unit(const gr_op *op, const gr_mm_kernel *k, int64_t x, i
     float *out[NB];
     for (int64_t n = n0; n < n1; n++) {
         int64_t e = pairs[n] % n_used, t = pairs[n] / n_used;
-        act[n - n0] = act_row(b, as->type, op->wdata, e % b->ne[1], t, 0);
+        act[n - n0] = act_row(b, as->type, base, e % b->ne[1], t, 0);
         out[n - n0] = (float *)gr_row(d, e, t, 0);
     }
     run_unit(k, as->ne[0], w + m0 * as->nb[1], as->nb[1], m1 - m0, m0, act, out, n1 - n0);
@@ -176,10 +206,12 @@ static void mul_mat_id_unit(const gr_op *op, const gr_mm_kernel *k, int64_t x, i
 void gr_k_mul_mat_id(const gr_op *op, const gr_thread *th) {
     const gr_tensor *as = &op->src[0], *b = &op->src[1];
     gr_mm_kernel k = gr_mm_kernel_for(as->type);
-    if (!act_in_place(as->type, b)) convert_rows(b, as->type, op->wdata, th);
-    if (th->ith == 0) build_lists(op);
-    gr_barrier(th);
-    id_lists l = lists_at(op);
+    int priv = act_private(as->type, b);
+    char *base = scratch_of(op, id_part(op), th);
+    convert_b(op, base, th);
+    if (priv || th->ith == 0) build_lists(op, base, th->ith == 0);
+    if (!priv) gr_barrier(th);
+    id_lists l = lists_at(op, base);
     int64_t n_expert = as->ne[2], nrb = (as->ne[1] + RB - 1) / RB, units = 0;
     for (int64_t x = 0; x < n_expert; x++) units += nrb * ((l.start[x + 1] - l.start[x] + NB - 1) / NB);
     int64_t u0, u1, u = 0;
@@ -188,6 +220,6 @@ void gr_k_mul_mat_id(const gr_op *op, const gr_thread *th) {
         int64_t ntb = (l.start[x + 1] - l.start[x] + NB - 1) / NB;
         for (int64_t rb = 0; rb < nrb; rb++)
             for (int64_t tb = 0; tb < ntb; tb++, u++)
-                if (u >= u0 && u < u1) mul_mat_id_unit(op, &k, x, rb, tb);
+                if (u >= u0 && u < u1) mul_mat_id_unit(op, &k, base, x, rb, tb);
     }
 }

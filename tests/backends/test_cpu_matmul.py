@@ -46,7 +46,7 @@ def native(monkeypatch):
     from graphir.backends.cpu import backend as cpu_backend
     from graphir.backends.cpu import native as cpu_native
 
-    monkeypatch.setattr(cpu_backend, "SMALL_SPLIT_BYTES", 0)
+    monkeypatch.setattr(cpu_backend, "SMALL_OP_BYTES", 0)
     monkeypatch.setattr(cpu_backend, "default_threads", lambda: 8)
     be = get_backend(NATIVE)
     saved = be.n_threads
@@ -284,6 +284,37 @@ def test_mul_mat_id_exact_model(native, type: DType, isa: int) -> None:
                 assert_model(type, got[t, e][None, None, None], w64[chosen[t, e]][None, None], x)
 
 
+def edge_activations(K: int, rng: np.random.Generator) -> np.ndarray:
+    """Rows that stress the activation rounding: largest magnitudes tied with opposite signs
+    (the negative first: Q8_K keeps the first), an all-zero row, values landing exactly on
+    half steps (round half to even), one huge outlier, tiny values."""
+    rows = np.zeros((6, K), np.float32)
+    rows[0] = rng.uniform(-0.5, 0.5, K)
+    rows[0, 3::37], rows[0, 5::37] = -1.0, 1.0
+    rows[2] = np.arange(K) % 64 - 31.5  # block max 127: scale exactly 1, every value a tie
+    rows[2, ::32] = 127
+    rows[3] = rng.uniform(-1, 1, K)
+    rows[3, K // 2] = 1e4
+    rows[4] = rng.uniform(-1, 1, K) * 1e-30
+    rows[5] = -rows[0]
+    return rows
+
+
+@pytest.mark.parametrize("isa", [0, 1, 7], ids=["portable", "avx2", "avx512-vnni"])
+@pytest.mark.parametrize("type", [Q8_0, Q4_0, Q4_K, Q6_K], ids=lambda t: t.name)
+def test_activation_rounding_edges(native, type: DType, isa: int) -> None:
+    _set_isa(isa)
+    native.n_threads = 2
+    rng = np.random.default_rng(9)
+    K, M = K_OF[blocks(type)][-1], 7
+    data = weight_data(type, M, K, rng)
+    a = gr.new_weight(type, [K, M], data, "a")
+    bv = edge_activations(K, rng)
+    b = gr.new_input(F32, [K, bv.shape[0]], "b")
+    got = run(NATIVE, gr.mul_mat(a, b).set_output(), {b: bv})
+    assert_model(type, got, weight_f64(type, data, K)[None, None], bv[None, None])
+
+
 # ---- determinism: ISA levels, batch invariance, threads ---------------------------------
 
 
@@ -337,7 +368,7 @@ def test_mul_mat_id_batch_invariance(native, type: DType) -> None:
     experts = out.src[0]
     b1, ids1 = gr.new_input(F32, [b.ne[0], b.ne[1], 1], "b1"), gr.new_input(gr.I32, [2, 1], "ids1")
     single = gr.mul_mat_id(experts, b1, ids1).set_output()
-    native.n_threads = 1
+    native.n_threads = 3  # one token: every thread converts it and lists its experts itself
     for t in (0, 4, 8):
         alone = bits(run(NATIVE, single, {b1: inputs[b][t : t + 1], ids1: inputs[ids][t : t + 1]}))
         np.testing.assert_array_equal(alone[0, 0], batch[0, t])
