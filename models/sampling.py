@@ -10,9 +10,9 @@ head's own logits equals the target's draw whenever the two distributions agree.
 The draw, exactly:
   1. greedy (or temperature <= 0): the argmax of the logits, lowest id first on ties. Done.
   2. candidates C: the ids sorted by logit, descending, lowest id first on ties; keep the first
-     top_k (0: all); then keep the smallest prefix whose softmax (of the raw logits of the
-     prefix, float64) sums to >= top_p (1.0: all). This is llama.cpp's default order: top-k,
-     top-p, then temperature.
+     top_k (0: all); then, with e_i = exp(x_i - x_0) over them in that order (float64), keep the
+     smallest prefix whose cumulative sum of e reaches top_p * sum(e), i.e. whose softmax sums
+     to >= top_p (1.0: no cut). This is llama.cpp's default order: top-k, top-p, temperature.
   3. noise: for each candidate id v, u_v = uniform(key(seed, seq, pos), v) in (0, 1) and the
      Gumbel variate g_v = -log(-log(u_v)).
   4. token = the candidate maximizing logit_v / temperature + g_v (first in C's order on an exact
@@ -29,6 +29,13 @@ acceptance uniforms of textbook speculative sampling in tools/bench_spec.py.)
 `Sampler.sample_p` also returns the drawn token's probability under the chain (the softmax over
 C at the temperature; for greedy, the softmax of the raw logits): the MTP drafter stops when a
 draft's probability falls below p_min.
+
+`Sampler.verify` is the other acceptance rule speculative decoding offers, textbook speculative
+sampling (Leviathan et al. 2023, Chen et al. 2023): with p and q the chain distributions of the
+target's and the head's logits and d the draft (drawn from q as above), d is accepted iff
+u * q(d) < p(d), u = uniform(key(seed, seq, pos, 1), d); otherwise the token is drawn by Gumbel-max
+from the residual max(0, p - q) with the noise of stream 2. The tokens follow the target's
+distribution, but they are not plain decoding's for the seed.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import numpy as np
 _M64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15
 _C1, _C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S11, _S27, _S30, _S31 = (np.uint64(n) for n in (11, 27, 30, 31))
 
 
 def _mix_int(z: int) -> int:
@@ -49,9 +57,13 @@ def _mix_int(z: int) -> int:
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
-    z = (z ^ (z >> np.uint64(30))) * _C1
-    z = (z ^ (z >> np.uint64(27))) * _C2
-    return z ^ (z >> np.uint64(31))
+    """splitmix64's finalizer, in place on a uint64 array (wrapping arithmetic)."""
+    z ^= z >> _S30
+    z *= _C1
+    z ^= z >> _S27
+    z *= _C2
+    z ^= z >> _S31
+    return z
 
 
 def noise_key(seed: int, seq: int, pos: int, stream: int = 0) -> int:
@@ -62,17 +74,32 @@ def noise_key(seed: int, seq: int, pos: int, stream: int = 0) -> int:
     return h
 
 
+_WEYL = np.zeros(0, np.uint64)  # (v + 1) * GAMMA mod 2^64 for the ids v seen so far, grown on demand
+
+
+def _weyl(ids: np.ndarray) -> np.ndarray:
+    global _WEYL
+    n = int(ids.max()) + 1 if len(ids) else 0
+    if n > len(_WEYL):  # NOTE: replaced whole, never written in place: safe to read from other threads
+        _WEYL = np.arange(1, max(n, 2 * len(_WEYL)) + 1, dtype=np.uint64) * np.uint64(_GAMMA)
+    return _WEYL[ids]
+
+
 def uniforms(seed: int, seq: int, pos: int, ids: np.ndarray, stream: int = 0) -> np.ndarray:
     """float64 uniforms in (0, 1), one per token id in `ids`, keyed by (seed, seq, pos, stream)."""
-    ids = np.asarray(ids, np.uint64)
-    with np.errstate(over="ignore"):
-        z = _mix(np.uint64(noise_key(seed, seq, pos, stream)) + (ids + np.uint64(1)) * np.uint64(_GAMMA))
-    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53))
+    z = _mix(_weyl(np.asarray(ids, np.intp)) + np.uint64(noise_key(seed, seq, pos, stream)))  # wraps mod 2^64
+    u = (z >> _S11).astype(np.float64)
+    u += 0.5
+    u *= 1.0 / (1 << 53)
+    return u
 
 
 def gumbel(seed: int, seq: int, pos: int, ids: np.ndarray, stream: int = 0) -> np.ndarray:
     """Standard Gumbel variates -log(-log(u)) for the token ids `ids` at (seed, seq, pos, stream)."""
-    return -np.log(-np.log(uniforms(seed, seq, pos, ids, stream)))
+    g = np.log(uniforms(seed, seq, pos, ids, stream))
+    np.negative(g, out=g)
+    np.log(g, out=g)
+    return np.negative(g, out=g)
 
 
 @dataclass(frozen=True)
@@ -108,16 +135,15 @@ class Sampler:
     def candidates(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Candidate ids (module docstring, step 2) and their logits / temperature (float64)."""
         c = self.config
-        x = np.asarray(logits, dtype=np.float64).reshape(-1)
+        x = np.asarray(logits).reshape(-1)
         if c.is_greedy:
-            i = int(np.argmax(x))
-            return np.array([i]), np.array([0.0])
-        order = _top_k(x, c.top_k)
+            return np.array([int(np.argmax(x))]), np.zeros(1)
+        ids = _top_k(x, c.top_k)
+        xs = x[ids].astype(np.float64)
         if c.top_p < 1.0:
-            p = _softmax(x[order])
-            keep = int(np.searchsorted(np.cumsum(p), c.top_p) + 1)  # smallest prefix reaching top_p
-            order = order[: max(1, keep)]
-        return order, x[order] / c.temperature
+            ce = np.cumsum(np.exp(xs - xs[0]))  # xs[0] is the largest
+            ids, xs = _prefix(ids, xs, int(np.searchsorted(ce, c.top_p * ce[-1])) + 1)
+        return ids, xs / c.temperature
 
     def probs(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Candidate ids and their probabilities after top-k, top-p and temperature."""
@@ -127,10 +153,11 @@ class Sampler:
     def sample_p(self, logits: np.ndarray, pos: int, seq: int = 0) -> tuple[int, float]:
         """The draw at (seq, pos) and its probability under the chain (greedy: under the softmax of
         the raw logits)."""
-        ids, z = self.candidates(logits)
         if self.config.is_greedy:
             x = np.asarray(logits, dtype=np.float64).reshape(-1)
-            return int(ids[0]), float(1.0 / np.exp(x - x[ids[0]]).sum())
+            i = int(np.argmax(x))
+            return i, float(1.0 / np.exp(x - x[i]).sum())
+        ids, z = self.candidates(logits)
         if len(ids) == 1:
             return int(ids[0]), 1.0
         j = int(np.argmax(z + gumbel(self.config.seed, seq, pos, ids)))
@@ -138,10 +165,37 @@ class Sampler:
 
     def sample(self, logits: np.ndarray, pos: int, seq: int = 0) -> int:
         """The token drawn from `logits` for position pos of sequence seq (module docstring)."""
+        if self.config.is_greedy:
+            return int(np.argmax(np.asarray(logits).reshape(-1)))
         ids, z = self.candidates(logits)
         if len(ids) == 1:
             return int(ids[0])
         return int(ids[int(np.argmax(z + gumbel(self.config.seed, seq, pos, ids)))])
+
+    def verify(
+        self, p_logits: np.ndarray, q_logits: np.ndarray, draft: int, pos: int, seq: int = 0
+    ) -> tuple[int, bool]:
+        """Textbook speculative sampling of the token at (seq, pos) (module docstring): (token, accepted),
+        token == draft when accepted. Greedy: the argmax of p_logits, accepted iff it is the draft."""
+        if self.config.is_greedy:
+            tok = self.sample(p_logits, pos, seq)
+            return tok, tok == draft
+        n = len(np.asarray(p_logits).reshape(-1))
+        p, q = np.zeros(n), np.zeros(n)  # the chain distributions over the whole vocabulary
+        for dist, logits in ((p, p_logits), (q, q_logits)):
+            ids, probs = self.probs(logits)
+            dist[ids] = probs
+        seed = self.config.seed
+        if uniforms(seed, seq, pos, np.array([draft]), stream=1)[0] * q[draft] < p[draft]:
+            return draft, True
+        ids = np.flatnonzero(p > q)  # the residual max(0, p - q), unnormalized
+        if not len(ids):  # p == q: a rejection cannot happen (q(d) > 0 is the draft's own probability)
+            return self.sample(p_logits, pos, seq), False
+        return int(ids[int(np.argmax(np.log(p[ids] - q[ids]) + gumbel(seed, seq, pos, ids, stream=2)))]), False
+
+
+def _prefix(ids: np.ndarray, xs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    return (ids[:n], xs[:n]) if n < len(ids) else (ids, xs)
 
 
 def _top_k(x: np.ndarray, k: int) -> np.ndarray:

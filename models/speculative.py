@@ -20,7 +20,9 @@ one-sequence case of `generate_batch`:
      drafts are accepted while they equal it; the first differing (or the bonus) token is the
      next `last`. Every draw is a function of (seed, seq, pos) and the logits, the same as plain
      decoding's there: the emitted tokens are plain decoding's, greedy or sampled, however the
-     sequences are batched and whatever draft_max / p_min;
+     sequences are batched and whatever draft_max / p_min. (accept="textbook" instead accepts a
+     draft with probability min(1, p/q) and resamples a rejected one from the residual,
+     `Sampler.verify`: more drafts accepted, the target's distribution, not plain decoding's tokens);
   4. the rejected tail is removed from the target (`seq_rm`: partial rollback through the
      recurrent snapshots, so n_rs_seq >= draft_max) and the MTP cache's draft-time entries
      (made from chained hidden states) are removed; the accepted rows, with the target's own
@@ -46,6 +48,8 @@ from .context import Context
 from .model import Model
 from .mtp import MtpContext, mtp_layer
 from .sampling import Sampler, SamplerConfig
+
+ACCEPT = ("coupled", "textbook")  # acceptance rules of speculative decoding (Generator's `accept`)
 
 
 @dataclass
@@ -118,6 +122,7 @@ class SeqState:
     n_past: int = 0
     pend_tok: list[int] = field(default_factory=list)
     pend_h: list[np.ndarray] = field(default_factory=list)
+    q_logits: list[np.ndarray] = field(default_factory=list)  # the head's logits of this round's drafts (textbook)
     pend_pos0: int = 0
     done: bool = False
 
@@ -151,6 +156,9 @@ class Generator:
         n_ctx, n_ubatch, backends, type_k, type_v: the target context's (and the head's) sizes.
         n_rs_seq: rollback snapshots of the target (default draft_max); must be >= draft_max.
         n_seq: the most sequences `generate_batch` runs together.
+        accept: "coupled" (a draft is accepted iff it equals the target's coupled draw: the tokens of
+            plain decoding for the seed) or "textbook" (min(1, p/q) with residual resampling: accepts
+            more under sampling, follows the target's distribution, not seed-identical to plain).
 
     Thread safety: a Generator runs one generation at a time. `generate` / `generate_batch` hold it
     from the first token asked for until the iterator is exhausted or closed; another one started
@@ -162,9 +170,12 @@ class Generator:
     def __init__(self, model: Model, spec: str | None = "mtp", draft_max: int = 3, p_min: float = 0.0,
                  sampler: Sampler | None = None, n_ctx: int = 512, n_ubatch: int = 128,
                  n_rs_seq: int | None = None, backends: Sequence[str] = ("cpu",), type_k: str = "f16",
-                 type_v: str = "f16", n_seq: int = 1, n_threads: int | None = None) -> None:  # fmt: skip
+                 type_v: str = "f16", n_seq: int = 1, n_threads: int | None = None,
+                 accept: str = "coupled") -> None:  # fmt: skip
         if spec not in (None, "mtp"):
             raise ValueError(f"[spec] unknown speculative mode {spec!r} (None or 'mtp')")
+        if accept not in ACCEPT:
+            raise ValueError(f"[spec] unknown acceptance rule {accept!r} (one of {', '.join(ACCEPT)})")
         draft_max, p_min = int_arg("spec", "draft_max", draft_max, 1), float_arg("spec", "p_min", p_min, 0.0, 1.0)
         n_ctx, n_ubatch, n_seq = (int_arg("spec", k, v, 1) for k, v in (("n_ctx", n_ctx), ("n_ubatch", n_ubatch),
                                                                          ("n_seq", n_seq)))  # fmt: skip
@@ -180,6 +191,7 @@ class Generator:
             n_rs = 0
         self.model, self.spec = model, spec
         self.draft_max, self.p_min = int(draft_max), float(p_min)
+        self.accept = accept
         self.sampler = sampler or Sampler(SamplerConfig(greedy=True))
         n_ubatch = max(min(n_ubatch, n_ctx), 1 + n_rs)
         self.target = Context(model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ubatch, n_rs_seq=n_rs, backends=backends,
@@ -342,8 +354,13 @@ class Generator:
         the accepted drafts alone when one of them ends generation (stop_at_eog)."""
         is_eog, emitted = self.model.tokenizer.is_eog, []
         for i in range(len(drafts) + 1):
-            emitted.append(s.sampler.sample(logits[i], s.n_past + 1 + i, s.seq))
-            accepted = i < len(drafts) and emitted[-1] == drafts[i]
+            pos = s.n_past + 1 + i
+            if i < len(drafts) and self.accept == "textbook":
+                tok, accepted = s.sampler.verify(logits[i], s.q_logits[i], drafts[i], pos, s.seq)
+                emitted.append(tok)
+            else:
+                emitted.append(s.sampler.sample(logits[i], pos, s.seq))
+                accepted = i < len(drafts) and emitted[-1] == drafts[i]
             if not accepted or (s.stop_at_eog and is_eog(emitted[-1])):
                 return emitted, i + int(accepted)
         raise AssertionError("unreachable: the bonus row is never accepted")
@@ -377,7 +394,7 @@ class Generator:
         cur = [(i, res.logits[j], res.hidden[j], states[i].pend_pos0 + len(states[i].pend_tok) - 1)
                for j, i in enumerate(flagged)]  # fmt: skip
         for s in states:
-            s.pend_tok, s.pend_h = [], []
+            s.pend_tok, s.pend_h, s.q_logits = [], [], []
         drafts: list[list[int]] = [[] for _ in states]
         while cur:
             step = []
@@ -386,6 +403,8 @@ class Generator:
                 if prob < self.p_min:
                     continue
                 drafts[i].append(tok)
+                if self.accept == "textbook":
+                    states[i].q_logits.append(np.array(lg))
                 if len(drafts[i]) < k_max[i]:
                     step.append((i, tok, hid, p + 1))
             if not step:

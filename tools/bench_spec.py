@@ -1,31 +1,46 @@
-"""Self-speculative decoding with the MTP head, measured: acceptance per draft position, tokens/s
-with and without MTP (graphir's own `Generator`), llama.cpp's plain decode on the same file
-(llama-cpp-python, when installed), and the speedup these acceptance rates project at a given
-verify cost.
+"""Self-speculative decoding with the MTP head, measured: for every backend, greedy and sampled, the
+acceptance per draft position and tokens/s with and without MTP, side by side in one run.
+
+    python -m graphir.tools.bench_spec [--model F] [-b cpu -b opencl] [--draft-max 1 2 3 4] [--p-min 0 0.3]
+                                       [--mode greedy sampled] [--textbook] [--prompts 6] [--n-predict 128]
 
 Prompts are the openings of held-out standard-library files (the files `train-tiny` never trained
-on), so acceptance is measured on text like the training data but not in it.
+on), so acceptance is measured on text like the training data but not in it. Per backend and
+mode, every prompt runs plain decoding and then each (draft_max, p_min) setting, one after the
+other, so a change in machine load hits every setting alike; tok/s is the median over prompts of
+each prompt's generated tokens / generation time (plans are compiled by a warm-up run of the
+longest prompt first).
+Acceptance per position i is the fraction of proposed i-th drafts that were accepted (all prompts).
 
-    python -m graphir.tools.bench_spec [--model F] [--prompts 6] [--n-predict 128] [--draft-max 1 2 3 4]
+--textbook adds, for the sampled mode, textbook speculative sampling (Generator(accept="textbook"),
+`Sampler.verify`: the draft is a draw from the head's distribution q, accepted with probability
+min(1, p/q), else the token is drawn from the residual max(0, p - q)): distribution-lossless like
+the coupled draws, but not seed-identical to plain decoding (`graphir generate --spec-accept`).
 
-Projection: with conditional acceptance a_i at draft position i, a round of k drafts yields
-1 + sum_i prod_{j<=i} a_j tokens and costs k * head + verify(k) single-token decodes; the
-defaults are the 0.8B-shaped model's measured llama.cpp figures (verify(k) = 1.87, 2.11, 2.22,
-2.97; a head step ~0.36 of a decode by bytes read).
+--uncoupled adds the sampled mode with argmax drafts (the sampler before coupled draws) as a
+reference row. --projection prints the speedup the measured acceptance projects at a given
+verify/head cost (defaults: the 0.8B-shaped model's llama.cpp figures). With llama-cpp-python
+installed, llama.cpp's plain greedy decode of the same file is timed too.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
+import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from graphir.models.sampling import Sampler, SamplerConfig
+from graphir.models.speculative import Generator, SeqState
+
 VERIFY_COST_08B = (1.87, 2.11, 2.22, 2.97)
 HEAD_COST_08B = 0.36
+BACKENDS = ("ref", "cpu", "opencl")
+MODES = {"greedy": SamplerConfig(greedy=True), "sampled": SamplerConfig()}
 
 
 def heldout_prompts(n: int, chars: int, val_percent: int = 2) -> list[str]:
@@ -46,40 +61,88 @@ def heldout_prompts(n: int, chars: int, val_percent: int = 2) -> list[str]:
 
 
 def expected_tokens(acc: Sequence[float], k: int) -> float:
-    """Tokens per round with k drafts and conditional acceptance acc[i] at position i."""
-    total, p = 1.0, 1.0
-    for i in range(k):
-        p *= acc[i]
-        total += p
-    return total
+    """Tokens per round with k drafts and acceptance acc[i] of the i-th draft (given it was proposed)."""
+    return 1.0 + sum(acc[:k])
 
 
-def run_graphir(model, prompts: list[list[int]], n_predict: int, ks: list[int], sampler_cfg) -> dict:
-    from graphir.models.sampling import Sampler
-    from graphir.models.speculative import Generator
+# ---- a reference drafter ------------------------------------------------------------------------
+class UncoupledGenerator(Generator):
+    """The drafter before coupled draws: the head's argmax, whatever the sampler (a reference row)."""
 
-    out = {}
-    for k in [0, *ks]:
-        agg = {"gen": 0, "t": 0.0, "rounds": 0, "drafted_at": [0] * max(k, 1), "accepted_at": [0] * max(k, 1),
-               "t_draft": 0.0, "t_verify": 0.0}  # fmt: skip
-        gen = Generator(model, spec="mtp" if k else None, draft_max=max(k, 1), n_ctx=1024,
-                        sampler=Sampler(sampler_cfg))  # fmt: skip
-        for prompt in prompts:
-            n = sum(1 for _ in gen.generate(prompt, n_predict))
-            st = gen.stats
-            agg["gen"] += n
-            agg["t"] += st.t_generate
-            agg["rounds"] += st.rounds
-            agg["t_draft"] += st.t_draft
-            agg["t_verify"] += st.t_verify
-            for i in range(k):
-                agg["drafted_at"][i] += st.drafted_at[i]
-                agg["accepted_at"][i] += st.accepted_at[i]
-        agg["tok_s"] = agg["gen"] / agg["t"]
-        agg["acc"] = [a / d if d else 0.0 for a, d in zip(agg["accepted_at"][:k], agg["drafted_at"][:k])]
-        agg["tokens_per_round"] = agg["gen"] / agg["rounds"]
-        out[k] = agg
-    return out
+    def _pick_draft(self, s: SeqState, logits: np.ndarray, pos: int) -> tuple[int, float]:
+        x = np.asarray(logits, np.float64)
+        tok = int(np.argmax(x))
+        return tok, float(1.0 / np.exp(x - x[tok]).sum())
+
+
+VARIANTS = {"coupled": Generator, "textbook": Generator, "uncoupled": UncoupledGenerator}
+
+
+# ---- measuring ------------------------------------------------------------------------------------
+@dataclass
+class Setting:
+    """One row of the table: plain (draft_max 0) or MTP with (draft_max, p_min), and its counters."""
+
+    draft_max: int
+    p_min: float = 0.0
+    variant: str = "coupled"
+    tok_s: list[float] = field(default_factory=list)  # per prompt
+    gen: int = 0
+    rounds: int = 0
+    t_draft: float = 0.0
+    t_verify: float = 0.0
+    drafted_at: list[int] = field(default_factory=list)
+    accepted_at: list[int] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        if not self.draft_max:
+            return "plain"
+        extra = "" if self.variant == "coupled" else f" {self.variant}"
+        return f"mtp {self.draft_max} p>={self.p_min:g}{extra}"
+
+    @property
+    def acc(self) -> list[float]:
+        return [a / d if d else 0.0 for a, d in zip(self.accepted_at, self.drafted_at)]
+
+    def add(self, n: int, st) -> None:
+        self.tok_s.append(n / st.t_generate if st.t_generate > 0 else 0.0)
+        self.gen += n
+        self.rounds += st.rounds
+        self.t_draft += st.t_draft
+        self.t_verify += st.t_verify
+        if not self.drafted_at:
+            self.drafted_at, self.accepted_at = [0] * len(st.drafted_at), [0] * len(st.accepted_at)
+        for i in range(len(st.drafted_at)):
+            self.drafted_at[i] += st.drafted_at[i]
+            self.accepted_at[i] += st.accepted_at[i]
+
+
+def make_generator(model, s: Setting, cfg: SamplerConfig, backend: str, n_ctx: int, threads: int | None) -> Generator:
+    cls = VARIANTS[s.variant]
+    return cls(model, spec="mtp" if s.draft_max else None, draft_max=max(s.draft_max, 1), p_min=s.p_min,
+               sampler=Sampler(cfg), n_ctx=n_ctx, backends=(backend,), n_threads=threads,
+               accept="textbook" if s.variant == "textbook" else "coupled")  # fmt: skip
+
+
+def run_backend(model, backend: str, mode: str, settings: list[Setting], prompts: list[list[int]], n_predict: int,
+                threads: int | None, progress) -> None:  # fmt: skip
+    """Fill `settings` for one backend and mode: a warm-up run each, then prompt by prompt, every
+    setting in turn."""
+    cfg = MODES[mode]
+    n_ctx = max(map(len, prompts)) + n_predict + 8
+    gens = []
+    longest = max(prompts, key=len)
+    for j, s in enumerate(settings):
+        progress(f"{backend} {mode}: warm-up {s.label} ({j + 1}/{len(settings)})")
+        g = make_generator(model, s, cfg, backend, n_ctx, threads)
+        for _ in g.generate(longest, n_predict):  # compiles the plans of every shape the runs will see
+            pass
+        gens.append(g)
+    for i, prompt in enumerate(prompts):
+        for s, g in zip(settings, gens):
+            progress(f"{backend} {mode}: prompt {i + 1}/{len(prompts)}, {s.label}")
+            s.add(sum(1 for _ in g.generate(prompt, n_predict)), g.stats)
 
 
 def run_llama(path: str, prompts: list[list[int]], n_predict: int, threads: int) -> float | None:
@@ -102,62 +165,101 @@ def run_llama(path: str, prompts: list[list[int]], n_predict: int, threads: int)
     return n_tot / t_tot
 
 
+class Progress:
+    """One status line on stderr, rewritten in place (a plain line per update when not a terminal)."""
+
+    def __init__(self, total: int) -> None:
+        self.t0, self.total, self.done = time.perf_counter(), total, 0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, msg: str) -> None:
+        self.done += 1
+        line = f"[bench-spec {time.perf_counter() - self.t0:6.0f} s, step {self.done}/{self.total}] {msg}"
+        sys.stderr.write(f"\r{line:<110}" if self.tty else line + "\n")
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def print_table(backend: str, mode: str, settings: list[Setting]) -> None:
+    base = statistics.median(settings[0].tok_s)
+    print(f"\n{backend}, {mode}:")
+    print(f"  {'setting':<24} {'tok/s':>7} {'vs plain':>8} {'tok/round':>9} {'draft s':>8} {'verify s':>8}  "
+          "acceptance per position")  # fmt: skip
+    for s in settings:
+        tok_s = statistics.median(s.tok_s)
+        acc = " ".join(f"{a:.2f}" for a in s.acc) if s.draft_max else "-"
+        print(f"  {s.label:<24} {tok_s:>7.1f} {tok_s / base:>8.2f} {s.gen / max(s.rounds, 1):>9.2f} "
+              f"{s.t_draft:>8.2f} {s.t_verify:>8.2f}  {acc}")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench_spec", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="GGUF with an MTP head (default: the embedded model)")
+    p.add_argument("--backend", "-b", action="append", help=f"backends (default: the available of {BACKENDS})")
+    p.add_argument("--mode", nargs="+", choices=list(MODES), default=list(MODES), help="greedy and/or sampled "
+                   "(the default sampler: temperature 0.8, top-k 40, top-p 0.95, seed 0)")  # fmt: skip
     p.add_argument("--prompts", type=int, default=6, help="held-out prompts (default 6)")
     p.add_argument("--prompt-chars", type=int, default=400)
     p.add_argument("--n-predict", type=int, default=128)
     p.add_argument("--draft-max", type=int, nargs="+", default=[1, 2, 3, 4])
-    p.add_argument("--sample", action="store_true", help="the default sampler (seeded) instead of greedy")
-    p.add_argument("--threads", type=int, default=2, help="llama.cpp threads (default 2)")
-    p.add_argument(
-        "--verify-cost",
-        type=float,
-        nargs="+",
-        default=list(VERIFY_COST_08B),
-        help="verify(k) / single decode for k = 1.. (default: 0.8B-shaped llama.cpp figures)",
-    )
+    p.add_argument("--p-min", type=float, nargs="+", default=[0.0], help="drafting thresholds (default 0)")
+    p.add_argument("--textbook", action="store_true", help="also textbook speculative sampling (sampled mode)")
+    p.add_argument("--uncoupled", action="store_true", help="also argmax drafts under sampling (the old drafter)")
+    p.add_argument("--threads", type=int, default=None, help="cpu threads (default: the affinity mask)")
+    p.add_argument("--llama", action="store_true", help="also time llama.cpp's plain greedy decode (llama-cpp-python)")
+    p.add_argument("--projection", action="store_true", help="project speedups at --verify-cost / --head-cost")
+    p.add_argument("--verify-cost", type=float, nargs="+", default=list(VERIFY_COST_08B),
+                   help="verify(k) / single decode for k = 1.. (default: 0.8B-shaped llama.cpp figures)")  # fmt: skip
     p.add_argument("--head-cost", type=float, default=HEAD_COST_08B, help="a head step / single decode")
     args = p.parse_args(argv)
 
+    from graphir.backends import availability
     from graphir.models.model import Model
-    from graphir.models.sampling import SamplerConfig
 
+    backends = args.backend or [b for b in BACKENDS if availability(b).ok]
+    for b in backends:
+        if not availability(b).ok:
+            p.error(f"backend {b} is not available: {availability(b).reason}")
     if args.model is None:
         from graphir.models.tiny import default_model_path
 
         args.model = str(default_model_path())
     model = Model.load(args.model)
     prompts = [model.tokenizer.encode(t, add_special=False) for t in heldout_prompts(args.prompts, args.prompt_chars)]
-    cfg = SamplerConfig() if args.sample else SamplerConfig(greedy=True)
     print(f"model {args.model}; {len(prompts)} held-out prompts ({statistics.median(map(len, prompts)):.0f} tokens "
-          f"median), {args.n_predict} tokens each, {'sampled (seed ' + str(cfg.seed) + ')' if args.sample else 'greedy'}")  # fmt: skip
-    res = run_graphir(model, prompts, args.n_predict, args.draft_max, cfg)
-    base = res[0]["tok_s"]
-    print(
-        f"\n{'draft_max':>9} {'tok/s':>8} {'vs plain':>8} {'tok/round':>9} {'draft s':>8} {'verify s':>8}  acceptance per position"
-    )
-    for k, r in res.items():
-        acc = " ".join(f"{a:.2f}" for a in r["acc"]) if k else "-"
-        print(f"{k or 'plain':>9} {r['tok_s']:>8.1f} {r['tok_s'] / base:>8.2f} {r['tokens_per_round']:>9.2f} "
-              f"{r['t_draft']:>8.2f} {r['t_verify']:>8.2f}  {acc}")  # fmt: skip
-    llama = run_llama(args.model, prompts, args.n_predict, args.threads)
-    if llama is not None:
-        print(f"\nllama.cpp plain greedy decode on the same file: {llama:.1f} tok/s "
-              f"(graphir plain / llama.cpp = {base / llama:.3f})")  # fmt: skip
-    else:
-        print("\nllama.cpp: not installed (pip install llama-cpp-python==0.3.36)")
-    kmax = max(args.draft_max)
-    acc = res[kmax]["acc"]
-    print(f"\nprojection with acceptance at draft_max {kmax} [{' '.join(f'{a:.2f}' for a in acc)}], head step "
-          f"{args.head_cost} and verify(k) {args.verify_cost} single-decode units:")  # fmt: skip
-    for k in range(1, min(kmax, len(args.verify_cost)) + 1):
-        tokens = expected_tokens(acc, k)
-        cost = k * args.head_cost + args.verify_cost[k - 1]
-        print(f"  k={k}: {tokens:.2f} tokens per round for {cost:.2f} decodes -> {tokens / cost:.2f}x plain decoding")
-    if not math.isfinite(base):
-        return 1
+          f"median), {args.n_predict} tokens each; backends {' '.join(backends)}; tok/s: median over prompts")  # fmt: skip
+
+    def settings_for(mode: str) -> list[Setting]:
+        out = [Setting(0)] + [Setting(k, pm) for k in args.draft_max for pm in args.p_min]
+        extra = [v for v, on in (("textbook", args.textbook), ("uncoupled", args.uncoupled)) if on]
+        if mode == "sampled":
+            out += [Setting(k, 0.0, v) for v in extra for k in args.draft_max]
+        return out
+
+    plan = [(b, m, settings_for(m)) for b in backends for m in args.mode]
+    progress = Progress(sum(len(s) * (1 + len(prompts)) for _, _, s in plan))
+    for b, m, settings in plan:
+        run_backend(model, b, m, settings, prompts, args.n_predict, args.threads, progress)
+    progress.end()
+    for b, m, settings in plan:
+        print_table(b, m, settings)
+    if args.llama:
+        llama = run_llama(args.model, prompts, args.n_predict, args.threads or 2)
+        print("\nllama.cpp plain greedy decode on the same file: "
+              + (f"{llama:.1f} tok/s" if llama else "not installed (pip install llama-cpp-python==0.3.36)"))  # fmt: skip
+    if args.projection:
+        for b, m, settings in plan:
+            best = max((s for s in settings if s.draft_max), key=lambda s: s.draft_max, default=None)
+            if best is None:
+                continue
+            print(f"\nprojection ({b}, {m}) with acceptance [{' '.join(f'{a:.2f}' for a in best.acc)}], head step "
+                  f"{args.head_cost} and verify(k) {args.verify_cost} single-decode units:")  # fmt: skip
+            for k in range(1, min(best.draft_max, len(args.verify_cost)) + 1):
+                tokens, cost = expected_tokens(best.acc, k), k * args.head_cost + args.verify_cost[k - 1]
+                print(f"  k={k}: {tokens:.2f} tokens per round for {cost:.2f} decodes -> {tokens / cost:.2f}x plain")
     return 0
 
 

@@ -48,6 +48,10 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", choices=["mtp"], help="self-speculative decoding with the model's MTP head")
     p.add_argument("--draft-max", type=int, default=3, help="--spec: the most drafts per round (default 3)")
     p.add_argument("--p-min", type=float, default=0.0, help="--spec: stop drafting below this probability")
+    p.add_argument("--spec-accept", choices=["coupled", "textbook"], default="coupled",
+                   help="--spec: coupled (default: the same text as without --spec for the seed) or textbook "
+                        "(accept with min(1, p/q), resample from the residual: more drafts accepted, the same "
+                        "distribution, other text)")  # fmt: skip
 
 
 def read_prompt(args: argparse.Namespace) -> str:
@@ -78,6 +82,8 @@ def load_llm(args: argparse.Namespace) -> LLM:
                    draft_max=args.draft_max, n_ubatch=args.ubatch, p_min=args.p_min)  # fmt: skip
     for w in caught:
         print(f"graphir generate: warning: {str(w.message).removeprefix('[load] ')}", file=sys.stderr)
+    if llm.generator is not None:
+        llm.generator.accept = args.spec_accept  # a choice of argparse: one of speculative.ACCEPT
     return llm
 
 

@@ -125,3 +125,17 @@ def test_several_sequences_give_each_sequences_plain_tokens(model, backend, name
     assert g.generate_batch(prompts, N, [Sampler(cfg)] * 3) == refs
     if name != "greedy":
         assert refs[0] != plain(model, backend, cfg, PROMPT, seq=1)  # the sequence id is part of the key
+
+
+@pytest.mark.parametrize("name", ["greedy", "default"])
+def test_textbook_acceptance_is_reproducible_and_greedy_lossless(model, name) -> None:
+    """accept="textbook" is not seed-identical to plain decoding under sampling (it follows the target's
+    distribution, tested in test_sampling), but it is a function of the seed; greedy it is plain decoding."""
+    cfg = SAMPLERS[name]
+    runs = [list(Generator(model, draft_max=3, n_ctx=N_CTX, n_ubatch=N_UBATCH, backends=("ref",), sampler=Sampler(cfg),
+                           accept="textbook").generate(PROMPT, N)) for _ in range(2)]  # fmt: skip
+    assert runs[0] == runs[1]
+    if name == "greedy":
+        assert runs[0] == plain(model, "ref", cfg, PROMPT)
+    with pytest.raises(ValueError, match="acceptance rule"):
+        Generator(model, accept="typical")
