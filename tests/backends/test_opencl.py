@@ -102,8 +102,9 @@ def test_mixed_graph_falls_back_to_cpu_with_copies(monkeypatch):
     xn = xv / np.sqrt(np.mean(xv.astype(np.float64) ** 2, axis=-1, keepdims=True) + 1e-6)
     h = xn @ w.T
     want = h / (1.0 + np.exp(-h)) + BIAS
-    assert nmse(c_cl.reshape(5, 12), want) < 1e-10
-    assert np.abs(o_cl.reshape(5, 12) - np.trunc(want * 100)).max() <= 1  # truncation near an integer may differ
+    # NOTE: the fallback's mul_mat (native cpu) rounds activations to Q8_K blocks as ggml does: the mul_mat bound
+    assert nmse(c_cl.reshape(5, 12), want) < 5e-4
+    assert np.abs(o_cl.reshape(5, 12) - np.trunc(c_cl.reshape(5, 12) * 100)).max() <= 1  # truncation of c
 
 
 # ---- copies between OpenCL buffers ---------------------------------------------------
@@ -229,7 +230,7 @@ def test_mul_mat_tiled_several_tokens_odd_sizes(type, type_b, monkeypatch):
     monkeypatch.setattr(be.programs, "kernel", lambda f, n, d=None: used.append(n) or kernel(f, n, d))
     got = _run_opencl(out, {x: xv})
     assert used == ["mul_mat_tiled"]
-    plan = gr.compile(build_graph(out), ["cpu"], cache=False)
+    plan = gr.compile(build_graph(out), ["ref"], cache=False)
     plan.set_input(x, xv)
     plan.run()
     want = plan.get(out).astype(np.float64)

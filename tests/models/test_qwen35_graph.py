@@ -232,9 +232,9 @@ ZERO = N_ROWS - 1
 class Runner:
     """Persistent tensors of one model plus the KV cells' (seq, pos), with masks built here."""
 
-    def __init__(self, w: ModelWeights, kv_type: DType = DType.F32) -> None:
+    def __init__(self, w: ModelWeights, kv_type: DType = DType.F32, backend: str = "cpu") -> None:
         hp = self.hp = w.hp
-        self.w = w
+        self.w, self.backend = w, backend
         attn = [il for il in range(hp.n_layer_trunk) if not hp.is_recurrent(il)]
         recr = [il for il in range(hp.n_layer_trunk) if hp.is_recurrent(il)]
         self.state = StateTensors(
@@ -265,7 +265,7 @@ class Runner:
         n_out = ns * nt if out_rows is None else len(out_rows)
         shape = UBatchShape(ns, nt, n_out, n_kv=N_KV, n_snapshots=dst.shape[0] - 1)
         res = archs.get(self.hp.arch).build_graph(self.w, shape, self.state, want_h_nextn=h_nextn)
-        plan = gr.compile(res.graph, ["cpu"])
+        plan = gr.compile(res.graph, [self.backend])
         res.inputs.set(plan, pos=pos, tokens=tokens.reshape(-1), out_ids=out_rows, kv_slots=slots,
                        kq_mask=mask, rs_src=src, rs_dst=dst)  # fmt: skip
         plan.run()
@@ -515,5 +515,9 @@ def test_quantized_weights_match_the_dequantized_forward(tmp_path, hp, dtype) ->
         info = w.file.tensors[name]
         values = dequantize(info.data, GGMLQuantizationType(int(t))) if t != DType.F32 else info.array()
         deq[name] = (DType.F32, np.asarray(values).reshape(tuple(reversed(info.ne))))
-    logits, _ = Runner(w).run([PROMPT], [0], [0], np.arange(10), [ZERO], [0])
-    assert nmse(logits, RefModel(hp, deq).forward(PROMPT)[0]) <= 1e-6
+    want = RefModel(hp, deq).forward(PROMPT)[0]
+    logits, _ = Runner(w, backend="ref").run([PROMPT], [0], [0], np.arange(10), [ZERO], [0])
+    # NOTE: on the reference: the native cpu backend rounds activations to Q8 blocks (as ggml), which
+    # a random 5-layer model amplifies (and flips MoE routing); its logits are checked against
+    # llama.cpp's, which rounds the same way, in test_llama_cpp_peer.py
+    assert nmse(logits, want) <= 1e-6

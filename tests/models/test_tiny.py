@@ -117,10 +117,10 @@ def test_file_is_valid(tmp_path, arch, dtype) -> None:
 
 
 def test_bad_dtype_is_refused(tmp_path) -> None:
-    with pytest.raises(ValueError, match="dtype must be one of f32, f16"):
+    with pytest.raises(ValueError, match="dtype must be one of f32, f16, q8_0"):
         tiny.make_tiny(tmp_path / "x.gguf", dtype="q4_0")
-    with pytest.raises(ValueError, match="F32 or F16"):
-        tiny.make_tiny(tmp_path / "x.gguf", dtype=DType.Q8_0)
+    with pytest.raises(ValueError, match="dtype must be one of f32, f16, q8_0"):
+        tiny.make_tiny(tmp_path / "x.gguf", dtype=DType.Q4_K)
     assert not list(tmp_path.iterdir())
 
 
