@@ -26,6 +26,9 @@ from . import compiler
 ALIGN = {"T": 8, "P": 8, "i": 4, "f": 4}
 SIZE = {"T": 64, "P": 8, "i": 4, "f": 4}
 CTYPE = {"T": "Tensor", "P": "const float *", "i": "int", "f": "float"}
+# kernels whose threads talk (barriers, warp shuffles): run as fibers; the rest thread by thread
+COOPERATIVE = frozenset({"norm_rows", "rows", "soft_max", "flash_attn_ext", "gated_delta_net", "mul_mat_vec",
+                         "mul_mat_tiled"})  # fmt: skip
 
 SHIM = r"""
 #pragma once
@@ -53,15 +56,16 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 void emu_syncthreads();
 void emu_syncwarp();
-extern double emu_xchg[1024];
+extern double emu_xchg[2][1024];
 inline void __syncthreads() { emu_syncthreads(); }
+extern unsigned emu_phase[1024];
+// two exchange slots used alternately: a lane that runs ahead into the next shuffle writes the
+// other slot, and cannot reach this slot again before every lane has passed the next warp barrier
 template <typename T> inline T __shfl_xor_sync(unsigned, T v, int o) {
-    unsigned t = threadIdx.x;
-    emu_xchg[t] = (double)v;
+    unsigned t = threadIdx.x, ph = emu_phase[t]++ & 1;
+    emu_xchg[ph][t] = (double)v;
     emu_syncwarp();
-    T r = (T)emu_xchg[t ^ (unsigned)o];
-    emu_syncwarp();
-    return r;
+    return (T)emu_xchg[ph][t ^ (unsigned)o];
 }
 """
 
@@ -72,10 +76,11 @@ SCHED = r"""
 #include <vector>
 #include "emu_shim.h"
 emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
-double emu_xchg[1024];
+double emu_xchg[2][1024];
+unsigned emu_phase[1024];
 namespace {
 enum { RUN, WAIT, DONE };
-constexpr size_t STACK = 256 * 1024;
+constexpr size_t STACK = 64 * 1024;
 struct Fiber { ucontext_t ctx; int state; };
 ucontext_t sched_ctx;
 std::vector<Fiber> fibers;
@@ -108,7 +113,10 @@ void entry() {
 }
 }  // namespace
 
+int plain = 0, plain_synced = 0;  // plain: threads run one after another as calls (no barrier may occur)
+
 void emu_syncthreads() {
+    if (plain) { plain_synced = 1; return; }
     if (++block_waiting == block_live) {  // the last one in releases the others
         block_waiting = 0;
         for (int t = 0; t < n_threads; t++) if (fibers[t].state == WAIT) fibers[t].state = RUN;
@@ -118,6 +126,7 @@ void emu_syncthreads() {
 }
 
 void emu_syncwarp() {
+    if (plain) { plain_synced = 1; return; }
     int w = cur / 32;
     if (++warp_waiting[w] == warp_live[w]) {
         warp_waiting[w] = 0;
@@ -127,15 +136,36 @@ void emu_syncwarp() {
     yield_wait();
 }
 
-extern "C" int emu_launch(void (*fn)(const char *), const char *args, const unsigned *grid, const unsigned *block) {
+// cooperative == 0: the kernel never synchronizes, so each thread runs to its end as a plain call
+extern "C" int emu_launch(void (*fn)(const char *), const char *args, const unsigned *grid, const unsigned *block,
+                          int cooperative) {
     n_threads = (int)(block[0] * block[1] * block[2]);
     if (block[1] != 1 || block[2] != 1 || n_threads > 1024) return -1;
     gridDim = {grid[0], grid[1], grid[2]};
     blockDim = {block[0], 1, 1};
     body = fn;
     body_args = args;
+    if (!cooperative) {
+        plain = 1;
+        plain_synced = 0;
+        for (unsigned z = 0; z < grid[2]; z++)
+            for (unsigned y = 0; y < grid[1]; y++)
+                for (unsigned x = 0; x < grid[0]; x++) {
+                    blockIdx = {x, y, z};
+                    for (int t = 0; t < n_threads; t++) {
+                        threadIdx = {(unsigned)t, 0, 0};
+                        fn(args);
+                    }
+                }
+        plain = 0;
+        return plain_synced ? -3 : 0;
+    }
     fibers.resize(n_threads);
     stacks.resize((size_t)n_threads * STACK);
+    static ucontext_t proto;
+    static bool have_proto = false;
+    if (!have_proto) { getcontext(&proto); have_proto = true; }
+    for (int t = 0; t < n_threads; t++) emu_phase[t] = 0;
     for (unsigned z = 0; z < grid[2]; z++)
         for (unsigned y = 0; y < grid[1]; y++)
             for (unsigned x = 0; x < grid[0]; x++) {
@@ -147,7 +177,7 @@ extern "C" int emu_launch(void (*fn)(const char *), const char *args, const unsi
                     warp_waiting[w] = 0;
                 }
                 for (int t = 0; t < n_threads; t++) {
-                    getcontext(&fibers[t].ctx);
+                    fibers[t].ctx = proto;
                     fibers[t].ctx.uc_stack.ss_sp = stacks.data() + (size_t)t * STACK;
                     fibers[t].ctx.uc_stack.ss_size = STACK;
                     fibers[t].ctx.uc_link = &sched_ctx;
@@ -256,6 +286,7 @@ def launch(kernel: str, grid, block, args: bytes) -> None:
     buf = ctypes.create_string_buffer(args, len(args))
     g = (ctypes.c_uint * 3)(*grid)
     b = (ctypes.c_uint * 3)(*block)
-    rc = lib.emu_launch(fn, buf, g, b)
+    rc = lib.emu_launch(fn, buf, g, b, int(kernel in COOPERATIVE))
     if rc != 0:
-        raise RuntimeError(f"[cuda emu] {kernel}: " + ("bad block" if rc == -1 else "deadlock at a barrier"))
+        why = {-1: "bad block", -2: "deadlock at a barrier", -3: "synchronizes but is not in COOPERATIVE"}[rc]
+        raise RuntimeError(f"[cuda emu] {kernel}: {why}")

@@ -629,3 +629,21 @@ def test_the_emulated_parity_check_bites(monkeypatch, sm80_stats):
     monkeypatch.setitem(kernels.BINARY, Op.ADD, kernels.BINARY[Op.SUB])  # a launcher passing the wrong op code
     results = emulated_parity(monkeypatch, sm80_stats, ["add"], 2)
     assert results and all(r.status.value == "fail" for _, _, r in results)
+
+
+@needs_emu
+@pytest.mark.parametrize("spec", [None, "mtp"], ids=["plain", "mtp"])
+def test_the_shipped_tiny_model_decodes_in_the_host_emulator(monkeypatch, spec):
+    """End to end on cuda (emulated; the cpu takes nothing the backend supports): the greedy tokens
+    are the cpu's, plain and with MTP drafts (verify batches with snapshots, partial rollback)."""
+    from graphir import backends
+
+    fake = FakeCuda(True, None, emulate=True)
+    monkeypatch.setattr(runtime, "cuda", fake)
+    monkeypatch.setattr(backends, "_INSTANCES", {})
+    got = gr.load(backend="cuda", spec=spec, n_ctx=128)
+    want = gr.load(backend="cpu", spec=spec, n_ctx=128)
+    assert got.generate("def add(a, b):", max_tokens=5, temperature=0) == want.generate(
+        "def add(a, b):", max_tokens=5, temperature=0
+    )
+    assert fake.problems == [] and {"mul_mat_vec", "gated_delta_net", "flash_attn_ext"} <= {n for n, _ in fake.launched}
