@@ -10,8 +10,9 @@
  * so each weight block loaded is used for every token of a tile and the unit's rows are read
  * from memory once. While the unit's tokens fit one tile (decode, verify batches) a tile is ONE
  * weight row: rows are then read strictly in address order, which the hardware prefetcher
- * streams 2-4x faster here than several interleaved rows; larger batches are compute-bound and
- * take rt rows per tile (activation loads shared) while the unit's rows sit in cache.
+ * streams 2-4x faster here than several interleaved rows; larger batches are compute-bound: the
+ * first token tile still reads the rows one at a time, the others take rt rows per tile
+ * (activation loads shared) from cache.
  *
  * Every output element is one dot product in the canonical order of its weight type (matmul.h)
  * whatever the tile, the unit or the thread: results are batch-invariant bit for bit.
@@ -19,7 +20,8 @@
 #include "matmul.h"
 
 #define RB 16 /* weight rows per unit */
-#define NB 64 /* activation rows per unit */
+#define NB 64 /* most activation rows per unit */
+#define NB_BYTES (256 << 10) /* a unit's activation rows stay in L2: at most this many bytes of them */
 #define PRIVATE_ROWS 2 /* up to this many rows of b, each thread converts its own copy */
 
 static int act_kind(int wtype) {
@@ -75,13 +77,22 @@ static const char *act_row(const gr_tensor *b, int wtype, const char *base, int6
     return base + r * gr_act_row_bytes(act_kind(wtype), b->ne[0]);
 }
 
-/* A unit: nrows weight rows at w (stride ws; output rows r0 ..) x n activation rows */
+/* activation rows per unit: NB, fewer for long rows (a multiple of the kernel's ct) */
+static int64_t unit_tokens(int wtype, const gr_tensor *b, const gr_mm_kernel *k) {
+    int64_t row = act_in_place(wtype, b) ? b->ne[0] * 4 : gr_act_row_bytes(act_kind(wtype), b->ne[0]);
+    int64_t n = NB_BYTES / row / k->ct * k->ct;
+    return n < k->ct ? k->ct : n > NB ? NB : n;
+}
+
+/* A unit: nrows weight rows at w (stride ws; output rows r0 ..) x n activation rows. cold: the
+ * rows are not in cache yet (the unit's first token block): its first token tile reads them one
+ * row per tile, in address order; the other tiles find them in cache and take rt rows per tile. */
 static void run_unit(const gr_mm_kernel *k, int64_t K, const char *w, int64_t ws, int64_t nrows, int64_t r0,
-                     const char *const *act, float *const *out, int64_t n) {
-    int rt = n > k->ct ? k->rt : 1;
-    int64_t full = nrows / rt * rt;
+                     const char *const *act, float *const *out, int64_t n, int cold) {
     for (int64_t c = 0; c < n; c += k->ct) {
         int nc = (int)(n - c < k->ct ? n - c : k->ct);
+        int rt = n > k->ct && !(cold && c == 0) ? k->rt : 1;
+        int64_t full = nrows / rt * rt;
         if (full) k->tiles[rt - 1][nc - 1](K, w, ws, full, act + c, out + c, r0);
         if (nrows > full) k->tiles[nrows - full - 1][nc - 1](K, w + full * ws, ws, nrows - full, act + c, out + c, r0 + full);
     }
@@ -96,23 +107,23 @@ int64_t gr_w_mul_mat(const gr_op *op, int nth) {
 }
 
 /* Units: (b matrix, weight row block, activation row block), activation row block fastest. */
-static void mul_mat_unit(const gr_op *op, const gr_mm_kernel *k, const char *base, int64_t u) {
+static void mul_mat_unit(const gr_op *op, const gr_mm_kernel *k, const char *base, int64_t nb, int64_t u) {
     const gr_tensor *a = &op->src[0], *b = &op->src[1], *d = &op->dst;
     int64_t M = a->ne[1], N = b->ne[1];
-    int64_t nrb = (M + RB - 1) / RB, ntb = (N + NB - 1) / NB;
+    int64_t nrb = (M + RB - 1) / RB, ntb = (N + nb - 1) / nb;
     int64_t tb = u % ntb, rb = u / ntb % nrb, bi = u / (ntb * nrb);
     int64_t i2 = bi % b->ne[2], i3 = bi / b->ne[2];
     /* a broadcasts over dims 2, 3: each a matrix serves r2 (r3) consecutive b matrices */
     int64_t r2 = b->ne[2] / a->ne[2], r3 = b->ne[3] / a->ne[3];
     const char *w = a->data + (i2 / r2) * a->nb[2] + (i3 / r3) * a->nb[3];
-    int64_t m0 = rb * RB, m1 = m0 + RB < M ? m0 + RB : M, n0 = tb * NB, n1 = n0 + NB < N ? n0 + NB : N;
+    int64_t m0 = rb * RB, m1 = m0 + RB < M ? m0 + RB : M, n0 = tb * nb, n1 = n0 + nb < N ? n0 + nb : N;
     const char *act[NB];
     float *out[NB];
     for (int64_t n = n0; n < n1; n++) {
         act[n - n0] = act_row(b, a->type, base, n, i2, i3);
         out[n - n0] = (float *)gr_row(d, n, i2, i3);
     }
-    run_unit(k, a->ne[0], w + m0 * a->nb[1], a->nb[1], m1 - m0, m0, act, out, n1 - n0);
+    run_unit(k, a->ne[0], w + m0 * a->nb[1], a->nb[1], m1 - m0, m0, act, out, n1 - n0, tb == 0);
 }
 
 void gr_k_mul_mat(const gr_op *op, const gr_thread *th) {
@@ -121,10 +132,10 @@ void gr_k_mul_mat(const gr_op *op, const gr_thread *th) {
     char *base = scratch_of(op, act_bytes(a->type, b), th);
     convert_b(op, base, th);
     if (!act_in_place(a->type, b) && !act_private(a->type, b)) gr_barrier(th);
-    int64_t nrb = (a->ne[1] + RB - 1) / RB, ntb = (b->ne[1] + NB - 1) / NB;
+    int64_t nb = unit_tokens(a->type, b, &k), nrb = (a->ne[1] + RB - 1) / RB, ntb = (b->ne[1] + nb - 1) / nb;
     int64_t u0, u1;
     gr_chunk(b->ne[2] * b->ne[3] * nrb * ntb, th->ith, th->nth, &u0, &u1);
-    for (int64_t u = u0; u < u1; u++) mul_mat_unit(op, &k, base, u);
+    for (int64_t u = u0; u < u1; u++) mul_mat_unit(op, &k, base, nb, u);
 }
 
 /* ================================ mul_mat_id ================================
@@ -185,13 +196,13 @@ static void build_lists(const gr_op *op, const char *base, int write_zeros) {
     l.start[0] = 0;
 }
 
-static void mul_mat_id_unit(const gr_op *op, const gr_mm_kernel *k, const char *base, int64_t x, int64_t rb,
-                            int64_t tb) {
+static void mul_mat_id_unit(const gr_op *op, const gr_mm_kernel *k, const char *base, int64_t nb, int64_t x,
+                            int64_t rb, int64_t tb) {
     const gr_tensor *as = &op->src[0], *b = &op->src[1], *d = &op->dst;
     id_lists l = lists_at(op, base);
     const int32_t *pairs = l.list + l.start[x];
     int64_t M = as->ne[1], count = l.start[x + 1] - l.start[x], n_used = op->src[2].ne[0];
-    int64_t m0 = rb * RB, m1 = m0 + RB < M ? m0 + RB : M, n0 = tb * NB, n1 = n0 + NB < count ? n0 + NB : count;
+    int64_t m0 = rb * RB, m1 = m0 + RB < M ? m0 + RB : M, n0 = tb * nb, n1 = n0 + nb < count ? n0 + nb : count;
     const char *w = as->data + x * as->nb[2];
     const char *act[NB];
     float *out[NB];
@@ -200,7 +211,7 @@ static void mul_mat_id_unit(const gr_op *op, const gr_mm_kernel *k, const char *
         act[n - n0] = act_row(b, as->type, base, e % b->ne[1], t, 0);
         out[n - n0] = (float *)gr_row(d, e, t, 0);
     }
-    run_unit(k, as->ne[0], w + m0 * as->nb[1], as->nb[1], m1 - m0, m0, act, out, n1 - n0);
+    run_unit(k, as->ne[0], w + m0 * as->nb[1], as->nb[1], m1 - m0, m0, act, out, n1 - n0, tb == 0);
 }
 
 void gr_k_mul_mat_id(const gr_op *op, const gr_thread *th) {
@@ -212,14 +223,14 @@ void gr_k_mul_mat_id(const gr_op *op, const gr_thread *th) {
     if (priv || th->ith == 0) build_lists(op, base, th->ith == 0);
     if (!priv) gr_barrier(th);
     id_lists l = lists_at(op, base);
-    int64_t n_expert = as->ne[2], nrb = (as->ne[1] + RB - 1) / RB, units = 0;
-    for (int64_t x = 0; x < n_expert; x++) units += nrb * ((l.start[x + 1] - l.start[x] + NB - 1) / NB);
+    int64_t n_expert = as->ne[2], nb = unit_tokens(as->type, b, &k), nrb = (as->ne[1] + RB - 1) / RB, units = 0;
+    for (int64_t x = 0; x < n_expert; x++) units += nrb * ((l.start[x + 1] - l.start[x] + nb - 1) / nb);
     int64_t u0, u1, u = 0;
     gr_chunk(units, th->ith, th->nth, &u0, &u1);
     for (int64_t x = 0; x < n_expert && u < u1; x++) {
-        int64_t ntb = (l.start[x + 1] - l.start[x] + NB - 1) / NB;
+        int64_t ntb = (l.start[x + 1] - l.start[x] + nb - 1) / nb;
         for (int64_t rb = 0; rb < nrb; rb++)
             for (int64_t tb = 0; tb < ntb; tb++, u++)
-                if (u >= u0 && u < u1) mul_mat_id_unit(op, &k, base, x, rb, tb);
+                if (u >= u0 && u < u1) mul_mat_id_unit(op, &k, base, nb, x, rb, tb);
     }
 }
