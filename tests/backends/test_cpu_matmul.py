@@ -357,6 +357,22 @@ def test_batch_invariance(native, type: DType, isa: int) -> None:
         np.testing.assert_array_equal(alone[0, 0, 0], rows[1][0, 0, n], err_msg=f"{type.name} token {n}")
 
 
+@pytest.mark.parametrize("type", [F32, Q8_0, Q6_K], ids=lambda t: t.name)
+def test_batch_invariance_long_rows(native, type: DType) -> None:
+    """Rows of 4096: a unit holds fewer tokens (its activations stay in L2), so a 45-token batch
+    spans several token blocks per weight row block (cold first tiles and warm ones)."""
+    rng = np.random.default_rng(2)
+    K, M, N = 4096, 21, 45
+    a = gr.new_weight(type, [K, M], weight_data(type, M, K, rng), "a")
+    bv = rng.uniform(-1, 1, (N, K)).astype(np.float32)
+    batch, one = gr.new_input(F32, [K, N], "batch"), gr.new_input(F32, [K, 1], "one")
+    native.n_threads = 2
+    rows = bits(run(NATIVE, gr.mul_mat(a, batch).set_output(), {batch: bv}))
+    for n in (0, 21, 44):
+        alone = bits(run(NATIVE, gr.mul_mat(a, one).set_output(), {one: bv[n : n + 1]}))
+        np.testing.assert_array_equal(alone[0, 0, 0], rows[0, 0, n], err_msg=f"{type.name} token {n}")
+
+
 @pytest.mark.parametrize("type", [F16, Q8_0, Q4_K], ids=lambda t: t.name)
 def test_mul_mat_id_batch_invariance(native, type: DType) -> None:
     """A token's expert rows do not depend on the other tokens routed with it."""
