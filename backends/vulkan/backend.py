@@ -1,6 +1,8 @@
 """The Vulkan backend: GLSL compute shaders (shaders/vulkan/) compiled to SPIR-V by glslc,
-dispatched through our own cffi binding of libvulkan.so.1 (vk.py says why not the `vulkan`
-package). Runs here on Mesa's lavapipe.
+dispatched through our own cffi ABI binding of libvulkan.so.1 (vk.py), not the `vulkan` package
+from PyPI: we use ~45 entry points, cffi is already a dependency, the package's import parses the
+whole header and its wrappers build every struct from keyword arguments (and drop some results),
+and our declarations are checked field by field against vulkan_core.h. Runs here on Mesa's lavapipe.
 
 A split is lowered to ONE command buffer, recorded at lower time (pipelines, descriptor sets
 and the meta buffer of tensor records made then) and re-submitted by every run; inputs change
@@ -19,7 +21,7 @@ from graphir.tensor import Tensor, is_empty_op
 
 from ..base import Availability, Backend, Buffer, Call, Place
 from . import runtime
-from .kernels import KERNELS, MAT_VEC, MM_TILED_MIN_N, Dispatch
+from .kernels import EPT, KERNELS, MAT_VEC, MM_TILED_MIN_N, Dispatch
 
 PUSH_FORMAT = {"float": "f", "int": "i", "uint": "I"}
 # ops whose src[0] may be bound in windows when it exceeds one descriptor's range (weights.glsl)
@@ -54,7 +56,7 @@ class VulkanBackend(Backend):
         self.device = runtime.Device(pd, staging=staging)
         self.max_range = pd.max_storage_range
         kind = "cpu" if pd.type == "cpu" else "gpu"
-        self.mat_vec, self.tiled_min_n = MAT_VEC[kind], MM_TILED_MIN_N[kind]
+        self.mat_vec, self.tiled_min_n, self.ept = MAT_VEC[kind], MM_TILED_MIN_N[kind], EPT[kind]
 
     def describe(self) -> str:
         return f"vulkan ({self.device.pd.describe()})"

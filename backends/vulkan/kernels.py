@@ -33,6 +33,9 @@ WG = 64  # work-group size of most shaders (the WG define of common.glsl)
 # mul_mat.comp (invocations per work-group, rows of d per work-group) by device type: on a CPU
 # device (lavapipe) one SIMD fiber per group, where a barrier costs no fiber switch
 MAT_VEC = {"cpu": (8, 8), "gpu": (32, 4)}
+# elements per invocation of the elementwise shaders (common.glsl FOR_ELEMENTS) by device type: an
+# llvmpipe work-group costs microseconds, so it gets WG * 16 elements
+EPT = {"cpu": 16, "gpu": 4}
 # mul_mat_tiled.comp: invocations along rows x tokens, rows x tokens per invocation, units of K staged
 MM_TILE_WG, MM_TILE, MM_TILE_KC = (8, 8), (4, 2), 4
 # tokens from which mul_mat takes the tiled kernel, by device type: on lavapipe the tiled kernel's
@@ -115,9 +118,17 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _row_chunks(t: Tensor) -> int:
-    """Work-groups of the row-chunked shaders: WG elements of one row each."""
-    return _cdiv(t.ne[0], WG) * t.nrows if t.nelements else 0
+def _elements(be, ne: tuple[int, ...], defines: dict) -> int:
+    """Work-groups of a FOR_ELEMENTS shader (common.glsl) over shape ne: WG * EPT elements of one row
+    each, or of the flat order (FLAT) when rows are shorter than a work-group. Sets the defines."""
+    n, rows, per = int(np.prod(ne)), int(np.prod(ne[1:])), WG * be.ept
+    defines["EPT"] = be.ept
+    if n == 0:
+        return 0
+    if ne[0] < WG:
+        defines["FLAT"] = None
+        return _cdiv(n, per)
+    return _cdiv(ne[0], per) * rows
 
 
 def _noop(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:  # views compute nothing
@@ -135,8 +146,10 @@ def _copy(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
         return _d(S_COPY, {"QUANT": QUANTIZE[td], "TS": CONV[ts]}, args, _cdiv(node.nelements // 32, WG))
     defines: dict = {RAW[ts]: None} if ts == td else {"TS": CONV[ts], "TD": CONV[td]}
     if s.ne == node.ne:
-        return _d(S_COPY, defines | {"SAME_NE": None}, args, _row_chunks(node))
-    return _d(S_COPY, defines, args, _cdiv(node.nelements, WG))
+        defines["SAME_NE"] = None
+        return _d(S_COPY, defines, args, _elements(be, node.ne, defines))
+    defines["EPT"] = be.ept
+    return _d(S_COPY, defines, args, _cdiv(node.nelements, WG * be.ept))
 
 
 def _copy_supports(node: Tensor) -> bool:
@@ -152,7 +165,7 @@ _copy.supports = _copy_supports
 def _binary(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
     a, b = node.src
     defines = {f"OP_{node.op.name}": None, "TA": TYPE[a.type], "TB": TYPE[b.type], "TD": TYPE[node.type]}
-    return _d(S_BINARY, defines, [(srcs[0], a), (srcs[1], b), (dst, node)], _row_chunks(node))
+    return _d(S_BINARY, defines, [(srcs[0], a), (srcs[1], b), (dst, node)], _elements(be, node.ne, defines))
 
 
 def _unary(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
@@ -160,7 +173,7 @@ def _unary(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
     names = {Op.SCALE: ("s", "b"), Op.CLAMP: ("min", "max")}.get(node.op)
     push = (p[names[0]], p[names[1]]) if names else (0.0, 0.0)
     defines = {f"OP_{node.op.name}": None, "T": TYPE[node.type]}
-    return _d(S_UNARY, defines, [(srcs[0], node.src[0]), (dst, node)], _row_chunks(node), push)
+    return _d(S_UNARY, defines, [(srcs[0], node.src[0]), (dst, node)], _elements(be, node.ne, defines), push)
 
 
 _binary.supports = lambda node: all(t.type in TYPE for t in (*node.src, node))
@@ -202,7 +215,8 @@ def _argsort(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
     """argsort and top_k (the first k of the stable descending order)."""
     desc = node.op is Op.TOP_K or node.params["order"] == SORT_DESC
     a = node.src[0]
-    return _d(S_ARGSORT, {"DESC": None} if desc else {}, [(srcs[0], a), (dst, node)], _row_chunks(a))
+    groups = _cdiv(a.ne[0], WG) * a.nrows if a.nelements else 0
+    return _d(S_ARGSORT, {"DESC": None} if desc else {}, [(srcs[0], a), (dst, node)], groups)
 
 
 _rows.supports = _argsort.supports = lambda node: node.src[0].type == DType.F32
@@ -216,7 +230,10 @@ def _get_rows(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
         defines = {"RAW32": None}
     else:
         defines = {"TA": TYPE[a.type]}
-    return _d(S_GET_ROWS, defines, [(srcs[0], a), (srcs[1], b), (dst, node)], node.nrows if node.nelements else 0)
+    defines["EPT"] = be.ept
+    n = node.ne[0] // 16 if a.type in DEQ else node.ne[0]
+    groups = _cdiv(n, WG * be.ept) * node.nrows if node.nelements else 0
+    return _d(S_GET_ROWS, defines, [(srcs[0], a), (srcs[1], b), (dst, node)], groups)
 
 
 _get_rows.supports = lambda node: node.src[0].type in TYPE or node.src[0].type in DEQ or node.src[0].type == DType.I32
@@ -224,8 +241,9 @@ _get_rows.supports = lambda node: node.src[0].type in TYPE or node.src[0].type i
 
 def _set_rows(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
     _, b, c = node.src
-    groups = _cdiv(b.ne[0], WG) * b.ne[2] * b.ne[3] if b.nelements else 0
-    return _d(S_SET_ROWS, {"TD": TYPE[node.type]}, [(srcs[1], b), (srcs[2], c), (dst, node)], groups)
+    defines = {"TD": TYPE[node.type]}
+    groups = _elements(be, (b.ne[0], b.ne[2], b.ne[3], 1), defines) if b.nelements else 0
+    return _d(S_SET_ROWS, defines, [(srcs[1], b), (srcs[2], c), (dst, node)], groups)
 
 
 _set_rows.supports = lambda node: node.type in TYPE and node.src[1].type == DType.F32
@@ -239,7 +257,7 @@ def _concat(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
     else:
         defines, b_arg = {"DIM": node.params["dim"]}, (srcs[1], node.src[1])
     defines[RAW[a.type]] = None
-    return _d(S_CONCAT, defines, [(srcs[0], a), b_arg, (dst, node)], _row_chunks(node))
+    return _d(S_CONCAT, defines, [(srcs[0], a), b_arg, (dst, node)], _elements(be, node.ne, defines))
 
 
 _concat.supports = lambda node: node.src[0].type in RAW and all(s.type == node.type for s in node.src)

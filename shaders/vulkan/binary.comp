@@ -1,6 +1,5 @@
 // add / sub / mul / div with ggml's broadcast: b's index is d's modulo b.ne.
-// -DOP_ADD|OP_SUB|OP_MUL|OP_DIV, -DTA, -DTB, -DTD element types (F32|F16). A work-group takes
-// WG elements of one row of d.
+// -DOP_ADD|OP_SUB|OP_MUL|OP_DIV, -DTA, -DTB, -DTD element types (F32|F16); elements by FOR_ELEMENTS (common.glsl).
 #version 450
 #define N_TENSORS 3
 #include "common.glsl"
@@ -9,11 +8,7 @@ TENSOR(1, a, readonly);
 TENSOR(2, b, readonly);
 TENSOR(3, d, );
 
-void main() {
-    uint n_chunks = (NE(d).x + WG - 1) / WG, g = group_index();
-    uint row = g / n_chunks, i0 = (g - row * n_chunks) * WG + gl_LocalInvocationID.x;
-    if (row >= NROWS(d) || i0 >= NE(d).x) return;
-    uvec3 r = row_index(row, NE(d));
+void element(uint i0, uvec3 r) {
     uint j0 = i0 < NE(b).x ? i0 : i0 % NE(b).x;
     float x = LD(TA, a, AT(a, i0, r.x, r.y, r.z));
     float y = LD(TB, b, AT(b, j0, r.x % NE(b).y, r.y % NE(b).z, r.z % NE(b).w));
@@ -29,3 +24,5 @@ void main() {
     uint db = AT(d, i0, r.x, r.y, r.z);
     ST(TD, d, db, v);
 }
+
+void main() FOR_ELEMENTS(NE(d))

@@ -96,6 +96,36 @@ uvec4 unravel(uint idx, uvec4 ne) {
     return uvec4(idx - q0 * ne.x, q0 - q1 * ne.y, q1 % ne.z, q1 / ne.z);
 }
 
+// ---- elementwise work: FOR_ELEMENTS(ne) calls `void element(uint i0, uvec3 r)` (r = (i1, i2, i3),
+// defined by the shader first) for each element of shape `ne` this invocation owns. A work-group
+// takes WG * EPT consecutive elements of one row, EPT per invocation at a stride of WG (an
+// llvmpipe work-group costs microseconds: give it work); -DFLAT: of the flat order instead, for
+// rows shorter than a work-group. Python's groups: ceil(ne0 / (WG EPT)) * rows, FLAT ceil(n / (WG EPT)).
+#ifndef EPT
+#define EPT 1
+#endif
+#ifdef FLAT
+#define FOR_ELEMENTS(ne) { \
+    uint base_ = group_index() * (WG * EPT) + gl_LocalInvocationID.x, n_ = ne.x * ne.y * ne.z * ne.w; \
+    for (uint k_ = 0u; k_ < EPT; k_++) { \
+        uint idx_ = base_ + k_ * WG; \
+        if (idx_ >= n_) break; \
+        uint row_ = idx_ / ne.x; \
+        element(idx_ - row_ * ne.x, row_index(row_, ne)); \
+    } }
+#else
+#define FOR_ELEMENTS(ne) { \
+    uint n_chunks_ = (ne.x + WG * EPT - 1u) / (WG * EPT), g_ = group_index(), row_ = g_ / n_chunks_; \
+    if (row_ < ne.y * ne.z * ne.w) { \
+        uvec3 r_ = row_index(row_, ne); \
+        uint base_ = (g_ - row_ * n_chunks_) * (WG * EPT) + gl_LocalInvocationID.x; \
+        for (uint k_ = 0u; k_ < EPT; k_++) { \
+            uint i0_ = base_ + k_ * WG; \
+            if (i0_ >= ne.x) break; \
+            element(i0_, r_); \
+        } } }
+#endif
+
 // ---- work-group reductions over WG invocations (a power of two) ----
 shared float red_[WG];
 

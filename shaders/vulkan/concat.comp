@@ -1,6 +1,6 @@
 // concat along -DDIM=0..3 and repeat (-DREPEAT: d's index modulo a.ne; binding b is a and
-// unused); raw elements of 4 (-DRAW32) or 2 (-DRAW16) bytes. A work-group takes WG elements of
-// one row of d.
+// unused); raw elements of 4 (-DRAW32) or 2 (-DRAW16) bytes; elements of d by FOR_ELEMENTS
+// (common.glsl).
 #version 450
 #define N_TENSORS 3
 #include "common.glsl"
@@ -9,15 +9,10 @@ TENSOR(1, a, readonly);
 TENSOR(2, b, readonly);
 TENSOR(3, d, );
 
-void main() {
-    uint n_chunks = (NE(d).x + WG - 1) / WG, g = group_index();
-    uint row = g / n_chunks, i0 = (g - row * n_chunks) * WG + gl_LocalInvocationID.x;
-    if (row >= NROWS(d) || i0 >= NE(d).x) return;
-    uvec3 r = row_index(row, NE(d));
+void element(uint i0, uvec3 r) {
     uvec4 i = uvec4(i0, r);
 #ifdef REPEAT
     uint sb = AT(a, i.x % NE(a).x, i.y % NE(a).y, i.z % NE(a).z, i.w % NE(a).w);
-#define FROM a
 #else
     uint n = NE(a)[DIM];
     bool from_a = i[DIM] < n;
@@ -41,3 +36,5 @@ void main() {
     ST_U16(d, db, h);
 #endif
 }
+
+void main() FOR_ELEMENTS(NE(d))

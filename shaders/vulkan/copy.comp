@@ -1,7 +1,7 @@
 // cont / dup / cpy: element i of s's logical order lands at element i of d's.
 // -DRAW32 / -DRAW16: same-type copy of 4- / 2-byte elements (bit-exact); else -DTS, -DTD
-// (F32|F16|BF16|I32) convert through float. -DSAME_NE: s and d have one shape, so a work-group
-// takes WG elements of one row (no per-element division); else flat indices unravelled in both.
+// (F32|F16|BF16|I32) convert through float. -DSAME_NE: s and d have one shape, elements by
+// FOR_ELEMENTS (common.glsl); else flat indices unravelled in both, WG * EPT per work-group.
 // -DQUANT=8|4: into Q8_0 / Q4_0 (-DTS the source type), one invocation per block of 32 of d,
 // quantized as ggml's reference quantizers (graphir/quants.py), bit for bit.
 #version 450
@@ -22,21 +22,21 @@ void copy_element(uint sb, uint db) {
 #endif
 }
 
-void main() {
-    uint l = gl_LocalInvocationID.x;
 #ifdef SAME_NE
-    uint n_chunks = (NE(d).x + WG - 1) / WG, g = group_index();
-    uint row = g / n_chunks, i0 = (g - row * n_chunks) * WG + l;
-    if (row >= NROWS(d) || i0 >= NE(d).x) return;
-    uvec3 r = row_index(row, NE(d));
-    copy_element(AT(s, i0, r.x, r.y, r.z), AT(d, i0, r.x, r.y, r.z));
+void element(uint i0, uvec3 r) { copy_element(AT(s, i0, r.x, r.y, r.z), AT(d, i0, r.x, r.y, r.z)); }
+
+void main() FOR_ELEMENTS(NE(d))
 #else
-    uint idx = group_index() * WG + l;
-    if (idx >= NELEM(d)) return;
-    uvec4 si = unravel(idx, NE(s)), di = unravel(idx, NE(d));
-    copy_element(AT(s, si.x, si.y, si.z, si.w), AT(d, di.x, di.y, di.z, di.w));
-#endif
+void main() {
+    uint base = group_index() * (WG * EPT) + gl_LocalInvocationID.x;
+    for (uint k = 0u; k < EPT; k++) {
+        uint idx = base + k * WG;
+        if (idx >= NELEM(d)) return;
+        uvec4 si = unravel(idx, NE(s)), di = unravel(idx, NE(d));
+        copy_element(AT(s, si.x, si.y, si.z, si.w), AT(d, di.x, di.y, di.z, di.w));
+    }
 }
+#endif
 
 #else
 // C roundf: half away from zero

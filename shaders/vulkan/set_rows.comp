@@ -1,7 +1,7 @@
 // set_rows: d[i0, c[i, i2 % c.ne1, i3 % c.ne2], i2, i3] = b[i0, i, i2, i3], converted to d's type
 // (-DTD=F32|F16|BF16; d is the destination tensor's memory). One invocation per (i0, i2, i3)
-// walks the rows in order, so a repeated index keeps the last row (as ggml). A work-group takes
-// WG elements of one (i2, i3) plane.
+// walks the rows in order, so a repeated index keeps the last row (as ggml); (i0, i2, i3) by
+// FOR_ELEMENTS (common.glsl) over a [ne0, ne2, ne3] shape.
 #version 450
 #define N_TENSORS 3
 #include "common.glsl"
@@ -10,14 +10,12 @@ TENSOR(1, b, readonly);
 TENSOR(2, c, readonly);
 TENSOR(3, d, );
 
-void main() {
-    uint n_chunks = (NE(b).x + WG - 1) / WG, g = group_index();
-    uint plane = g / n_chunks, i0 = (g - plane * n_chunks) * WG + gl_LocalInvocationID.x;
-    if (plane >= NE(b).z * NE(b).w || i0 >= NE(b).x) return;
-    uint i2 = plane % NE(b).z, i3 = plane / NE(b).z;
+void element(uint i0, uvec3 r) {  // r = (i2, i3, 0)
     for (uint i = 0; i < NE(b).y; i++) {
-        uint row = U32(c, AT(c, i, i2 % NE(c).y, i3 % NE(c).z, 0u));
-        uint db = AT(d, i0, row, i2, i3);
-        ST(TD, d, db, LD_F32(b, AT(b, i0, i, i2, i3)));
+        uint row = U32(c, AT(c, i, r.x % NE(c).y, r.y % NE(c).z, 0u));
+        uint db = AT(d, i0, row, r.x, r.y);
+        ST(TD, d, db, LD_F32(b, AT(b, i0, i, r.x, r.y)));
     }
 }
+
+void main() FOR_ELEMENTS(uvec4(NE(b).x, NE(b).z, NE(b).w, 1u))

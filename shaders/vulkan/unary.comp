@@ -1,6 +1,6 @@
 // Elementwise unary ops, one -DOP_<NAME> per variant; p0, p1 carry scale (s, b) and clamp
-// (min, max). -DT element type (F32|F16; the result has the source's type). A work-group takes
-// WG elements of one row.
+// (min, max). -DT element type (F32|F16; the result has the source's type); elements by FOR_ELEMENTS
+// (common.glsl).
 #version 450
 #define N_TENSORS 2
 #include "common.glsl"
@@ -47,12 +47,10 @@ float unary_op(float x) {
 #endif
 }
 
-void main() {
-    uint n_chunks = (NE(d).x + WG - 1) / WG, g = group_index();
-    uint row = g / n_chunks, i0 = (g - row * n_chunks) * WG + gl_LocalInvocationID.x;
-    if (row >= NROWS(d) || i0 >= NE(d).x) return;
-    uvec3 r = row_index(row, NE(d));
+void element(uint i0, uvec3 r) {
     float v = unary_op(LD(T, a, AT(a, i0, r.x, r.y, r.z)));
     uint db = AT(d, i0, r.x, r.y, r.z);
     ST(T, d, db, v);
 }
+
+void main() FOR_ELEMENTS(NE(d))

@@ -274,6 +274,34 @@ def test_f16_stores_round_to_nearest_even():
     np.testing.assert_array_equal(got.reshape(-1).view(np.uint16), want.view(np.uint16))
 
 
+@needs_device
+def test_long_rows_in_chunks_per_work_group():
+    """Rows longer than a work-group's WG * EPT elements (a partial last chunk) and rows of one element
+    (the flat order) through the elementwise, copy, concat, get_rows and set_rows shaders."""
+    rng = np.random.default_rng(8)
+    n0 = 64 * get_backend("vulkan").ept * 2 + 37
+    x = gr.new_input(DType.F32, (n0, 3, 2), "x")
+    y = gr.new_input(DType.F16, (n0, 1, 2), "y")
+    col = gr.new_input(DType.F32, (1, 3, 2), "col")
+    kv = gr.new_input(DType.F16, (n0, 5), "kv")
+    idx = gr.new_input(DType.I32, (2,), "idx")
+    outs = [gr.mul(gr.silu(x), y), gr.concat(x, x, 0), gr.cpy(x, gr.new_tensor(DType.F16, x.ne, "h")),
+            gr.cont(gr.permute(x, 0, 2, 1, 3)), gr.get_rows(gr.reshape(x, n0, 6), idx), gr.scale(col, 2.0, 1.0),
+            gr.set_rows(kv, gr.reshape(gr.view_2d(x, n0, 2, x.nb[1], 0), n0, 2), idx)]  # fmt: skip
+    data = {x: rng.standard_normal((2, 3, n0)).astype(np.float32), y: rng.standard_normal((2, 1, n0)).astype(np.float16),
+            col: rng.standard_normal((2, 3, 1)).astype(np.float32), kv: np.zeros((5, n0), np.float16),
+            idx: np.array([4, 1], np.int32)}  # fmt: skip
+    got, want = [], []
+    for backends, res in ((["vulkan"], got), (["ref"], want)):
+        plan = gr.compile(build_graph(*outs), backends, cache=False)
+        for t, v in data.items():
+            plan.set_input(t, v)
+        plan.run()
+        res += [plan.get(o).astype(np.float64) for o in outs]
+    for g, w in zip(got, want):
+        assert nmse(g, w) < 1e-10
+
+
 # ---- mul_mat variants --------------------------------------------------------------------
 
 
