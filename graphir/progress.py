@@ -27,6 +27,11 @@ def set_quiet(quiet: bool = True) -> None:
     _quiet = bool(quiet)
 
 
+def is_quiet() -> bool:
+    """Whether progress was turned off (set_quiet, GRAPHIR_PROGRESS=0), whatever stderr is."""
+    return _quiet
+
+
 def enabled() -> bool:
     """Whether a bar would draw: not quiet, and stderr is a terminal."""
     try:

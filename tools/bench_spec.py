@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from graphir import progress
 from graphir.models.sampling import Sampler, SamplerConfig
 from graphir.models.speculative import Generator, SeqState
 
@@ -166,21 +167,25 @@ def run_llama(path: str, prompts: list[list[int]], n_predict: int, threads: int)
 
 
 class Progress:
-    """One status line on stderr, rewritten in place (a plain line per update when not a terminal)."""
+    """Progress of the runs: graphir's tqdm bar (graphir/progress.py) on a terminal, a plain line per
+    update otherwise (a log for runs in the background; none with GRAPHIR_PROGRESS=0)."""
 
     def __init__(self, total: int) -> None:
         self.t0, self.total, self.done = time.perf_counter(), total, 0
-        self.tty = sys.stderr.isatty()
+        self.bar = progress.bar(total=total, desc="bench-spec", unit="run") if progress.enabled() else None
 
     def __call__(self, msg: str) -> None:
         self.done += 1
-        line = f"[bench-spec {time.perf_counter() - self.t0:6.0f} s, step {self.done}/{self.total}] {msg}"
-        sys.stderr.write(f"\r{line:<110}" if self.tty else line + "\n")
-        sys.stderr.flush()
+        if self.bar is not None:
+            self.bar.set_postfix_str(msg, refresh=False)
+            self.bar.update(1)
+        elif not progress.is_quiet():
+            print(f"[bench-spec {time.perf_counter() - self.t0:6.0f} s, step {self.done}/{self.total}] {msg}",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
     def end(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
+        if self.bar is not None:
+            self.bar.close()
 
 
 def print_table(backend: str, mode: str, settings: list[Setting]) -> None:
