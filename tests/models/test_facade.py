@@ -180,3 +180,18 @@ def test_interrupted_generation_leaves_it_usable(llm: graphir.LLM) -> None:
     ctx = llm.context
     ctx.clear()
     assert np.isfinite(ctx.decode(Batch.simple(llm.tokenize(PROMPT), 0)).logits).all()
+
+
+def test_a_large_file_loads_under_a_bar_and_a_long_prompt_prefills_under_one(monkeypatch, capsys) -> None:
+    from graphir import progress
+    from graphir.models import facade
+
+    prompt = "import os\n" * 20  # 60 tokens > 2 ubatches of 16
+    want = graphir.load(n_ctx=256, n_ubatch=16).generate(prompt, max_tokens=8, seed=1)  # one decode call
+    assert "prefill" not in capsys.readouterr().err
+    monkeypatch.setattr(progress, "enabled", lambda: True)  # as on a terminal
+    monkeypatch.setattr(facade, "_BIG_FILE", 0)  # the shipped file counts as large
+    llm = graphir.load(n_ctx=256, n_ubatch=16)
+    assert "compile context" in capsys.readouterr().err
+    assert llm.generate(prompt, max_tokens=8, seed=1) == want  # the prefill in pieces: the same ubatches
+    assert "prefill" in capsys.readouterr().err
