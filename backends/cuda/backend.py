@@ -44,6 +44,7 @@ class CUDABackend(Backend):
         self.context.push()
         self.stream = runtime.cuda.Stream()
         self.modules = runtime.Modules(self.arch)
+        self.pool = runtime.Pool()
         self._constants: dict[bytes, Place] = {}
         self.use_graphs = hasattr(self.stream, "begin_capture")  # pycuda >= 2022.1
 
@@ -52,8 +53,9 @@ class CUDABackend(Backend):
 
     # ---- memory ----
     def alloc_buffer(self, nbytes: int) -> Buffer:
-        """One device allocation: a plan's compute buffer (its memory pool, sliced by offsets)."""
-        return Buffer(self, nbytes, runtime.cuda.mem_alloc(max(nbytes, 256)))
+        """One device allocation (a plan's compute buffer, sliced by offsets), from the pool of
+        allocations that dropped buffers handed back; it goes back there when the buffer is dropped."""
+        return Buffer(self, nbytes, self.pool.take(max(nbytes, 256)))
 
     def address(self, place: Place) -> int:
         return int(place.buffer.handle) + place.offset

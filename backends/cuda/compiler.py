@@ -22,6 +22,8 @@ from pathlib import Path
 
 from graphir import debug
 
+from ..base import default_threads
+
 ARCHS = ("sm_80", "sm_90")  # cubins; PTX_ARCH covers the rest
 PTX_ARCH = "compute_90"
 HEADER = "common.cuh"
@@ -115,7 +117,7 @@ def compile_source(src: Path, arch: str) -> Compiled:
 def compile_all(archs: tuple[str, ...] = (*ARCHS, PTX_ARCH), jobs: int | None = None) -> list[Compiled]:
     """Every source for every arch, compiled in parallel (cached builds are free)."""
     todo = [(s, a) for s in sources() for a in archs]
-    with ThreadPoolExecutor(max_workers=jobs or max(1, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=jobs or default_threads()) as pool:
         return list(pool.map(lambda sa: compile_source(*sa), todo))
 
 

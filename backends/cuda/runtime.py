@@ -90,6 +90,49 @@ class Modules:
         return fn
 
 
+class Pool:
+    """Device allocations handed back by dropped buffers (a plan's compute buffer, weights of a
+    freed model), reused by later requests of at least their size and below twice it, so a plan
+    rebuilt for new shapes does not go back to cuMemAlloc/cuMemFree each time."""
+
+    def __init__(self) -> None:
+        self.free: list[tuple[int, object]] = []  # (bytes, allocation)
+        self.cached_bytes = 0
+        self.limit = 1 << 30  # dropped memory kept for reuse at most
+
+    def take(self, nbytes: int) -> Pooled:
+        best = None
+        for i, (n, _) in enumerate(self.free):
+            if nbytes <= n < 2 * nbytes and (best is None or n < self.free[best][0]):
+                best = i
+        if best is not None:
+            n, alloc = self.free.pop(best)
+            self.cached_bytes -= n
+            return Pooled(self, n, alloc)
+        return Pooled(self, nbytes, cuda.mem_alloc(nbytes))
+
+    def give_back(self, nbytes: int, alloc) -> None:
+        if self.cached_bytes + nbytes <= self.limit:
+            self.free.append((nbytes, alloc))
+            self.cached_bytes += nbytes
+
+
+class Pooled:
+    """A Buffer's handle: a device allocation that returns to its pool when the handle is dropped.
+    int(handle) is the device address."""
+
+    __slots__ = ("pool", "nbytes", "alloc", "ptr")
+
+    def __init__(self, pool: Pool, nbytes: int, alloc) -> None:
+        self.pool, self.nbytes, self.alloc, self.ptr = pool, nbytes, alloc, int(alloc)
+
+    def __int__(self) -> int:
+        return self.ptr
+
+    def __del__(self) -> None:
+        self.pool.give_back(self.nbytes, self.alloc)
+
+
 def pack(layout: str, args: list) -> bytes:
     """The kernel's parameter buffer: args (a Tensor record is a (ptr, nb, ne, type) tuple) laid
     out as the C ABI lays out the parameters `layout` names."""

@@ -647,3 +647,14 @@ def test_the_shipped_tiny_model_decodes_in_the_host_emulator(monkeypatch, spec):
         "def add(a, b):", max_tokens=5, temperature=0
     )
     assert fake.problems == [] and {"mul_mat_vec", "gated_delta_net", "flash_attn_ext"} <= {n for n, _ in fake.launched}
+
+
+def test_dropped_buffers_go_back_to_the_pool(monkeypatch):
+    be, fake = fake_backend(monkeypatch)
+    a = be.alloc_buffer(10_000)
+    addr, n = int(a.handle), len(fake.allocs)
+    del a
+    b = be.alloc_buffer(9_000)  # fits the dropped one (not below half its size)
+    assert int(b.handle) == addr and len(fake.allocs) == n
+    c = be.alloc_buffer(1_000)  # far smaller: a new allocation, not the big one
+    assert len(fake.allocs) == n + 1 and int(c.handle) != addr
