@@ -159,9 +159,12 @@ def test_one_generation_at_a_time(llm: graphir.LLM) -> None:
     assert llm.generate(PROMPT, max_tokens=8, seed=1) == low_level(PROMPT, 8, 1)
 
 
-def test_interrupted_generation_leaves_it_usable(llm: graphir.LLM) -> None:
-    """Ctrl-C (KeyboardInterrupt) wherever it lands -- inside a graph run, between tokens -- and a
-    consumer that stops early: the next call gives the full, same text; the context decodes."""
+@pytest.mark.parametrize("spec", [None, "mtp"])
+def test_interrupted_generation_leaves_it_usable(llm: graphir.LLM, spec: str | None) -> None:
+    """Ctrl-C (KeyboardInterrupt) wherever it lands -- inside a graph run, between tokens, while
+    drafting -- and a consumer that stops early: the next call gives the full, same text; the context
+    decodes."""
+    llm = graphir.load(n_ctx=256, spec=spec) if spec else llm
     want = llm.generate(PROMPT, max_tokens=64, seed=4)
     for delay in (0.0, 0.002, 0.01, 0.03):
         timer = threading.Timer(delay, _thread.interrupt_main)
