@@ -294,10 +294,19 @@ def main(argv: list[str] | None = None) -> int:
     if debug.ENV_ERROR is not None:
         print(f"graphir {args.command}: error: {debug.ENV_ERROR}", file=sys.stderr)
         return EXIT_USAGE
+    was_quiet = progress.is_quiet()
     if getattr(args, "quiet", False):
         progress.set_quiet()
     if args.command == "dump" and args.backend is None:
         args.backend = [backends.FALLBACK]
+    try:
+        return _run(args)
+    finally:
+        progress.set_quiet(was_quiet)  # NOTE: main() may run inside a longer-lived process (tests, embedding)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """args.func under the exit status convention (EPILOG)."""
     try:
         status = args.func(args)
         sys.stdout.flush()  # NOTE: here, so a closed pipe is seen below and not at interpreter exit
