@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphir import debug
 from graphir.layout import host_array, np_view
 from graphir.tensor import Tensor, is_empty_op
 
@@ -46,7 +47,7 @@ class CUDABackend(Backend):
         self.modules = runtime.Modules(self.arch)
         self.pool = runtime.Pool()
         self._constants: dict[bytes, Place] = {}
-        self.use_graphs = hasattr(self.stream, "begin_capture")  # pycuda >= 2022.1
+        self.graphs = runtime.graph_api(self.stream)  # None: launch lists
 
     def describe(self) -> str:
         return f"cuda ({self.device.name()}, {self.arch})"
@@ -144,7 +145,7 @@ class CUDABackend(Backend):
         stream = self.stream
         if not launches:
             return lambda: None
-        if self.use_graphs and len(launches) > 1:
+        if self.graphs is not None and len(launches) > 1:
             exe = self._capture(launches)
             if exe is not None:
 
@@ -162,19 +163,14 @@ class CUDABackend(Backend):
         return run
 
     def _capture(self, launches: list[Launch]):
-        """The launches captured from the stream into an instantiated graph, or None when this
-        pycuda or driver refuses (the caller then replays the list)."""
+        """The launches captured from the stream into an instantiated graph (nothing runs now), or
+        None when the driver refuses; then this backend replays launch lists from here on."""
         try:
             self.stream.synchronize()
-            self.stream.begin_capture()
-            try:
-                for la in launches:
-                    la.enqueue(self.stream)
-            finally:
-                graph = self.stream.end_capture()
-            return graph.instantiate()
-        except Exception:  # noqa: BLE001 - capture unsupported: the launch list works everywhere
-            self.use_graphs = False
+            return self.graphs.capture(self.stream, launches)
+        except Exception as e:  # noqa: BLE001 - the launch list works everywhere
+            debug.log(debug.SCHEDULE, f"[cuda] graph capture unavailable ({e}); replaying launch lists")
+            self.graphs = None
             return None
 
     def synchronize(self) -> None:

@@ -7,6 +7,7 @@ with the same surface (tests/backends/test_cuda.py).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
 from dataclasses import dataclass, field
@@ -88,6 +89,80 @@ class Modules:
                 mod = self._modules[stem] = cuda.module_from_buffer(built.binary.read_bytes())
             fn = self._functions[name] = mod.get_function(name)
         return fn
+
+
+# ---- CUDA graphs ------------------------------------------------------------------------
+# pycuda itself has no graph API (up to 2025.x), so a split's launches are captured from the stream
+# through the driver directly (ctypes on libcuda); a pycuda with stream capture methods (or a test's
+# fake) is used as it is. Where neither works the backend replays the launch list.
+
+CAPTURE_MODE_RELAXED = 2  # CU_STREAM_CAPTURE_MODE_RELAXED: other threads' driver calls stay legal
+
+
+class StreamCapture:
+    """Graphs through the stream's own begin_capture / end_capture (returning a graph to instantiate)."""
+
+    def capture(self, stream, launches: list[Launch]):
+        stream.begin_capture()
+        try:
+            for la in launches:
+                la.enqueue(stream)
+        finally:
+            graph = stream.end_capture()
+        return graph.instantiate()  # .launch(stream)
+
+
+class DriverCapture:
+    """Graphs through the driver API (cuStreamBeginCapture ... cuGraphInstantiate, cuGraphLaunch)."""
+
+    def __init__(self, lib) -> None:
+        self.lib = lib
+        self.begin = getattr(lib, "cuStreamBeginCapture_v2", None) or lib.cuStreamBeginCapture
+        self.instantiate = lib.cuGraphInstantiateWithFlags
+
+    def check(self, rc: int, what: str) -> None:
+        if rc != 0:
+            raise RuntimeError(f"[cuda] {what} failed: CUresult {rc}")
+
+    def capture(self, stream, launches: list[Launch]) -> DriverGraphExec:
+        h = ctypes.c_void_p(stream.handle)
+        self.check(self.begin(h, CAPTURE_MODE_RELAXED), "cuStreamBeginCapture")
+        graph = ctypes.c_void_p()
+        try:
+            for la in launches:
+                la.enqueue(stream)
+        finally:
+            rc = self.lib.cuStreamEndCapture(h, ctypes.byref(graph))
+        self.check(rc, "cuStreamEndCapture")
+        exe = ctypes.c_void_p()
+        try:
+            self.check(self.instantiate(ctypes.byref(exe), graph, ctypes.c_ulonglong(0)), "cuGraphInstantiate")
+        finally:
+            self.lib.cuGraphDestroy(graph)  # the executable graph keeps what it needs
+        return DriverGraphExec(self, exe)
+
+
+class DriverGraphExec:
+    def __init__(self, api: DriverCapture, exe: ctypes.c_void_p) -> None:
+        self.api, self.exe = api, exe
+
+    def launch(self, stream) -> None:
+        self.api.check(self.api.lib.cuGraphLaunch(self.exe, ctypes.c_void_p(stream.handle)), "cuGraphLaunch")
+
+    def __del__(self) -> None:
+        self.api.lib.cuGraphExecDestroy(self.exe)
+
+
+def graph_api(stream):
+    """How this stream's launches become a CUDA graph, or None (replay the launch list)."""
+    if hasattr(stream, "begin_capture"):
+        return StreamCapture()
+    if not hasattr(stream, "handle"):
+        return None
+    try:
+        return DriverCapture(ctypes.CDLL("libcuda.so.1"))
+    except (OSError, AttributeError):  # no driver library, or one without graph capture
+        return None
 
 
 class Pool:

@@ -106,6 +106,8 @@ class FakeAlloc:
 
 
 class FakeStream:
+    """A stream of pycuda as it is: no graph API, no handle for the driver-level capture here."""
+
     def __init__(self, cuda: FakeCuda) -> None:
         self.cuda, self.capturing = cuda, None
 
@@ -502,7 +504,7 @@ def test_every_parity_case_runs_through_the_fake(monkeypatch, sm80_stats, graphs
     from graphir.parity.harness import examples
 
     be, fake = fake_backend(monkeypatch, graphs, sm80_stats)
-    assert be.use_graphs is graphs
+    assert (be.graphs is not None) is graphs
     for case in CASES.values():
         for p in examples(case, "ci")[:3]:
             _run_case(be, case, p)
@@ -658,3 +660,72 @@ def test_dropped_buffers_go_back_to_the_pool(monkeypatch):
     assert int(b.handle) == addr and len(fake.allocs) == n
     c = be.alloc_buffer(1_000)  # far smaller: a new allocation, not the big one
     assert len(fake.allocs) == n + 1 and int(c.handle) != addr
+
+
+class FakeLibcuda:
+    """The driver entry points of the ctypes graph capture, recording their order."""
+
+    def __init__(self, fail_instantiate: bool = False) -> None:
+        self.calls: list[str] = []
+        self.fail_instantiate = fail_instantiate
+
+    def cuStreamBeginCapture_v2(self, stream, mode) -> int:  # noqa: N802 - the driver's names
+        self.calls.append(f"begin {stream.value:#x} mode {mode}")
+        return 0
+
+    def cuStreamEndCapture(self, stream, graph_ref) -> int:  # noqa: N802
+        graph_ref._obj.value = 0x6A
+        self.calls.append("end")
+        return 0
+
+    def cuGraphInstantiateWithFlags(self, exe_ref, graph, flags) -> int:  # noqa: N802
+        if self.fail_instantiate:
+            return 801  # CUDA_ERROR_NOT_SUPPORTED
+        exe_ref._obj.value = 0xE7
+        self.calls.append(f"instantiate {graph.value:#x}")
+        return 0
+
+    def cuGraphDestroy(self, graph) -> int:  # noqa: N802
+        self.calls.append(f"destroy graph {graph.value:#x}")
+        return 0
+
+    def cuGraphLaunch(self, exe, stream) -> int:  # noqa: N802
+        self.calls.append(f"launch {exe.value:#x} on {stream.value:#x}")
+        return 0
+
+    def cuGraphExecDestroy(self, exe) -> int:  # noqa: N802
+        self.calls.append("destroy exec")
+        return 0
+
+
+class HandleStream(FakeStream):
+    handle = 0x5E
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["captured", "refused"])
+def test_driver_level_graph_capture(monkeypatch, fails):
+    """pycuda has no graph API: a split is captured through libcuda (ctypes); a refusal falls back to
+    launch lists."""
+    lib = FakeLibcuda(fails)
+    fake = FakeCuda()
+    monkeypatch.setattr(fake, "Stream", lambda: HandleStream(fake))
+    monkeypatch.setattr(runtime, "cuda", fake)
+    monkeypatch.setattr(runtime.ctypes, "CDLL", lambda name: lib)
+    be = CUDABackend()
+    assert isinstance(be.graphs, runtime.DriverCapture)
+    ran = []
+    la = [runtime.Launch("unary", "TTiff", b"", (1, 1, 1), (32, 1, 1)) for _ in range(3)]
+    for i, x in enumerate(la):
+        x.enqueue = lambda stream, i=i: ran.append(i)
+    call = be.replay(la)
+    if fails:
+        assert be.graphs is None and ran == [0, 1, 2]  # captured (not run), then refused
+        ran.clear()
+        call()
+        assert ran == [0, 1, 2]
+        return
+    assert lib.calls == ["begin 0x5e mode 2", "end", "instantiate 0x6a", "destroy graph 0x6a"]
+    assert ran == [0, 1, 2]  # enqueued once, into the capture
+    call()
+    call()
+    assert lib.calls[-2:] == ["launch 0xe7 on 0x5e"] * 2 and ran == [0, 1, 2]
