@@ -5,8 +5,12 @@ launch lists / CUDA graphs, split replay) runs against a recording fake of pycud
 checks every launch: grid/block/shared sizes and registers within sm_80 limits, every Tensor
 record inside its allocation, every byte a launch or copy reads written before it.
 
-The tests that need a GPU (parity on the device, models end to end, generate, bench) are in
-tools/gpu_check.sh; here they skip with the reason.
+The kernels themselves run in a host emulator (backends/cuda/emu.py: the same .cu sources built
+by g++, block threads as fibers): every parity case against the reference and the shipped tiny
+model, plain and with MTP drafts, through the real launchers and host side and the fake driver.
+
+What needs a GPU (parity on the device, models end to end, generate, bench) is in
+tools/gpu_check.sh; here it skips with the reason.
 """
 
 from __future__ import annotations
