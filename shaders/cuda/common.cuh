@@ -33,8 +33,16 @@ __device__ __forceinline__ long long nelem(const Tensor &t) {
     return (long long)t.ne[0] * t.ne[1] * t.ne[2] * t.ne[3];
 }
 
-// flat logical index -> (i0, i1, i2, i3) of t
+// flat logical index -> (i0, i1, i2, i3) of t (32-bit divisions below 2^32, 64-bit past it)
 __device__ __forceinline__ void unravel(const Tensor &t, long long idx, int &i0, int &i1, int &i2, int &i3) {
+    if (idx <= 0xFFFFFFFFLL) {
+        unsigned r = (unsigned)idx, q0 = r / (unsigned)t.ne[0], q1 = q0 / (unsigned)t.ne[1], q2 = q1 / (unsigned)t.ne[2];
+        i0 = (int)(r - q0 * (unsigned)t.ne[0]);
+        i1 = (int)(q0 - q1 * (unsigned)t.ne[1]);
+        i2 = (int)(q1 - q2 * (unsigned)t.ne[2]);
+        i3 = (int)q2;
+        return;
+    }
     i0 = (int)(idx % t.ne[0]);
     idx /= t.ne[0];
     i1 = (int)(idx % t.ne[1]);

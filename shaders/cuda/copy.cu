@@ -30,6 +30,7 @@ extern "C" __global__ void quantize(const Tensor s, Tensor d) {
     long long row = gid / nblk;
     int d1 = (int)(row % d.ne[1]), d2 = (int)((row / d.ne[1]) % d.ne[2]), d3 = (int)(row / ((long long)d.ne[1] * d.ne[2]));
     float x[32], amax = 0.0f, mx = 0.0f;  // mx: the signed value of largest magnitude, first on ties
+#pragma unroll  // x stays in registers
     for (int i = 0; i < 32; i++) {
         int s0, s1, s2, s3;
         unravel(s, row * d.ne[0] + blk * 32 + i, s0, s1, s2, s3);
@@ -44,12 +45,14 @@ extern "C" __global__ void quantize(const Tensor s, Tensor d) {
         char *out = at(d, 0, d1, d2, d3) + blk * 34;
         dd = amax / 127.0f;
         float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+#pragma unroll
         for (int i = 0; i < 32; i++) out[2 + i] = (char)(int)roundf(x[i] * id);
         *(__half *)out = __float2half_rn(dd);
     } else {
         unsigned char *out = (unsigned char *)at(d, 0, d1, d2, d3) + blk * 18;
         dd = mx / -8.0f;
         float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+#pragma unroll
         for (int j = 0; j < 16; j++)
             out[2 + j] = (unsigned char)(min(15, (int)(x[j] * id + 8.5f)) | (min(15, (int)(x[j + 16] * id + 8.5f)) << 4));
         *(__half *)out = __float2half_rn(dd);
