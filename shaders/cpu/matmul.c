@@ -56,7 +56,7 @@ static void convert_rows(const gr_tensor *b, int wtype, char *base, int64_t r0, 
     for (int64_t r = r0; r < r1; r++) {
         int64_t i1, i2, i3;
         gr_unravel_row(b, r, &i1, &i2, &i3);
-        gr_act_row(gr_row(b, i1, i2, i3), b->type, b->nb[0], b->ne[0], act, gr_act_q8_corr(wtype), base + r * rb);
+        gr_act_row(gr_row(b, i1, i2, i3), b->type, b->nb[0], b->ne[0], act, base + r * rb);
     }
 }
 

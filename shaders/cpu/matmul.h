@@ -27,17 +27,11 @@
 /* ---- activation formats (one row of b converted for one weight type) ---- */
 enum gr_act_kind { GR_ACT_F32, GR_ACT_Q8, GR_ACT_Q8K };
 
-/* Q8_0 / Q4_0 weights: two 32-element blocks of activations per pair. ggml's block_q8_0
- * numerics (fp16 scale d = amax/127, q = round-half-even(x * 127/amax)), laid out for the
- * SIMD kernels: the dot product of weights w with q is computed as (w + C) . q - C * sum(q)
- * (unsigned x signed bytes), so corr holds -C * (sum of each lane's 4 q) for the weight
- * type's C (128 for Q8_0 with VNNI, 8 for Q4_0); d is each block's scale (as float) repeated
- * over its 8 lanes. */
-typedef struct gr_q8_pair {
-    int8_t qs[64];
-    int32_t corr[16];
-    float d[16];
-} gr_q8_pair;
+/* Q8_0 / Q4_0 weights: ggml's block_q8_0 numerics (fp16 scale d = amax/127, q = round-half-
+ * even(x * 127/amax)) in a row laid out for SIMD: the quants qs[] of whole block pairs (K rounded
+ * up to 64, zero padded), then each block's scale d[] as a float (the fp16 value; 0 for padding). */
+static inline int64_t gr_q8_pairs(int64_t K) { return (K + 63) / 64; }
+static inline const float *gr_q8_scales(const char *row, int64_t K) { return (const float *)(row + 64 * gr_q8_pairs(K)); }
 
 /* K-quant weights: ggml's block_q8_K (float d, q = round-half-even(-127/max * x) where max is
  * the first element of largest magnitude, d = 1/(-127/max)), plus the sums of q per 16
@@ -50,7 +44,6 @@ typedef struct gr_q8k {
     int8_t pad_[12];
 } gr_q8k;
 
-_Static_assert(sizeof(gr_q8_pair) == 192, "gr_q8_pair layout");
 _Static_assert(sizeof(gr_q8k) == 320, "gr_q8k layout");
 
 /* ---- tile kernels ---- */
@@ -75,12 +68,10 @@ gr_mm_kernel gr_mm_kernel_for(int type);
 
 /* bytes of one activation row of K elements in format `act` (a multiple of 64) */
 int64_t gr_act_row_bytes(int act, int64_t K);
-/* correction constant C of gr_q8_pair for a weight type (see gr_q8_pair) */
-int gr_act_q8_corr(int wtype);
 
 /* Convert n elements of a row of b (type F32/F16, element stride sb bytes) into the format
- * `act` at dst (gr_act_row_bytes(act, n) bytes); corr: gr_act_q8_corr of the weight type. */
-void gr_act_row(const char *src, int type, int64_t sb, int64_t n, int act, int corr, char *dst);
+ * `act` at dst (gr_act_row_bytes(act, n) bytes). */
+void gr_act_row(const char *src, int type, int64_t sb, int64_t n, int act, char *dst);
 
 /* ---- per-ISA kernel sets (vecdot.c scalar, vecdot_avx2.c, vecdot_avx512.c) ---- */
 gr_mm_kernel gr_mm_scalar(int type);

@@ -20,13 +20,11 @@ static inline int clamp127(int v) { return v < -127 ? -127 : v > 127 ? 127 : v; 
 
 int64_t gr_act_row_bytes(int act, int64_t K) {
     switch (act) {
-    case GR_ACT_Q8: return (K + 63) / 64 * (int64_t)sizeof(gr_q8_pair);
+    case GR_ACT_Q8: return (gr_q8_pairs(K) * 72 + 63) / 64 * 64; /* 64 quants + 2 scales a pair */
     case GR_ACT_Q8K: return (K + 255) / 256 * (int64_t)sizeof(gr_q8k);
     default: return (K * 4 + 63) / 64 * 64;
     }
 }
-
-int gr_act_q8_corr(int wtype) { return wtype == GR_Q4_0 ? 8 : 128; }
 
 /* n (<= 256) elements of b from src (stride sb) as float */
 static void load_f(const char *src, int type, int64_t sb, int n, float *x) {
@@ -37,19 +35,13 @@ static void load_f(const char *src, int type, int64_t sb, int n, float *x) {
     for (int i = 0; i < n; i++) x[i] = gr_load_f(src + i * sb, type);
 }
 
-/* one 32-element block into half h of a pair */
-static void q8_block(const float *x, gr_q8_pair *p, int h, int corr) {
+/* one 32-element block: its quants and its scale */
+static void q8_block(const float *x, int8_t *q, float *d) {
     float amax = 0.0f;
     for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[i]));
-    float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
-    float dq = gr_f16_to_f32(gr_f32_to_f16(d)); /* the scale as block_q8_0 stores it */
-    int8_t *q = p->qs + 32 * h;
+    float id = amax != 0.0f ? 127.0f / amax : 0.0f;
     for (int i = 0; i < 32; i++) q[i] = (int8_t)clamp127(rint_small(x[i] * id));
-    for (int l = 0; l < 8; l++) {
-        int s = q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3];
-        p->corr[8 * h + l] = -corr * s;
-        p->d[8 * h + l] = dq;
-    }
+    *d = gr_f16_to_f32(gr_f32_to_f16(amax / 127.0f)); /* the scale as block_q8_0 stores it */
 }
 
 static void q8k_block(const float *x, gr_q8k *b) {
@@ -97,16 +89,13 @@ AVX2 static __m256i sum4(__m256i q) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q), _mm256_set1_epi16(1));
 }
 
-AVX2 static void q8_block_avx2(const float *x, gr_q8_pair *p, int h, int corr) {
+AVX2 static void q8_block_avx2(const float *x, int8_t *q, float *d) {
     const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 m = _mm256_and_ps(_mm256_loadu_ps(x), abs);
     for (int i = 1; i < 4; i++) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + 8 * i), abs));
     float amax = hmax8(m);
-    float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
-    __m256i q = q8_32(x, id);
-    _mm256_storeu_si256((__m256i *)(p->qs + 32 * h), q);
-    _mm256_storeu_si256((__m256i *)(p->corr + 8 * h), _mm256_mullo_epi32(sum4(q), _mm256_set1_epi32(-corr)));
-    _mm256_storeu_ps(p->d + 8 * h, _mm256_set1_ps(gr_f16_to_f32(gr_f32_to_f16(d))));
+    _mm256_storeu_si256((__m256i *)q, q8_32(x, amax != 0.0f ? 127.0f / amax : 0.0f));
+    *d = gr_f16_to_f32(gr_f32_to_f16(amax / 127.0f));
 }
 
 AVX2 static void q8k_block_avx2(const float *x, gr_q8k *b) {
@@ -138,7 +127,7 @@ AVX2 static void q8k_block_avx2(const float *x, gr_q8k *b) {
 }
 #endif
 
-void gr_act_row(const char *src, int type, int64_t sb, int64_t n, int act, int corr, char *dst) {
+void gr_act_row(const char *src, int type, int64_t sb, int64_t n, int act, char *dst) {
     float x[256];
     if (act == GR_ACT_F32) {
         float *y = (float *)dst;
@@ -151,20 +140,18 @@ void gr_act_row(const char *src, int type, int64_t sb, int64_t n, int act, int c
         return;
     }
     if (act == GR_ACT_Q8) {
-        gr_q8_pair *p = (gr_q8_pair *)dst;
-        for (int64_t i0 = 0; i0 < n; i0 += 64, p++) {
-            int m = n - i0 < 64 ? (int)(n - i0) : 64; /* 32 or 64 */
-            load_f(src + i0 * sb, type, sb, m, x);
-            memset(p, 0, sizeof(*p));
+        int8_t *q = (int8_t *)dst;
+        float *d = (float *)gr_q8_scales(dst, n);
+        memset(dst, 0, (size_t)gr_act_row_bytes(act, n));
+        for (int64_t j = 0; j < n / 32; j++) {
+            load_f(src + 32 * j * sb, type, sb, 32, x);
 #ifdef GR_X86
             if (gr_has_avx2) {
-                q8_block_avx2(x, p, 0, corr);
-                if (m == 64) q8_block_avx2(x + 32, p, 1, corr);
+                q8_block_avx2(x, q + 32 * j, d + j);
                 continue;
             }
 #endif
-            q8_block(x, p, 0, corr);
-            if (m == 64) q8_block(x + 32, p, 1, corr);
+            q8_block(x, q + 32 * j, d + j);
         }
         return;
     }

@@ -38,11 +38,10 @@ static float dot_bf16(int64_t K, const char *w, const float *a) {
     return tree(acc, 32);
 }
 
-/* ---- Q8_0 / Q4_0 weights, Q8 pairs ---- */
+/* ---- Q8_0 / Q4_0 weights, Q8 rows ---- */
 /* one 32-element block j: its 8 lane sums into acc[8 * (j % 2) + l] */
-static void block_q8(const int8_t *q, float dw, const gr_q8_pair *p, int h, float *acc) {
-    const int8_t *a = p->qs + 32 * h;
-    float s = dw * p->d[8 * h];
+static void block_q8(const int8_t *q, float dw, const int8_t *a, float da, int h, float *acc) {
+    float s = dw * da;
     for (int l = 0; l < 8; l++) {
         int sum = 0;
         for (int e = 0; e < 4; e++) sum += q[4 * l + e] * a[4 * l + e];
@@ -50,16 +49,18 @@ static void block_q8(const int8_t *q, float dw, const gr_q8_pair *p, int h, floa
     }
 }
 
-static float dot_q8_0(int64_t K, const char *w, const gr_q8_pair *a) {
+static float dot_q8_0(int64_t K, const char *w, const char *act) {
+    const float *da = gr_q8_scales(act, K);
     float acc[16] = {0};
     for (int64_t j = 0; j < K / 32; j++) {
         const char *b = w + 34 * j;
-        block_q8((const int8_t *)b + 2, gr_f16_to_f32(gr_ld16(b)), a + j / 2, (int)(j & 1), acc);
+        block_q8((const int8_t *)b + 2, gr_f16_to_f32(gr_ld16(b)), (const int8_t *)act + 32 * j, da[j], (int)(j & 1), acc);
     }
     return tree16(acc);
 }
 
-static float dot_q4_0(int64_t K, const char *w, const gr_q8_pair *a) {
+static float dot_q4_0(int64_t K, const char *w, const char *act) {
+    const float *da = gr_q8_scales(act, K);
     float acc[16] = {0};
     for (int64_t j = 0; j < K / 32; j++) {
         const uint8_t *b = (const uint8_t *)w + 18 * j;
@@ -68,7 +69,7 @@ static float dot_q4_0(int64_t K, const char *w, const gr_q8_pair *a) {
             q[i] = (int8_t)((b[2 + i] & 15) - 8);
             q[i + 16] = (int8_t)((b[2 + i] >> 4) - 8);
         }
-        block_q8(q, gr_f16_to_f32(gr_ld16(b)), a + j / 2, (int)(j & 1), acc);
+        block_q8(q, gr_f16_to_f32(gr_ld16(b)), (const int8_t *)act + 32 * j, da[j], (int)(j & 1), acc);
     }
     return tree16(acc);
 }

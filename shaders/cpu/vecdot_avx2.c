@@ -2,7 +2,7 @@
  * each 16-lane accumulator of matmul.h is a pair of 8-lane registers (lanes 0-7, 8-15).
  * Integer dot products: vpmaddubsw (unsigned x signed bytes to int16 pairs), then vpmaddwd
  * with ones (or with the sub-block scales for the K-quants) to int32 lanes of 4 elements;
- * signed Q8_0 weights use the sign trick (|w| x sign(a, w)), as ggml does without VNNI.
+ * signed Q8_0 (and Q4_0 as q - 8) weights use the sign trick (|w| x sign(a, w)), as ggml does.
  *
  * Only called when gr_has_avx2 (gr_mm_kernel_for); the whole file is compiled for that target.
  */
@@ -111,9 +111,10 @@ INLINE void float_tile(int type, int NR, int NC, int64_t K, const char *w, int64
 INLINE __m256i dot4(__m256i u, __m256i s) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)); }
 
 /* one 32-element block j (lanes 8h .. 8h + 7, h = j % 2) */
+/* block j into lanes 8h .. 8h + 7 (h = j % 2, a constant at each call) */
 INLINE void q8_block(int type, int NR, int NC, acc16 acc[2][2], const char *w, int64_t ws, const char *const *act,
-                     int64_t j) {
-    int bs = type == GR_Q8_0 ? 34 : 18, h = (int)(j & 1);
+                     int64_t K, int64_t j, int h) {
+    int bs = type == GR_Q8_0 ? 34 : 18;
     __m256i wq[2];
     __m256 dw[2];
     UNROLL
@@ -124,22 +125,17 @@ INLINE void q8_block(int type, int NR, int NC, acc16 acc[2][2], const char *w, i
             wq[r] = _mm256_loadu_si256((const __m256i *)(b + 2));
         } else {
             __m128i x = _mm_loadu_si128((const __m128i *)(b + 2)), m = _mm_set1_epi8(15);
-            wq[r] = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m), _mm_and_si128(x, m));
+            wq[r] = _mm256_sub_epi8(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m), _mm_and_si128(x, m)),
+                                    _mm256_set1_epi8(8));
         }
     }
     UNROLL
     for (int c = 0; c < NC; c++) {
-        const gr_q8_pair *ap = (const gr_q8_pair *)act[c] + j / 2;
-        __m256i av = _mm256_load_si256((const __m256i *)(ap->qs + 32 * h));
-        __m256 da = _mm256_load_ps(ap->d + 8 * h);
+        __m256i av = _mm256_loadu_si256((const __m256i *)(act[c] + 32 * j));
+        __m256 da = _mm256_set1_ps(gr_q8_scales(act[c], K)[j]);
         UNROLL
         for (int r = 0; r < NR; r++) {
-            __m256i s;
-            if (type == GR_Q8_0) {
-                s = dot4(_mm256_sign_epi8(wq[r], wq[r]), _mm256_sign_epi8(av, wq[r]));
-            } else { /* (q - 8) . a = q . a - 8 * sum(a) */
-                s = _mm256_add_epi32(dot4(wq[r], av), _mm256_load_si256((const __m256i *)(ap->corr + 8 * h)));
-            }
+            __m256i s = dot4(_mm256_sign_epi8(wq[r], wq[r]), _mm256_sign_epi8(av, wq[r]));
             acc[r][c].v[h] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], da), _mm256_cvtepi32_ps(s), acc[r][c].v[h]);
         }
     }
@@ -149,7 +145,12 @@ INLINE void q8_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t 
                     float *const *out, int64_t r0) {
     acc16 acc[2][2];
     ZERO_ACC(acc, NR, NC)
-    for (int64_t j = 0; j < K / 32; j++) q8_block(type, NR, NC, acc, w, ws, act, j);
+    int64_t j = 0;
+    for (; j + 2 <= K / 32; j += 2) {
+        q8_block(type, NR, NC, acc, w, ws, act, K, j, 0);
+        q8_block(type, NR, NC, acc, w, ws, act, K, j + 1, 1);
+    }
+    if (j < K / 32) q8_block(type, NR, NC, acc, w, ws, act, K, j, 0);
     STORE_ACC(acc, NR, NC)
 }
 

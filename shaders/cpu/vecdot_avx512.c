@@ -3,10 +3,10 @@
  *
  * A tile keeps one 16-lane float accumulator per (row, token); weight rows are decoded once per
  * tile and reused by every token of it, activations once and reused by every row.
- * Integer dot products: vpdpbusd (unsigned x signed bytes) for Q8_0/Q4_0: Q8_0 weights are
- * biased by +128 and the activation pair's corr lanes (-128 * lane sum) remove the bias; Q4_0's
- * nibbles are already unsigned and corr removes the -8. K-quants: vpmaddubsw on the unsigned
- * quants, then vpdpwssd with the sub-block scales.
+ * Integer dot products: vpdpbusd (unsigned x signed bytes) for Q8_0/Q4_0 on unsigned weights
+ * (Q8_0 biased by +128, Q4_0's nibbles as they are) with the bias removed by starting each lane
+ * at -bias * (its 4 activations' sum), computed once per token and block pair for all the rows
+ * of a tile. K-quants: vpmaddubsw on the unsigned quants, then vpdpwssd with the sub-block scales.
  *
  * Only called when gr_has_vnni (gr_mm_kernel_for); the whole file is compiled for that target.
  */
@@ -89,7 +89,7 @@ INLINE __m512 pair_scale(const char *p, int stride, int two) {
     return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(d0), d1, 1));
 }
 
-/* two Q8_0 blocks at p as unsigned bytes (q + 128); a lone block leaves the top half 0 */
+/* two Q8_0 blocks at p, biased by +128 (a lone block leaves the top half 0) */
 INLINE __m512i q8_0_pair(const char *p, int two) {
     __m256i x0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 2)), _mm256_set1_epi8((char)0x80));
     __m256i x1 = two ? _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 36)), _mm256_set1_epi8((char)0x80))
@@ -107,7 +107,7 @@ INLINE __m512i q4_0_pair(const char *p, int two) {
 }
 
 INLINE void q8_step(int type, int NR, int NC, __m512 acc[4][4], const char *w, int64_t ws,
-                    const char *const *act, int64_t p, int two) {
+                    const char *const *act, int64_t K, int64_t p, int two) {
     int bs = type == GR_Q8_0 ? 34 : 18;
     __m512i wv[4];
     __m512 dw[4];
@@ -117,14 +117,17 @@ INLINE void q8_step(int type, int NR, int NC, __m512 acc[4][4], const char *w, i
         wv[r] = type == GR_Q8_0 ? q8_0_pair(b, two) : q4_0_pair(b, two);
         dw[r] = pair_scale(b, bs, two);
     }
+    const __m512i lanes = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i bias = _mm512_set1_epi8(type == GR_Q8_0 ? (char)128 : 8);
     UNROLL
     for (int c = 0; c < NC; c++) {
-        const gr_q8_pair *ap = (const gr_q8_pair *)act[c] + p;
-        __m512i av = _mm512_load_si512(ap->qs);
-        __m512 da = _mm512_load_ps(ap->d);
+        __m512i av = _mm512_loadu_si512(act[c] + 64 * p);
+        __m512i base = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, av));
+        __m128 d2 = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(gr_q8_scales(act[c], K) + 2 * p)));
+        __m512 da = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(d2)); /* [d0 x 8, d1 x 8] */
         UNROLL
         for (int r = 0; r < NR; r++) {
-            __m512i s = _mm512_dpbusd_epi32(_mm512_load_si512(ap->corr), wv[r], av);
+            __m512i s = _mm512_dpbusd_epi32(base, wv[r], av);
             acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(dw[r], da), _mm512_cvtepi32_ps(s), acc[r][c]);
         }
     }
@@ -138,8 +141,8 @@ INLINE void q8_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t 
         UNROLL
         for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_ps();
     int64_t nblk = K / 32, p = 0;
-    for (; 2 * p + 2 <= nblk; p++) q8_step(type, NR, NC, acc, w, ws, act, p, 1);
-    if (nblk & 1) q8_step(type, NR, NC, acc, w, ws, act, p, 0);
+    for (; 2 * p + 2 <= nblk; p++) q8_step(type, NR, NC, acc, w, ws, act, K, p, 1);
+    if (nblk & 1) q8_step(type, NR, NC, acc, w, ws, act, K, p, 0);
     UNROLL
     for (int r = 0; r < NR; r++)
         UNROLL
