@@ -2,9 +2,10 @@
  * formats the weights' dot products read, and the per-type tile kernels.
  *
  * How a product is computed (as ggml-cpu does): each activation row (a row of b) is first
- * converted once into its weight type's dot-product format (quantize_act.c): Q8 pairs for
- * Q8_0/Q4_0 weights, Q8K super-blocks for the K-quants, F32 rows for F32/F16/BF16 weights.
- * Then tile kernels compute nr weight rows x nc activation rows of dot products.
+ * converted once into its weight type's dot-product format (quantize_act.c): Q8_0 blocks for
+ * Q8_0/Q4_0 weights, Q8_K super-blocks for the K-quants, F32 rows for F32/F16/BF16 weights.
+ * Then tile kernels compute nr weight rows x nc activation rows of dot products (matmul.c
+ * schedules them; vecdot.c portable, vecdot_avx2.c, vecdot_avx512.c).
  *
  * Numerics: one canonical order per weight type, the same in the scalar, AVX2 and AVX-512
  * kernels and in every tile shape, so results are bit-identical across ISAs, thread counts and
@@ -14,7 +15,7 @@
  *   - block types, 16 lanes:
  *     a "lane" is 4 consecutive elements; 64 consecutive elements (two Q8_0/Q4_0
  *     blocks, one K-quant chunk) fill lanes 0..15 in order. Integer lane sums are exact, then
- *     Q8_0/Q4_0: acc[L] = fma(dw * da, (float)sum_L, acc[L]) per block pair;
+ *     Q8_0/Q4_0: acc[L] = fma(dw * da, (float)sum_L, acc[L]) per block (lanes 8 (j % 2) ..);
  *     K-quants: per super-block, the lanes' scale-weighted integer sums over its 4 chunks are
  *     converted once: acc[L] = fma(da * d, (float)IL[L], acc[L]) (then the mins, see vecdot.c);
  *   - the result is the tree sum: for h = n/2, ..., 2, 1: acc[i] += acc[i + h] (i < h); acc[0].
