@@ -151,7 +151,10 @@ class Generator:
         spec: None or "mtp".
         draft_max: the most drafts per round (>= 1).
         p_min: stop drafting when the draft's probability under the sampler's chain is below (greedy:
-            the softmax of the head's logits).
+            the softmax of the head's logits); that draft is not proposed. The defaults (draft_max 1,
+            p_min 0) measured fastest on the shipped model (tools/bench_spec.py): a head step costs
+            most of a trunk decode there, and even a low-probability coupled draft is accepted about
+            half the time, so every threshold lost more accepted tokens than it saved in head steps.
         sampler: the user's sampler of `generate` (default: greedy).
         n_ctx, n_ubatch, backends, type_k, type_v: the target context's (and the head's) sizes.
         n_rs_seq: rollback snapshots of the target (default draft_max); must be >= draft_max.
@@ -167,7 +170,7 @@ class Generator:
     `generate_batch` for several sequences in one.
     """
 
-    def __init__(self, model: Model, spec: str | None = "mtp", draft_max: int = 3, p_min: float = 0.0,
+    def __init__(self, model: Model, spec: str | None = "mtp", draft_max: int = 1, p_min: float = 0.0,
                  sampler: Sampler | None = None, n_ctx: int = 512, n_ubatch: int = 128,
                  n_rs_seq: int | None = None, backends: Sequence[str] = ("cpu",), type_k: str = "f16",
                  type_v: str = "f16", n_seq: int = 1, n_threads: int | None = None,

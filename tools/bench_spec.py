@@ -8,8 +8,9 @@ Prompts are the openings of held-out standard-library files (the files `train-ti
 on), so acceptance is measured on text like the training data but not in it. Per backend and
 mode, every prompt runs plain decoding and then each (draft_max, p_min) setting, one after the
 other, so a change in machine load hits every setting alike; tok/s is the median over prompts of
-each prompt's generated tokens / generation time (plans are compiled by a warm-up run of the
-longest prompt first).
+each prompt's generated tokens / generation time, "vs plain" the median over prompts of the ratio
+to plain decoding on the same prompt (plans are compiled by a warm-up run of the longest prompt
+first). The load average before and after each backend is printed with its table.
 Acceptance per position i is the fraction of proposed i-th drafts that were accepted (all prompts).
 
 --textbook adds, for the sampled mode, textbook speculative sampling (Generator(accept="textbook"),
@@ -26,6 +27,7 @@ installed, llama.cpp's plain greedy decode of the same file is timed too.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -188,15 +190,17 @@ class Progress:
             self.bar.close()
 
 
-def print_table(backend: str, mode: str, settings: list[Setting]) -> None:
-    base = statistics.median(settings[0].tok_s)
-    print(f"\n{backend}, {mode}:")
+def print_table(backend: str, mode: str, settings: list[Setting], load: tuple[float, float]) -> None:
+    """One backend and mode: "vs plain" is the median over prompts of each prompt's tok/s against plain
+    decoding's on the same prompt (run right before it), so slow drifts of the machine's load cancel."""
+    plain = settings[0].tok_s
+    print(f"\n{backend}, {mode} (load average {load[0]:.1f} -> {load[1]:.1f} on {os.cpu_count()} CPUs):")
     print(f"  {'setting':<24} {'tok/s':>7} {'vs plain':>8} {'tok/round':>9} {'draft s':>8} {'verify s':>8}  "
           "acceptance per position")  # fmt: skip
     for s in settings:
-        tok_s = statistics.median(s.tok_s)
+        ratio = statistics.median(t / b for t, b in zip(s.tok_s, plain) if b > 0)
         acc = " ".join(f"{a:.2f}" for a in s.acc) if s.draft_max else "-"
-        print(f"  {s.label:<24} {tok_s:>7.1f} {tok_s / base:>8.2f} {s.gen / max(s.rounds, 1):>9.2f} "
+        print(f"  {s.label:<24} {statistics.median(s.tok_s):>7.1f} {ratio:>8.2f} {s.gen / max(s.rounds, 1):>9.2f} "
               f"{s.t_draft:>8.2f} {s.t_verify:>8.2f}  {acc}")  # fmt: skip
 
 
@@ -246,11 +250,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     plan = [(b, m, settings_for(m)) for b in backends for m in args.mode]
     progress = Progress(sum(len(s) * (1 + len(prompts)) for _, _, s in plan))
+    loads = []
     for b, m, settings in plan:
+        load0 = os.getloadavg()[0]
         run_backend(model, b, m, settings, prompts, args.n_predict, args.threads, progress)
+        loads.append((load0, os.getloadavg()[0]))
     progress.end()
-    for b, m, settings in plan:
-        print_table(b, m, settings)
+    for (b, m, settings), load in zip(plan, loads):
+        print_table(b, m, settings, load)
     if args.llama:
         llama = run_llama(args.model, prompts, args.n_predict, args.threads or 2)
         print("\nllama.cpp plain greedy decode on the same file: "
