@@ -55,7 +55,9 @@ def check_tensors(hp: Qwen35HParams, found: Mapping[str, tuple[int, tuple[int, .
     blocks = {n.split(".")[1] for n in found if n.startswith("blk.")}
     if hp.nextn_predict_layers and not any(str(il) in blocks for il in range(hp.n_layer_trunk)):
         # llama.cpp can load the MTP head alone as a draft model; graphir runs the head with its trunk
-        raise GGUFError(f"{where}: an MTP-only file (no trunk blocks) is not supported")
+        raise GGUFError(f"{where}: no tensor of the trunk blocks blk.0 .. blk.{hp.n_layer_trunk - 1} ({hp.arch}.block_count "
+                        f"{hp.block_count} less {hp.arch}.nextn_predict_layers {hp.nextn_predict_layers}): an MTP-only "
+                        "file is not supported")  # fmt: skip
     check_table(tensor_groups(hp), found, where, hp.arch)
 
 

@@ -396,7 +396,7 @@ def test_renamed_tensor(tmp_path: Path) -> None:
 def test_mtp_only_file_is_refused_clearly(tmp_path: Path) -> None:
     c = contents()
     c.tensors = {n: v for n, v in c.tensors.items() if not n.startswith(tuple(f"blk.{il}." for il in range(4)))}
-    expect_error(tmp_path, c, "MTP-only file (no trunk blocks) is not supported")
+    expect_error(tmp_path, c, "no tensor of the trunk blocks blk.0 .. blk.3", "an MTP-only file is not supported")
 
 
 def test_unexpected_tensor(tmp_path: Path) -> None:
