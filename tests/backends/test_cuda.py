@@ -419,3 +419,12 @@ def test_driver_level_graph_capture(monkeypatch, fails):
     call()
     call()
     assert lib.calls[-2:] == ["launch 0xe7 on 0x5e"] * 2 and ran == [0, 1, 2]
+
+
+def test_ops_matrix_marks_cuda_compiled_not_run(monkeypatch, capsys):
+    from graphir.tools.cli import main
+
+    monkeypatch.setattr(runtime, "cuda", None)
+    monkeypatch.setattr(compiler, "all_cached", lambda archs=compiler.ARCHS: True)
+    assert main(["ops"]) == 0
+    assert "cuda: 39/39 (compiled, not run here)" in capsys.readouterr().out
