@@ -2,7 +2,11 @@
 
 `load_gguf` maps the file (np.memmap, so tensor data is never copied) and parses it with
 bounds checks: truncation, bad magic/version and corrupt headers come out as a GGUFError naming
-the file and the part that is bad, never as a crash or a hang.
+the file and the part that is bad, never as a crash or a hang. Every count (tensors, keys, array
+items, string bytes) is held against the bytes left before anything is built from it, so the cost
+is O(file metadata) whatever the header claims; the tensor data must be laid out as llama.cpp
+demands (each tensor where the previous one, padded to `general.alignment`, ends; inside the
+file; nothing after the last one).
 
 The checks an architecture's validation is made of (models/archs/ runs them, before any graph
 is built): `get_key` / `read_keys` (presence and GGUF type of keys, as llama.cpp's loader

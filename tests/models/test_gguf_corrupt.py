@@ -2,7 +2,7 @@
 decodes with finite logits (or is stopped by the non-finite guard). Nothing hangs, allocates
 much or raises anything else.
 
-The seeded generator is graphir.tools.fuzz_gguf (`corrupt(kind, seed)`, the kinds in KINDS: byte
+The seeded generator is graphir.tools.gguf_mutate (`corrupt(kind, seed)`, the kinds in KINDS: byte
 flips, truncations, huge counts, hyperparameters, offsets, alignment, type swaps, dims, counts,
 vocabulary damage, key types, tensor names, weight values): one variant per kind in the ci
 profile, the thorough profile's count per kind otherwise, each under a per-case time limit. Then
@@ -26,6 +26,7 @@ from hypothesis_profiles import examples
 from graphir.models.gguf import GGUFError
 from graphir.models.model import Model
 from graphir.tools import fuzz_gguf as fz
+from graphir.tools import gguf_mutate as gm
 from graphir.tools.inspect_cmd import run_inspect
 
 CASE_SECONDS = 20.0
@@ -48,11 +49,11 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-@pytest.mark.parametrize("kind", fz.KINDS)
+@pytest.mark.parametrize("kind", gm.KINDS)
 @settings(max_examples=examples(1))
 @given(seed=st.integers(0, 2**32 - 1))
 def test_a_corrupted_file_is_refused_by_name_or_runs_finite(tmp_path_factory, kind: str, seed: int) -> None:
-    v = fz.corrupt(kind, seed)
+    v = gm.corrupt(kind, seed)
     path = tmp_path_factory.mktemp("corrupt") / f"{kind}-{seed}.gguf"
     path.write_bytes(v.data)
     with time_limit(CASE_SECONDS):
@@ -65,8 +66,8 @@ def test_a_corrupted_file_is_refused_by_name_or_runs_finite(tmp_path_factory, ki
 # --------------------------------------------------------------------------------------------
 
 
-def variant(tmp_path: Path, change: Callable[[fz.RawGGUF], object], base: str = "dense-f32") -> Path:
-    raw = fz.RawGGUF.parse(fz.base_file(base))
+def variant(tmp_path: Path, change: Callable[[gm.RawGGUF], object], base: str = "dense-f32") -> Path:
+    raw = gm.RawGGUF.parse(gm.base_file(base))
     change(raw)
     path = tmp_path / "bad.gguf"
     path.write_bytes(raw.to_bytes())
@@ -91,14 +92,14 @@ def accepted(path: Path, capsys: pytest.CaptureFixture[str]) -> Model:
     return Model.load(path)
 
 
-def info(raw: fz.RawGGUF, name: str) -> fz.Info:
+def info(raw: gm.RawGGUF, name: str) -> gm.Info:
     return next(i for i in raw.infos if i.name == name)
 
 
-def set_key(raw: fz.RawGGUF, key: str, value: object, vtype: int = fz.U32, itype: int = 0) -> None:
+def set_key(raw: gm.RawGGUF, key: str, value: object, vtype: int = gm.U32, itype: int = 0) -> None:
     kv = raw.key(key)
     if kv is None:
-        raw.kvs.append(fz.KV(key, vtype, value, itype))
+        raw.kvs.append(gm.KV(key, vtype, value, itype))
     else:
         kv.vtype, kv.value, kv.itype = vtype, value, itype
 
@@ -106,14 +107,14 @@ def set_key(raw: fz.RawGGUF, key: str, value: object, vtype: int = fz.U32, itype
 def test_the_corpus_and_the_mutator(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The atheris corpus holds valid files; a structure-aware mutation parses and writes back."""
     files = sorted(CORPUS.glob("*.gguf"))
-    assert [f.stem for f in files] == sorted(fz.BASES)
+    assert [f.stem for f in files] == sorted(gm.BASES)
     for f in files:
         accepted(f, capsys)
-        assert fz.RawGGUF.parse(f.read_bytes()).to_bytes() == f.read_bytes()
+        assert gm.RawGGUF.parse(f.read_bytes()).to_bytes() == f.read_bytes()
     data = files[0].read_bytes()
-    outs = {fz.mutate_structure(data, seed) for seed in range(20)}
+    outs = {gm.mutate_structure(data, seed) for seed in range(20)}
     assert len(outs - {None, data}) >= 10
-    assert fz.mutate_structure(b"not a gguf file", 0) is None
+    assert gm.mutate_structure(b"not a gguf file", 0) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def test_the_corpus_and_the_mutator(tmp_path: Path, capsys: pytest.CaptureFixtur
 @pytest.mark.parametrize("trunk_tensors", [True, False])
 def test_a_huge_block_count_is_refused_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str], block_count: int,
                                                trunk_tensors: bool) -> None:  # fmt: skip
-    def change(raw: fz.RawGGUF) -> None:
+    def change(raw: gm.RawGGUF) -> None:
         set_key(raw, "qwen35.block_count", block_count)
         if not trunk_tensors:  # no numbered blocks at all: the MTP-only check looped 4e9 times
             raw.infos = [i for i in raw.infos if not str(i.name).startswith("blk.")]
@@ -144,7 +145,7 @@ def test_a_huge_block_count_is_refused_at_once(tmp_path: Path, capsys: pytest.Ca
 SECOND = "output_norm.weight"  # the second tensor of the base file; token_embd.weight is the first
 
 
-def _shift(name: str, by: int) -> Callable[[fz.RawGGUF], None]:
+def _shift(name: str, by: int) -> Callable[[gm.RawGGUF], None]:
     return lambda raw: setattr(info(raw, name), "offset", info(raw, name).offset + by)
 
 
@@ -162,7 +163,7 @@ def _shift(name: str, by: int) -> Callable[[fz.RawGGUF], None]:
         (lambda raw: set_key(raw, "general.alignment", 64), ("general.alignment = 64",)),
         (lambda raw: set_key(raw, "general.alignment", 0), ("general.alignment must be a UINT32 non-zero power of two",)),
         (lambda raw: set_key(raw, "general.alignment", 48), ("general.alignment must be", "48")),
-        (lambda raw: set_key(raw, "general.alignment", 32, fz.U64), ("general.alignment must be", "UINT64")),
+        (lambda raw: set_key(raw, "general.alignment", 32, gm.U64), ("general.alignment must be", "UINT64")),
         (lambda raw: setattr(info(raw, SECOND), "n_dims_override", 5), (f"tensor {SECOND} has 5 dims",)),
         (lambda raw: setattr(info(raw, SECOND), "name", "blk.0." + "x" * 60), ("at most 63",)),
         (lambda raw: setattr(raw.key("tokenizer.ggml.tokens"), "n_override", 2**63), ("runs past the end",)),
@@ -193,7 +194,7 @@ def test_a_consistent_layout_with_another_alignment_loads(tmp_path: Path, capsys
 @pytest.mark.parametrize("value", [math.nan, 0.0, -1.0, math.inf, -math.inf])
 def test_a_non_finite_or_non_positive_float_key_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                            key: str, value: float) -> None:  # fmt: skip
-    path = variant(tmp_path, lambda raw: set_key(raw, f"qwen35.{key}", value, fz.F32))
+    path = variant(tmp_path, lambda raw: set_key(raw, f"qwen35.{key}", value, gm.F32))
     refused(path, capsys, f"qwen35.{key} must be a finite number > 0")
 
 
@@ -217,11 +218,11 @@ def test_inconsistent_head_and_state_sizes_are_refused(tmp_path: Path, capsys: p
 # --------------------------------------------------------------------------------------------
 
 
-def _tokens(raw: fz.RawGGUF) -> list:
+def _tokens(raw: gm.RawGGUF) -> list:
     return raw.key("tokenizer.ggml.tokens").value
 
 
-VOCAB_CASES: dict[str, tuple[Callable[[fz.RawGGUF], object], str | None]] = {
+VOCAB_CASES: dict[str, tuple[Callable[[gm.RawGGUF], object], str | None]] = {
     "duplicate token": (lambda raw: _tokens(raw).__setitem__(3, "a"), "duplicate token 'a' has ids 0 and 3"),
     "duplicate of an empty token": (lambda raw: _tokens(raw).__setitem__(3, "[EMPTY_4]") or
                                     _tokens(raw).__setitem__(4, ""), "duplicate token '[EMPTY_4]'"),
@@ -233,24 +234,24 @@ VOCAB_CASES: dict[str, tuple[Callable[[fz.RawGGUF], object], str | None]] = {
     "BYTE token not <0xNN>": (lambda raw: raw.key("tokenizer.ggml.token_type").value.__setitem__(2, 6),
                               "tokens[2] = 'c' has type BYTE"),
     "BYTE token <0x0G>": (lambda raw: _tokens(raw).__setitem__(9, "<0x0G>"), "tokens[9] = '<0x0G>'"),
-    "fim_pad id inf": (lambda raw: set_key(raw, "tokenizer.ggml.fim_pad_token_id", math.inf, fz.F32),
+    "fim_pad id inf": (lambda raw: set_key(raw, "tokenizer.ggml.fim_pad_token_id", math.inf, gm.F32),
                        "tokenizer.ggml.fim_pad_token_id has type FLOAT32; expected UINT32"),
-    "separator id an array": (lambda raw: set_key(raw, "tokenizer.ggml.seperator_token_id", [1, 2], fz.ARRAY, fz.U32),
+    "separator id an array": (lambda raw: set_key(raw, "tokenizer.ggml.seperator_token_id", [1, 2], gm.ARRAY, gm.U32),
                               "tokenizer.ggml.seperator_token_id has type ARRAY[UINT32]"),
-    "mask id a float64": (lambda raw: set_key(raw, "tokenizer.ggml.mask_token_id", 1.0, fz.F64),
+    "mask id a float64": (lambda raw: set_key(raw, "tokenizer.ggml.mask_token_id", 1.0, gm.F64),
                           "tokenizer.ggml.mask_token_id has type FLOAT64"),
     "eom id out of range (ignored, as llama.cpp)": (lambda raw: set_key(raw, "tokenizer.ggml.eom_token_id", 99), None),
     "bos id out of range": (lambda raw: set_key(raw, "tokenizer.ggml.bos_token_id", 2**32 - 1),
                             "tokenizer.ggml.bos_token_id=4294967295 is out of range"),
-    "add_bos_token a string": (lambda raw: set_key(raw, "tokenizer.ggml.add_bos_token", "false", fz.STRING),
+    "add_bos_token a string": (lambda raw: set_key(raw, "tokenizer.ggml.add_bos_token", "false", gm.STRING),
                                "tokenizer.ggml.add_bos_token has type STRING; expected BOOL"),
     "pre missing": (lambda raw: raw.kvs.remove(raw.key("tokenizer.ggml.pre")), "tokenizer.ggml.pre = None"),
-    "pre unknown": (lambda raw: set_key(raw, "tokenizer.ggml.pre", "gpt-4o", fz.STRING), "'gpt-4o' is not supported"),
+    "pre unknown": (lambda raw: set_key(raw, "tokenizer.ggml.pre", "gpt-4o", gm.STRING), "'gpt-4o' is not supported"),
     "token not UTF-8": (lambda raw: _tokens(raw).__setitem__(3, b"\xff"), "not UTF-8"),
-    "token_type of floats": (lambda raw: set_key(raw, "tokenizer.ggml.token_type", [1.0] * 16, fz.ARRAY, fz.F32),
+    "token_type of floats": (lambda raw: set_key(raw, "tokenizer.ggml.token_type", [1.0] * 16, gm.ARRAY, gm.F32),
                              "tokenizer.ggml.token_type has type ARRAY[FLOAT32]"),
     "token_type too short": (lambda raw: raw.key("tokenizer.ggml.token_type").value.pop(), "has 15 entries"),
-    "scores too long": (lambda raw: set_key(raw, "tokenizer.ggml.scores", [0.0] * 17, fz.ARRAY, fz.F32),
+    "scores too long": (lambda raw: set_key(raw, "tokenizer.ggml.scores", [0.0] * 17, gm.ARRAY, gm.F32),
                         "tokenizer.ggml.scores has 17 entries"),
 }  # fmt: skip
 

@@ -14,13 +14,13 @@ from graphir.models.batch import Batch, BatchError
 from graphir.models.context import Context
 from graphir.models.model import Model
 from graphir.models.speculative import Generator
-from graphir.tools import fuzz_gguf as fz
+from graphir.tools import gguf_mutate as gm
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Model:
     path = tmp_path_factory.mktemp("misuse") / "small.gguf"
-    path.write_bytes(fz.base_file("dense-f32"))
+    path.write_bytes(gm.base_file("dense-f32"))
     return Model.load(path)
 
 

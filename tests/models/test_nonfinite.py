@@ -16,13 +16,13 @@ from graphir import debug
 from graphir.models.batch import Batch
 from graphir.models.context import Context, NonFiniteError
 from graphir.models.model import Model
-from graphir.tools import fuzz_gguf as fz
+from graphir.tools import gguf_mutate as gm
 from graphir.tools.cli import main
 
 
 def poisoned(tmp_path: Path, tensor: str = "blk.0.ssm_a", value: float = math.nan) -> Path:
     """The small dense model with every value of one F32 tensor set to `value`."""
-    raw = fz.RawGGUF.parse(fz.base_file("dense-f32"))
+    raw = gm.RawGGUF.parse(gm.base_file("dense-f32"))
     info = next(i for i in raw.infos if i.name == tensor)
     n = math.prod(info.ne)
     data = bytearray(raw.data)
@@ -56,7 +56,7 @@ def test_with_graphir_debug_the_first_nan_node_is_named(tmp_path: Path, monkeypa
 
 def test_finite_models_decode_as_before(tmp_path: Path) -> None:
     path = tmp_path / "good.gguf"
-    path.write_bytes(fz.base_file())
+    path.write_bytes(gm.base_file())
     out = Context(Model.load(path), n_ctx=16, n_batch=8, n_ubatch=8).decode(Batch.simple([1, 2, 3]))
     assert np.isfinite(out.logits).all()
 
