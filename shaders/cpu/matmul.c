@@ -3,8 +3,10 @@
  * Phase 1: the threads convert the rows of b into the weights' dot-product format (matmul.h)
  * in the op's scratch (F32 rows of b that are already contiguous are read in place), then meet
  * at a barrier; with at most PRIVATE_ROWS rows of b (decode) every thread converts them all
- * into its own part of the scratch instead, and no thread waits for another. Phase 2: the output is cut into units of RB weight rows x NB activation rows
- * (per b matrix); each thread takes a contiguous run of units, so a decode (one activation
+ * into its own part of the scratch instead, and no thread waits for another.
+ *
+ * Phase 2: the output is cut into units of RB weight rows x up to NB activation rows (per b
+ * matrix); each thread takes a contiguous run of units, so a decode (one activation
  * row) has every thread streaming its own contiguous range of weight rows. A unit runs its
  * token tiles (up to ct activation rows) one after the other, each over all the unit's rows,
  * so each weight block loaded is used for every token of a tile and the unit's rows are read
@@ -80,7 +82,7 @@ static const char *act_row(const gr_tensor *b, int wtype, const char *base, int6
 /* activation rows per unit: NB, fewer for long rows (a multiple of the kernel's ct) */
 static int64_t unit_tokens(int wtype, const gr_tensor *b, const gr_mm_kernel *k) {
     int64_t row = act_in_place(wtype, b) ? b->ne[0] * 4 : gr_act_row_bytes(act_kind(wtype), b->ne[0]);
-    int64_t n = NB_BYTES / row / k->ct * k->ct;
+    int64_t n = row > 0 ? NB_BYTES / row / k->ct * k->ct : NB;
     return n < k->ct ? k->ct : n > NB ? NB : n;
 }
 
