@@ -67,6 +67,7 @@ class Plan:
             self._steps.append((be, be.lower_split(split.nodes, lambda t, be=be: self.place(t, be))))
         self._calls = [c for _, c in self._steps]
         self._node_steps: list[tuple[Tensor | None, Backend, Call]] | None = None  # built by run(callback)
+        self._io_cache: dict[tuple[Tensor, bool], tuple[Backend, Place]] = {}
         self._used = list({id(be): be for be, _ in self._steps}.values())
         self._names = {t.name: t for t in graph.tensors() if t.name}
         self.stats = PlanStats(
@@ -147,18 +148,28 @@ class Plan:
         return twin
 
     # ---- data ----
+    def _io(self, t: Tensor, home: bool) -> tuple[Backend, Place]:
+        """(backend, place) through which t is written (home) or read (where it is computed),
+        memoized: decode steps set and read the same tensors on every run."""
+        key = (t, home)
+        hit = self._io_cache.get(key)
+        if hit is None:
+            be = self.schedule.home[storage_of(t)] if home else self.backend_of(t)
+            hit = self._io_cache[key] = (be, self.place(t, be))
+        return hit
+
     def set_input(self, t: Tensor | str, data: np.ndarray) -> None:
         """Write host data into an input tensor (numpy shape (ne3, ne2, ne1, ne0) or flat)."""
         t = self._tensor(t)
-        home = self.schedule.home[storage_of(t)]
-        home.set_tensor(self.place(t, home), t, data)
+        be, place = self._io(t, True)
+        be.set_tensor(place, t, data)
 
     def get(self, t: Tensor | str) -> np.ndarray:
         """A host copy of t after a run, numpy shape (ne3, ne2, ne1, ne0)."""
         t = self._tensor(t)
-        be = self.backend_of(t)
+        be, place = self._io(t, False)
         be.synchronize()
-        return be.get_tensor(self.place(t, be), t)
+        return be.get_tensor(place, t)
 
     # ---- run ----
     def run(self, callback: EvalCallback | None = None) -> None:
