@@ -86,7 +86,10 @@ class Modules:
                 built = compiler.compile_source(compiler.shader_dir() / f"{stem}.cu", self.arch)
                 if debug.enabled(debug.KERNELS):
                     debug.log(debug.KERNELS, f"[cuda] load {built.binary}")
-                mod = self._modules[stem] = cuda.module_from_buffer(built.binary.read_bytes())
+                image = built.binary.read_bytes()
+                if self.arch.startswith("compute_"):
+                    image += b"\0"  # PTX text for the driver's JIT: a NUL-terminated string
+                mod = self._modules[stem] = cuda.module_from_buffer(image)
             fn = self._functions[name] = mod.get_function(name)
         return fn
 

@@ -23,7 +23,7 @@ import pytest
 import graphir as gr
 from graphir.backends import availability, get_backend
 from graphir.backends.cuda import CUDABackend, compiler, emu, runtime
-from graphir.backends.cuda.fake_driver import FakeCuda, FakeLibcuda, HandleStream
+from graphir.backends.cuda.fake_driver import FakeCuda, FakeLibcuda, FakeModule, HandleStream
 from graphir.backends.cuda.kernels import KERNELS
 from graphir.graph import build_graph
 from graphir.ops import Op
@@ -44,14 +44,15 @@ HOT = ("mul_mat_vec", "mul_mat_tiled", "flash_attn_ext", "gated_delta_net")
 @pytest.fixture(scope="session")
 def reports() -> dict[tuple[str, str], compiler.KernelStats]:
     """(kernel, arch) -> ptxas figures; each source compiled once per arch (and cached on disk)."""
-    built = compiler.compile_all(compiler.ARCHS, jobs=2)
+    built = compiler.compile_all((*compiler.ARCHS, compiler.PTX_ARCH), jobs=2)
     return {(k.kernel, k.arch): k for b in built for k in compiler.parse_report(b.report)}
 
 
 @needs_nvcc
-def test_every_kernel_compiles_for_sm80_and_sm90(reports):
+def test_every_kernel_compiles_for_sm80_and_sm90_and_to_ptx(reports):
     declared = {n for src in SOURCES.values() for n in compiler.kernel_signatures(src)}
-    assert {(n, a) for n in declared for a in compiler.ARCHS} == set(reports)
+    assert {(n, a) for n in declared for a in compiler.ARCHS} == set(reports)  # (PTX has no ptxas report)
+    assert all(compiler.is_cached(src, compiler.PTX_ARCH) for src in compiler.sources())
     assert "-Werror" in compiler.FLAGS and "all-warnings" in compiler.FLAGS
 
 
@@ -428,3 +429,18 @@ def test_ops_matrix_marks_cuda_compiled_not_run(monkeypatch, capsys):
     monkeypatch.setattr(compiler, "all_cached", lambda archs=compiler.ARCHS: True)
     assert main(["ops"]) == 0
     assert "cuda: 39/39 (compiled, not run here)" in capsys.readouterr().out
+
+
+@needs_nvcc
+@pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
+def test_newer_gpus_load_ptx(monkeypatch):
+    """A device that is neither 8.x nor 9.0 JIT-compiles the compute_90 PTX (NUL-terminated)."""
+    fake = FakeCuda()
+    loaded = []
+    monkeypatch.setattr(fake.Device, "compute_capability", lambda self: (12, 0))
+    monkeypatch.setattr(fake, "module_from_buffer", lambda image: loaded.append(image) or FakeModule(fake))
+    monkeypatch.setattr(runtime, "cuda", fake)
+    be = CUDABackend()
+    assert be.arch == compiler.PTX_ARCH
+    be.modules.function("unary")
+    assert loaded[0].startswith(b"//") and b".target sm_90" in loaded[0] and loaded[0].endswith(b"\0")
