@@ -21,7 +21,7 @@ from graphir.tensor import Tensor, is_empty_op
 
 from ..base import Availability, Backend, Buffer, Call, Place
 from . import runtime
-from .kernels import EPT, KERNELS, MAT_VEC, MM_TILED_MIN_N, Dispatch
+from .kernels import EPT, KERNELS, MAT_VEC, MM_TILED_MIN_N, REDUCE_WG, Dispatch
 
 PUSH_FORMAT = {"float": "f", "int": "i", "uint": "I"}
 # ops whose src[0] may be bound in windows when it exceeds one descriptor's range (weights.glsl)
@@ -57,6 +57,7 @@ class VulkanBackend(Backend):
         self.max_range = pd.max_storage_range
         kind = "cpu" if pd.type == "cpu" else "gpu"
         self.mat_vec, self.tiled_min_n, self.ept = MAT_VEC[kind], MM_TILED_MIN_N[kind], EPT[kind]
+        self.reduce_wg = REDUCE_WG[kind]
 
     def describe(self) -> str:
         return f"vulkan ({self.device.pd.describe()})"

@@ -36,11 +36,15 @@ MAT_VEC = {"cpu": (8, 8), "gpu": (32, 4)}
 # elements per invocation of the elementwise shaders (common.glsl FOR_ELEMENTS) by device type: an
 # llvmpipe work-group costs microseconds, so it gets WG * 16 elements
 EPT = {"cpu": 16, "gpu": 4}
+# invocations per work-group of the row reductions (norm, soft_max, rows, flash_attn_ext) by device
+# type: on lavapipe one SIMD fiber, so the reduction's barriers switch no fibers
+REDUCE_WG = {"cpu": 8, "gpu": 64}
 # mul_mat_tiled.comp: invocations along rows x tokens, rows x tokens per invocation, units of K staged
 MM_TILE_WG, MM_TILE, MM_TILE_KC = (8, 8), (4, 2), 4
-# tokens from which mul_mat takes the tiled kernel, by device type: on lavapipe the tiled kernel's
-# barriers across fibers cost what the shared dequantization saves until a few dozen tokens
-MM_TILED_MIN_N = {"cpu": 32, "gpu": 4}
+# tokens from which mul_mat takes the tiled kernel, by device type: on lavapipe never (its barriers
+# across fibers and per-lane shared-memory reads cost more than re-reading the weights: 128 tokens of
+# a 4096x4096 Q8_0 matrix 14 s tiled, 8 s as mat-vecs)
+MM_TILED_MIN_N = {"cpu": 1 << 30, "gpu": 4}
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,8 @@ _unary.supports = lambda node: node.type in TYPE and node.src[0].type == node.ty
 
 def _norm(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
     op = "OP_RMS" if node.op is Op.RMS_NORM else "OP_L2"
-    return _d(S_NORM, {op: None}, [(srcs[0], node.src[0]), (dst, node)], node.nrows, (node.params["eps"],))
+    args = [(srcs[0], node.src[0]), (dst, node)]
+    return _d(S_NORM, {op: None}, args, node.nrows, (node.params["eps"],), local=be.reduce_wg)
 
 
 def _soft_max(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
@@ -197,7 +202,7 @@ def _soft_max(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
         m_arg = (srcs[1], mask)
     slopes = alibi_slopes(a.ne[2], node.params["max_bias"])
     return _d(S_SOFT_MAX, defines, [(srcs[0], a), m_arg, (dst, node)], a.nrows if a.nelements else 0,
-              (node.params["scale"],), slopes)  # fmt: skip
+              (node.params["scale"],), slopes, be.reduce_wg)  # fmt: skip
 
 
 _norm.supports = lambda node: node.src[0].type == DType.F32
@@ -208,7 +213,7 @@ def _rows(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
     """sum_rows / mean / argmax: one work-group per row."""
     op = {Op.SUM_ROWS: "OP_SUM", Op.MEAN: "OP_MEAN", Op.ARGMAX: "OP_ARGMAX"}[node.op]
     a = node.src[0]
-    return _d(S_ROWS, {op: None}, [(srcs[0], a), (dst, node)], a.nrows if a.nelements else 0)
+    return _d(S_ROWS, {op: None}, [(srcs[0], a), (dst, node)], a.nrows if a.nelements else 0, local=be.reduce_wg)
 
 
 def _argsort(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
@@ -309,7 +314,8 @@ def _flash_attn_ext(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
     mask = node.src[3] if len(node.src) > 3 else None
     p = node.params
     scale, softcap = np.float32(p["scale"]), np.float32(p["logit_softcap"])
-    defines: dict = {"TK": TYPE[k.type], "TV": TYPE[v.type], "DV_PER": max(1, _cdiv(v.ne[0], WG))}
+    wg = be.reduce_wg
+    defines: dict = {"TK": TYPE[k.type], "TV": TYPE[v.type], "DV_PER": max(1, _cdiv(v.ne[0], wg))}
     if softcap != 0:
         scale = scale / softcap  # as ggml: scale first, then softcap * tanh
         defines["SOFTCAP"] = None
@@ -320,7 +326,7 @@ def _flash_attn_ext(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
     args = [(srcs[0], q), (srcs[1], k), (srcs[2], v), m_arg, (dst, node)]
     slopes = alibi_slopes(q.ne[2], p["max_bias"])
     groups = q.ne[1] * q.ne[2] * q.ne[3] if node.nelements else 0
-    return _d(S_FLASH_ATTN, defines, args, groups, (scale, softcap), slopes)
+    return _d(S_FLASH_ATTN, defines, args, groups, (scale, softcap), slopes, wg)
 
 
 _flash_attn_ext.supports = lambda node: all(t.type in TYPE for t in node.src[1:])
