@@ -27,8 +27,8 @@ from graphir.backends.cuda.fake_driver import FakeCuda, FakeLibcuda, FakeModule,
 from graphir.backends.cuda.kernels import KERNELS
 from graphir.graph import build_graph
 from graphir.ops import Op
-from graphir.quants import quantize_rows
-from graphir.types import DType
+from graphir.quants import dequantize_rows, quantize_rows
+from graphir.types import TYPE_INFO, DType
 
 HAVE_NVCC = compiler.nvcc() is not None
 needs_nvcc = pytest.mark.skipif(not HAVE_NVCC and not compiler.all_cached(), reason="nvcc not found, no cached cubins")
@@ -444,3 +444,113 @@ def test_newer_gpus_load_ptx(monkeypatch):
     assert be.arch == compiler.PTX_ARCH
     be.modules.function("unary")
     assert loaded[0].startswith(b"//") and b".target sm_90" in loaded[0] and loaded[0].endswith(b"\0")
+
+
+# ---- weight types through the emulated kernels -------------------------------------------
+
+QUANTS = [DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q5_K, DType.Q6_K]
+WEIGHTS = [DType.F32, DType.F16, DType.BF16, *QUANTS]
+
+
+def _run_emulated(monkeypatch, out, inputs: dict) -> tuple[np.ndarray, set[str]]:
+    """out computed on cuda alone (kernels in the host emulator), and the kernels it launched."""
+    be, fake = fake_backend(monkeypatch, True, None, emulate=True)
+    plan = gr.compile(build_graph(out), [be], cache=False)
+    for t, v in inputs.items():
+        plan.set_input(t, v)
+    plan.run()
+    got = plan.get(out)
+    assert fake.problems == []
+    return got, {n for n, _ in fake.launched}
+
+
+def _weight_rows(rng: np.random.Generator, type: DType, M: int, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw weight data of type and the float64 values it holds."""
+    w = rng.standard_normal((M, K)).astype(np.float32)
+    if type == DType.BF16:
+        raw = (w.view(np.uint32) >> 16).astype(np.uint16)
+        return raw, (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    if type in (DType.F32, DType.F16):
+        raw = w.astype(TYPE_INFO[type].np_dtype)
+        return raw, raw.astype(np.float64)
+    raw = quantize_rows(w, type)
+    return raw, dequantize_rows(raw.reshape(M, -1), type).astype(np.float64)
+
+
+def _nmse(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.mean((got - ref) ** 2) / max(np.mean(ref**2), 1e-30))
+
+
+@needs_emu
+@pytest.mark.parametrize("type", QUANTS, ids=lambda t: t.name)
+def test_get_rows_dequantizes_bit_exact(monkeypatch, type):
+    rng = np.random.default_rng(1)
+    K, R = 512, 7  # two super-blocks per row
+    raw = quantize_rows(rng.standard_normal((R, K)).astype(np.float32), type)
+    w = gr.new_weight(type, (K, R), raw, "w")
+    idx = np.array([6, 0, 3, 3, 5], dtype=np.int32)
+    ids = gr.new_input(DType.I32, (len(idx),), "ids")
+    got, used = _run_emulated(monkeypatch, gr.get_rows(w, ids), {ids: idx})
+    want = dequantize_rows(raw.reshape(R, -1), type)[idx]
+    np.testing.assert_array_equal(got.reshape(want.shape), want)
+    assert used == {"get_rows_q"}
+
+
+@needs_emu
+@pytest.mark.parametrize("b_layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("type", WEIGHTS, ids=lambda t: t.name)
+def test_mul_mat_vec_every_weight_type(monkeypatch, type, b_layout):
+    """One token: warps over rows of a, dequantized 16 elements at a time, against b read as float4
+    (contiguous) or element by element (a transposed view); a row count not a multiple of the warps."""
+    rng = np.random.default_rng(2)
+    K, M = 1024, 9
+    raw, w64 = _weight_rows(rng, type, M, K)
+    w = gr.new_weight(type, (K, M), raw, "w")
+    xv = rng.standard_normal((1, K)).astype(np.float32)
+    if b_layout == "contiguous":
+        x = gr.new_input(DType.F32, (K, 1), "x")
+        b, data = x, xv
+    else:
+        x = gr.new_input(DType.F32, (1, K), "x")
+        b, data = gr.transpose(x), np.ascontiguousarray(xv.T)
+    got, used = _run_emulated(monkeypatch, gr.mul_mat(w, b), {x: data})
+    assert used == {"mul_mat_vec"}
+    assert _nmse(got.reshape(1, M), xv.astype(np.float64) @ w64.T) < 1e-10  # float32 sums of exact weights
+
+
+@needs_emu
+@pytest.mark.parametrize("type", WEIGHTS, ids=lambda t: t.name)
+def test_mul_mat_tiled_every_weight_type_odd_sizes(monkeypatch, type):
+    """Several tokens: 64 x 64 tiles with partial edge tiles in M and N, a broadcast of a over dim 2,
+    F16 activations."""
+    rng = np.random.default_rng(4)
+    K, M, N = 512, 64 + 5, 64 + 3
+    raw, w64 = _weight_rows(rng, type, M, K)
+    w = gr.new_weight(type, (K, M), raw, "w")
+    x = gr.new_input(DType.F16, (K, N, 2), "x")
+    xv = rng.standard_normal((2, N, K)).astype(np.float16)
+    got, used = _run_emulated(monkeypatch, gr.mul_mat(w, x), {x: xv})
+    assert used == {"mul_mat_tiled"}
+    want = xv.astype(np.float64) @ w64.T  # (2, N, M)
+    assert got.reshape(want.shape).shape == want.shape
+    assert _nmse(got.reshape(want.shape), want) < 1e-10
+    assert np.all(np.abs(got.reshape(want.shape) - want) <= 1e-3 * (1 + np.abs(want)))  # every edge written
+
+
+@needs_emu
+@pytest.mark.parametrize("type", WEIGHTS, ids=lambda t: t.name)
+def test_mul_mat_id_every_weight_type(monkeypatch, type):
+    """MoE experts: each (slot, token) row picks its expert's rows; one b row shared by the slots."""
+    rng = np.random.default_rng(5)
+    K, M, n_expert, n_used, n_tok = 256, 6, 4, 2, 3
+    raw, w64 = _weight_rows(rng, type, M * n_expert, K)
+    w = gr.new_weight(type, (K, M, n_expert), raw, "experts")
+    x = gr.new_input(DType.F32, (K, 1, n_tok), "x")
+    ids = gr.new_input(DType.I32, (n_used, n_tok), "ids")
+    xv = rng.standard_normal((n_tok, 1, K)).astype(np.float32)
+    iv = np.array([[3, 0], [1, 1], [2, 3]], dtype=np.int32)
+    got, used = _run_emulated(monkeypatch, gr.mul_mat_id(w, x, ids), {x: xv, ids: iv})
+    assert used == {"mul_mat_vec"}
+    w64 = w64.reshape(n_expert, M, K)
+    want = np.stack([[w64[iv[t, e]] @ xv[t, 0].astype(np.float64) for e in range(n_used)] for t in range(n_tok)])
+    assert _nmse(got.reshape(want.shape), want) < 1e-10
