@@ -554,3 +554,19 @@ def test_mul_mat_id_every_weight_type(monkeypatch, type):
     w64 = w64.reshape(n_expert, M, K)
     want = np.stack([[w64[iv[t, e]] @ xv[t, 0].astype(np.float64) for e in range(n_used)] for t in range(n_tok)])
     assert _nmse(got.reshape(want.shape), want) < 1e-10
+
+
+@needs_emu
+def test_eval_callback_runs_node_by_node(monkeypatch):
+    """A run with an eval callback goes node by node (`lower`): every node's value as the split run gives."""
+    be, fake = fake_backend(monkeypatch, True, None, emulate=True)
+    x, out = _mixed_graph()
+    xv = np.random.default_rng(3).standard_normal((5, 256)).astype(np.float32)
+    plan = gr.compile(build_graph(out), [be, get_backend("cpu")], cache=False)
+    plan.set_input(x, xv)
+    plan.run()
+    whole = plan.get(out).copy()
+    seen = []
+    plan.run(lambda node, value: seen.append(node.op))
+    np.testing.assert_array_equal(plan.get(out), whole)
+    assert {Op.RMS_NORM, Op.MUL_MAT, Op.SILU, Op.ADD, Op.SCALE, Op.CPY} <= set(seen) and fake.problems == []
