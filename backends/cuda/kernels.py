@@ -27,6 +27,10 @@ QUANTIZE = frozenset({DType.Q8_0, DType.Q4_0})  # block types cpy quantizes into
 THREADS = 256  # block size of the one-thread-per-element kernels and the row reductions
 MV_WARPS = 4  # mul_mat.cu: rows per mat-vec block
 MM_TILE, MM_KC = (64, 64), 32  # mul_mat.cu: d tile of mul_mat_tiled, K step
+# up to this many tokens mul_mat stays on the mat-vec kernel: a verify batch of MTP drafts sums each
+# row in the same order as a single-token decode, and M / 4 blocks per token keep the GPU busy where
+# 64-row tiles would give only M / 64 blocks
+MV_MAX_N = 8
 FA_WARPS, FA_MAX_D = 4, 256  # attn.cu: warps per query row, largest head size
 GDN_MAX_S = 256  # ssm.cu: largest state size (8 rows per lane)
 GRID_YZ = 65535  # the largest grid y / z extent
@@ -179,7 +183,7 @@ def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> list[Launch]:
     a, b = node.src
     ra, rb, rd = rec(be, srcs[0], a), rec(be, srcs[1], b), rec(be, dst, node)
     M, N, ne2, ne3 = node.ne
-    if N > 1 and a.ne[0] % MM_KC == 0:  # prefill: tiles of d, a dequantized once per tile
+    if N > MV_MAX_N and a.ne[0] % MM_KC == 0:  # prefill: tiles of d, a dequantized once per tile
         grid = (-(-M // MM_TILE[0]), -(-N // MM_TILE[1]), ne2 * ne3)
         return launch("mul_mat_tiled", "TTT", [ra, rb, rd], grid, 256)
     grid = (-(-M // MV_WARPS), N, ne2 * ne3)

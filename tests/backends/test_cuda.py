@@ -22,7 +22,7 @@ import pytest
 
 import graphir as gr
 from graphir.backends import availability, get_backend
-from graphir.backends.cuda import CUDABackend, compiler, emu, runtime
+from graphir.backends.cuda import CUDABackend, compiler, emu, kernels, runtime
 from graphir.backends.cuda.fake_driver import FakeCuda, FakeLibcuda, FakeModule, HandleStream
 from graphir.backends.cuda.kernels import KERNELS
 from graphir.graph import build_graph
@@ -156,6 +156,7 @@ def case_launches() -> set[tuple[str, str]]:
 
     mp = pytest.MonkeyPatch()
     try:
+        mp.setattr(kernels, "MV_MAX_N", 1)  # the parity cases' several-token products take the tiled kernel
         be, _ = fake_backend(mp)
         mp.setattr(be.modules, "function", lambda name: None)  # lowering only
         seen: set[tuple[str, str]] = set()
@@ -234,6 +235,7 @@ def test_every_parity_case_runs_through_the_fake(monkeypatch, sm80_stats, graphs
     from graphir.parity import CASES
     from graphir.parity.harness import examples
 
+    monkeypatch.setattr(kernels, "MV_MAX_N", 1)  # several-token products take the tiled kernel
     be, fake = fake_backend(monkeypatch, graphs, sm80_stats)
     assert (be.graphs is not None) is graphs
     for case in CASES.values():
@@ -356,9 +358,14 @@ def test_every_parity_case_passes_in_the_host_emulator(monkeypatch, sm80_stats):
 
 
 @needs_emu
-def test_the_emulated_parity_check_bites(monkeypatch, sm80_stats):
-    from graphir.backends.cuda import kernels
+def test_mul_mat_parity_through_the_tiled_kernel(monkeypatch, sm80_stats):
+    monkeypatch.setattr(kernels, "MV_MAX_N", 1)  # every several-token example takes mul_mat_tiled
+    results = emulated_parity(monkeypatch, sm80_stats, ["mul_mat", "attn_decomposed"])
+    assert results and [f"{n} {p}: {r.reason}" for n, p, r in results if not r.passed] == []
 
+
+@needs_emu
+def test_the_emulated_parity_check_bites(monkeypatch, sm80_stats):
     monkeypatch.setitem(kernels.BINARY, Op.ADD, kernels.BINARY[Op.SUB])  # a launcher passing the wrong op code
     results = emulated_parity(monkeypatch, sm80_stats, ["add"], 2)
     assert results and all(r.status.value == "fail" for _, _, r in results)
@@ -570,3 +577,20 @@ def test_eval_callback_runs_node_by_node(monkeypatch):
     plan.run(lambda node, value: seen.append(node.op))
     np.testing.assert_array_equal(plan.get(out), whole)
     assert {Op.RMS_NORM, Op.MUL_MAT, Op.SILU, Op.ADD, Op.SCALE, Op.CPY} <= set(seen) and fake.problems == []
+
+
+@needs_emu
+def test_mul_mat_is_batch_invariant_up_to_a_verify_batch(monkeypatch):
+    """Up to MV_MAX_N tokens every row is summed as a single token's: a verify batch of drafts gives
+    the plain decode's values bit for bit."""
+    rng = np.random.default_rng(6)
+    K, M, N = 512, 10, kernels.MV_MAX_N
+    raw, _ = _weight_rows(rng, DType.Q4_K, M, K)
+    xv = rng.standard_normal((N, K)).astype(np.float32)
+    w = gr.new_weight(DType.Q4_K, (K, M), raw, "w")
+    x = gr.new_input(DType.F32, (K, N), "x")
+    batch, _ = _run_emulated(monkeypatch, gr.mul_mat(w, x), {x: xv})
+    for n in (0, N - 1):
+        x1 = gr.new_input(DType.F32, (K, 1), "x1")
+        one, _ = _run_emulated(monkeypatch, gr.mul_mat(w, x1), {x1: xv[n : n + 1]})
+        np.testing.assert_array_equal(batch.reshape(N, M)[n], one.reshape(M))
