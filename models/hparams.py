@@ -265,7 +265,7 @@ class Qwen35HParams:
                 raise HParamsError(f"{a}.{key} must be a finite number > 0, got {v}")
         if self.n_head_kv <= 0 or self.n_head % self.n_head_kv:
             raise HParamsError(
-                f"{a}.attention.head_count_kv must divide head_count={self.n_head}, got {self.n_head_kv}"
+                f"{a}.attention.head_count_kv must divide {a}.attention.head_count={self.n_head}, got {self.n_head_kv}"
             )
         if self.head_dim_k != self.head_dim_v:
             # the Qwen3.5 graph asserts n_embd_head_k == n_embd_head_v
@@ -275,13 +275,13 @@ class Qwen35HParams:
             )
         if self.n_rot <= 0 or self.n_rot % 2 or self.n_rot > self.head_dim_k:
             raise HParamsError(
-                f"{a}.rope.dimension_count must be even and in 2..{self.head_dim_k} (key_length), got {self.n_rot}"
+                f"{a}.rope.dimension_count must be even and in 2..{self.head_dim_k} ({a}.attention.key_length), got {self.n_rot}"
             )
         if len(self.rope_sections) != 4 or any(s < 0 for s in self.rope_sections):
             raise HParamsError(f"{a}.rope.dimension_sections must be 4 values >= 0, got {list(self.rope_sections)}")
         if sum(self.rope_sections) != self.n_rot // 2:
             raise HParamsError(
-                f"{a}.rope.dimension_sections must sum to rope.dimension_count / 2 = {self.n_rot // 2}, "
+                f"{a}.rope.dimension_sections must sum to {a}.rope.dimension_count / 2 = {self.n_rot // 2}, "
                 f"got {list(self.rope_sections)} (sum {sum(self.rope_sections)})"
             )
         if self.ssm_dt_rank % self.ssm_n_group:
@@ -299,24 +299,24 @@ class Qwen35HParams:
             raise HParamsError(f"{a}.full_attention_interval must be > 0, got {self.full_attention_interval}")
         if self.nextn_predict_layers >= self.block_count:
             raise HParamsError(
-                f"{a}.nextn_predict_layers ({self.nextn_predict_layers}) must be < block_count ({self.block_count})"
+                f"{a}.nextn_predict_layers ({self.nextn_predict_layers}) must be < {a}.block_count ({self.block_count})"
             )
         if self.is_moe:
             self._check_moe()
         elif self.n_expert or self.n_expert_used or self.n_ff_exp or self.n_ff_shexp:
-            raise HParamsError(f"[{a}] a dense model has no experts, got n_expert={self.n_expert}")
+            raise HParamsError(f"[{a}] a dense model has no experts, got {a}.expert_count={self.n_expert}")
 
     def _check_moe(self) -> None:
         a = self.arch
         if not 0 < self.n_expert_used <= self.n_expert:
             raise HParamsError(
-                f"{a}.expert_used_count must be in 1..expert_count={self.n_expert}, got {self.n_expert_used}"
+                f"{a}.expert_used_count must be in 1..{a}.expert_count={self.n_expert}, got {self.n_expert_used}"
             )
         if self.ff_exp <= 0:
-            raise HParamsError(f"{a}.expert_feed_forward_length is missing and feed_forward_length gives no fallback")
+            raise HParamsError(f"{a}.expert_feed_forward_length is missing and {a}.feed_forward_length gives no fallback")
         if self.ff_shexp <= 0:
             raise HParamsError(
-                f"{a}.expert_shared_feed_forward_length is missing and feed_forward_length gives no fallback"
+                f"{a}.expert_shared_feed_forward_length is missing and {a}.feed_forward_length gives no fallback"
             )
 
 

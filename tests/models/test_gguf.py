@@ -117,7 +117,7 @@ def test_layer_pattern_and_derived_dims() -> None:
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        ({"rope_sections": (2, 2, 1, 0)}, "rope.dimension_sections must sum to rope.dimension_count / 2 = 4"),
+        ({"rope_sections": (2, 2, 1, 0)}, "rope.dimension_sections must sum to qwen35.rope.dimension_count / 2 = 4"),
         ({"ssm_d_inner": 48}, "ssm.inner_size must be"),
         ({"ssm_n_group": 3}, "ssm.group_count"),
         ({"n_head_kv": 3}, "head_count_kv"),
@@ -341,7 +341,7 @@ def test_missing_nextn_key_makes_the_mtp_block_a_trunk_layer(tmp_path: Path) -> 
         ("qwen35.block_count", 5, "INT32", None, "key qwen35.block_count has type INT32; expected UINT32"),
         ("qwen35.attention.layer_norm_rms_epsilon", 1e-6, "FLOAT64", None, "expected FLOAT32"),
         ("qwen35.rope.dimension_sections", [2, 1, 1], "ARRAY", "INT32", "must have 4 values, found 3"),
-        ("qwen35.rope.dimension_sections", [2, 2, 1, 0], "ARRAY", "INT32", "must sum to rope.dimension_count / 2 = 4"),
+        ("qwen35.rope.dimension_sections", [2, 2, 1, 0], "ARRAY", "INT32", "must sum to qwen35.rope.dimension_count / 2 = 4"),
         ("qwen35.rope.dimension_sections", [2.0, 1.0, 1.0, 0.0], "ARRAY", "FLOAT32", "expected ARRAY[INT32] of 4"),
         ("qwen35.feed_forward_length", [96, 96, 64, 96, 96], "ARRAY", "INT32", "per-layer values"),
         ("qwen35.ssm.inner_size", 48, "UINT32", None, "ssm.inner_size must be"),

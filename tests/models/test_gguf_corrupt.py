@@ -202,7 +202,7 @@ def test_a_non_finite_or_non_positive_float_key_is_refused(tmp_path: Path, capsy
     ("key", "value", "fragment"),
     [
         ("ssm.state_size", 5, "qwen35.ssm.inner_size must be qwen35.ssm.state_size * qwen35.ssm.time_step_rank"),
-        ("attention.head_count_kv", 3, "qwen35.attention.head_count_kv must divide head_count=2"),
+        ("attention.head_count_kv", 3, "qwen35.attention.head_count_kv must divide qwen35.attention.head_count=2"),
         ("attention.key_length", 8, "qwen35.attention.key_length (8) must equal"),
         ("embedding_length", 2**24 + 1, "qwen35.embedding_length must be a positive integer (at most 16777216)"),
         ("full_attention_interval", 0, "qwen35.full_attention_interval must be"),
