@@ -73,7 +73,7 @@ class GenerationStats:
 
 
 def load(path: str | os.PathLike[str] | None = None, backend: str | Sequence[str] | None = None, n_ctx: int = 2048,
-         n_threads: int | None = None, spec: str | None = None, draft_max: int = 3, *, n_ubatch: int = 128,
+         n_threads: int | None = None, spec: str | None = None, draft_max: int = 1, *, n_ubatch: int = 128,
          p_min: float = 0.0, type_k: str = "f16", type_v: str = "f16") -> LLM:  # fmt: skip
     """Load a GGUF model and make a context for it.
 
@@ -86,7 +86,8 @@ def load(path: str | os.PathLike[str] | None = None, backend: str | Sequence[str
         n_threads: cpu threads (None: the CPUs this process may use).
         spec: None, or "mtp" for self-speculative decoding with the model's MTP head (the same
             text, faster when drafts are accepted).
-        draft_max: spec="mtp": the most drafts per round.
+        draft_max: spec="mtp": the most drafts per round (default 1: measured fastest on the shipped model,
+            as `graphir generate --spec mtp`).
         n_ubatch: tokens per graph run (prompts are decoded in pieces of this size).
         p_min: spec="mtp": stop drafting when a draft's probability is below this.
         type_k, type_v: KV cache types, "f16" or "f32".
@@ -109,7 +110,7 @@ class LLM:
     Made by `graphir.load` (same arguments)."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None, backend: str | Sequence[str] | None = None,
-                 n_ctx: int = 2048, n_threads: int | None = None, spec: str | None = None, draft_max: int = 3, *,
+                 n_ctx: int = 2048, n_threads: int | None = None, spec: str | None = None, draft_max: int = 1, *,
                  n_ubatch: int = 128, p_min: float = 0.0, type_k: str = "f16", type_v: str = "f16") -> None:  # fmt: skip
         if spec not in (None, "mtp"):
             raise ValueError(f"[load] spec must be None or 'mtp', got {spec!r}")
