@@ -1,5 +1,5 @@
-"""The native cpu backend: buffers are numpy uint8 arrays (so host access and zero-copy
-weights work as on the reference); a split is lowered to an array of C op records and run by
+"""The native cpu backend: host memory as the reference's (numpy buffers, zero-copy weights;
+backends/host.py); a split is lowered to an array of C op records and run by
 ONE call into the compiled module, which walks the records with a persistent thread pool.
 
 The GIL is released during the call (cffi API mode). Threads: `n_threads` (default: the CPUs
@@ -9,12 +9,10 @@ would cost more than it saves.
 
 from __future__ import annotations
 
-import numpy as np
-
-from graphir.layout import host_array, np_view
 from graphir.tensor import Tensor, is_empty_op
 
-from ..base import Availability, Backend, Buffer, Call, Place, default_threads
+from ..base import Availability, Call, Place, default_threads
+from ..host import HostMemoryBackend
 from . import native
 
 # NOTE: a split whose ops touch fewer bytes than this on average runs on one thread: waking the
@@ -24,7 +22,7 @@ from . import native
 SMALL_OP_BYTES = 256 << 10
 
 
-class CPUBackend(Backend):
+class CPUBackend(HostMemoryBackend):
     name = "cpu"
     KERNELS = native.KERNELS
 
@@ -39,33 +37,6 @@ class CPUBackend(Backend):
 
     def describe(self) -> str:
         return f"cpu (native, {self.n_threads} threads, isa {native.isa_name()})"
-
-    # ---- memory ----
-    def alloc_buffer(self, nbytes: int) -> Buffer:
-        return Buffer(self, nbytes, np.zeros(max(nbytes, 1), dtype=np.uint8))
-
-    def view(self, place: Place, t: Tensor) -> np.ndarray:
-        return np_view(place.buffer.handle, place.offset, t)
-
-    def set_tensor(self, place: Place, t: Tensor, data: np.ndarray) -> None:
-        self.view(place, t)[...] = host_array(data, t)
-
-    def get_tensor(self, place: Place, t: Tensor) -> np.ndarray:
-        return self.view(place, t).copy()
-
-    def write_bytes(self, buffer: Buffer, offset: int, data: np.ndarray) -> None:
-        raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-        buffer.handle[offset : offset + raw.size] = raw
-
-    def read_bytes(self, buffer: Buffer, offset: int, nbytes: int) -> np.ndarray:
-        return buffer.handle[offset : offset + nbytes].copy()
-
-    def upload_static(self, t: Tensor) -> Place:
-        # zero-copy: the host bytes (possibly memory-mapped) are the buffer
-        if t.data is None:
-            raise ValueError(f"[cpu] static tensor {t.name!r} has no host data")
-        raw = t.data.reshape(-1).view(np.uint8)
-        return Place(Buffer(self, raw.nbytes, raw), 0)
 
     # ---- execution ----
     def lower(self, node: Tensor, dst: Place, srcs: list[Place | None]) -> Call:

@@ -1,20 +1,18 @@
-"""The ref backend: buffers are numpy uint8 arrays; a prepared call is the kernel bound to numpy views of
+"""The ref backend: host memory (numpy buffers, backends/host.py); a prepared call is the kernel bound to numpy views of
 its destination and sources, so running it makes no decisions."""
 
 from __future__ import annotations
 
 from functools import partial
 
-import numpy as np
-
-from graphir.layout import host_array, np_view
 from graphir.tensor import Tensor
 
-from ..base import Availability, Backend, Buffer, Call, Place
+from ..base import Availability, Call, Place
+from ..host import HostMemoryBackend
 from .table import KERNELS
 
 
-class RefBackend(Backend):
+class RefBackend(HostMemoryBackend):
     """The NumPy reference of every op: the oracle of the parity tests, readable first."""
 
     name = "ref"
@@ -23,32 +21,6 @@ class RefBackend(Backend):
     @classmethod
     def availability(cls) -> Availability:
         return Availability(True)
-
-    def alloc_buffer(self, nbytes: int) -> Buffer:
-        return Buffer(self, nbytes, np.zeros(max(nbytes, 1), dtype=np.uint8))
-
-    def view(self, place: Place, t: Tensor) -> np.ndarray:
-        return np_view(place.buffer.handle, place.offset, t)
-
-    def set_tensor(self, place: Place, t: Tensor, data: np.ndarray) -> None:
-        self.view(place, t)[...] = host_array(data, t)
-
-    def get_tensor(self, place: Place, t: Tensor) -> np.ndarray:
-        return self.view(place, t).copy()
-
-    def write_bytes(self, buffer: Buffer, offset: int, data: np.ndarray) -> None:
-        raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-        buffer.handle[offset : offset + raw.size] = raw
-
-    def read_bytes(self, buffer: Buffer, offset: int, nbytes: int) -> np.ndarray:
-        return buffer.handle[offset : offset + nbytes].copy()
-
-    def upload_static(self, t: Tensor) -> Place:
-        # zero-copy: the host bytes (possibly memory-mapped) are the buffer
-        if t.data is None:
-            raise ValueError(f"[ref] static tensor {t.name!r} has no host data")
-        raw = t.data.reshape(-1).view(np.uint8)  # new_weight keeps data C-contiguous
-        return Place(Buffer(self, raw.nbytes, raw), 0)
 
     def lower(self, node: Tensor, dst: Place, srcs: list[Place | None]) -> Call:
         kernel = self.KERNELS[node.op]
