@@ -29,6 +29,7 @@ import numpy as np
 
 from graphir import progress
 
+from .argcheck import int_array, is_int, show
 from .batch import Batch
 from .chat import TEMPLATE_KEY, render_chat
 from .context import Context
@@ -252,7 +253,11 @@ class LLM:
     def _ids(self, ids: Sequence[int], where: str) -> list[int]:
         if isinstance(ids, str | bytes) or not isinstance(ids, Sequence | np.ndarray):
             raise TypeError(f"[{where}] expected a str or a sequence of token ids, got {type(ids).__name__}")
-        out = [int(t) for t in ids]
+        if not isinstance(ids, np.ndarray):  # element by element: numpy would turn [True, 5] into ints
+            bad = next((i for i, t in enumerate(ids) if not is_int(t)), None)
+            if bad is not None:
+                raise ValueError(f"[{where}] token ids must be integers, got ids[{bad}] = {show(ids[bad])}")
+        out = int_array(where, "token ids", ids).tolist()
         if not out:
             raise ValueError(f"[{where}] the prompt is empty (no tokens)")
         bad = next((t for t in out if not 0 <= t < self.model.n_vocab), None)

@@ -124,6 +124,8 @@ def test_render_chat_as_llama_cpp_jinja() -> None:
     (lambda m: m.generate("", max_tokens=4), ValueError, "the prompt is empty"),
     (lambda m: m.generate([5000]), ValueError, "token id 5000 is out of range"),
     (lambda m: m.generate(b"bytes"), TypeError, "expected a str or a sequence of token ids"),
+    (lambda m: m.generate([5, 7.9]), ValueError, r"token ids must be integers, got ids\[1\] = 7\.9"),  # not truncated to 7
+    (lambda m: m.generate([True, 5]), ValueError, "token ids must be integers"),
     (lambda m: m.generate("x" * 2000), ValueError, "does not fit n_ctx=256"),
     (lambda m: m.chat("hello"), ValueError, "messages must be a list"),
     (lambda m: m.chat([{"role": "user"}]), ValueError, r"messages\[0\]\['content'\] must be a string"),
