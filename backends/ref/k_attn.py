@@ -66,5 +66,11 @@ def _softmax_v(s: np.ndarray, v: np.ndarray) -> np.ndarray:
     dead = m == -np.inf
     w = np.exp(s - np.where(dead, F32(0), m))  # exp(-inf) = 0 for skipped entries
     total = w.sum(axis=-1, keepdims=True)
-    acc = w @ v
+    finite = np.isfinite(v)
+    if finite.all():
+        acc = w @ v
+    else:  # as ggml, a skipped (masked) cell's V is never read: a NaN there must not leak as 0 * NaN
+        acc = w @ np.where(finite, v, F32(0))
+        seen = (w > 0).astype(F32) @ (~finite).astype(F32)  # weighted non-finite entries per output
+        acc = np.where(seen > 0, w @ v, acc)
     return np.where(total == 0, F32(0), acc / np.where(total == 0, F32(1), total)).astype(F32)

@@ -164,6 +164,21 @@ def test_fully_masked_rows_are_zero():
     )
 
 
+def test_masked_cells_are_never_read():
+    """As ggml: a NaN in a K/V cell every query masks (e.g. a freed cache cell) does not leak; a NaN
+    in a cell some query sees reaches exactly that query."""
+    rng = np.random.default_rng(5)
+    shapes, data = make_case(rng, 4, 4, 3, 5, 2, 1, 1, "random", gr.F32)
+    data["mask"][0, 0, :, 2] = -np.inf  # nobody sees cell 2
+    clean = run(fused(inputs(shapes, gr.F32), 1.0), data)
+    data["k"][0, 0, 2, 0] = np.nan
+    data["v"][0, 0, 2, 1] = np.nan
+    np.testing.assert_array_equal(run(fused(inputs(shapes, gr.F32), 1.0), data), clean)
+    data["mask"][0, 0, 1, 2] = 0.0  # query 1 sees it now
+    got = run(fused(inputs(shapes, gr.F32), 1.0), data)
+    assert np.isnan(got[0, 1]).any() and np.isfinite(np.delete(got, 1, axis=1)).all()
+
+
 def test_mask_broadcast_over_heads_and_sequences():
     """A mask [n_kv, n_q, H, n_seq] gives each head its own mask; kv heads are grouped (h // 2)."""
     rng = np.random.default_rng(5)
