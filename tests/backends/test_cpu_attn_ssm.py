@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cpu_support import set_isa as _set_isa
 
 import graphir as gr
-from graphir.backends import availability, get_backend
+from graphir.backends import availability
 from graphir.parity import CASES, check_case
 from graphir.parity.harness import examples
 
@@ -18,26 +19,6 @@ pytestmark = pytest.mark.skipif(not availability(NATIVE).ok, reason=f"native cpu
 
 OPS = ["flash_attn_ext", "ssm_conv", "gated_delta_net"]
 ISAS = [0, 1, 7]  # portable, AVX2, AVX-512 (capped to what the CPU has)
-
-
-@pytest.fixture
-def native(monkeypatch):
-    """The native backend with every split multi-threaded; thread count and ISA restored after."""
-    from graphir.backends.cpu import backend as cpu_backend
-    from graphir.backends.cpu import native as cpu_native
-
-    monkeypatch.setattr(cpu_backend, "SMALL_OP_BYTES", 0)
-    be = get_backend(NATIVE)
-    saved = be.n_threads
-    yield be
-    be.n_threads = saved
-    cpu_native.lib.gr_set_isa(7)
-
-
-def _set_isa(isa: int) -> None:
-    from graphir.backends.cpu import native as cpu_native
-
-    cpu_native.lib.gr_set_isa(isa)
 
 
 def _check(name: str, params: dict) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cpu_support import set_isa as _set_isa
 
 import graphir as gr
 from graphir.backends import availability, get_backend
@@ -28,7 +29,7 @@ from graphir.quants import dequantize_rows
 from graphir.tensor import Tensor
 from graphir.types import TYPE_INFO, DType
 
-NATIVE = "native"
+NATIVE = "cpu"
 pytestmark = pytest.mark.skipif(not availability(NATIVE).ok, reason=f"native cpu: {availability(NATIVE).reason}")
 
 F32, F16, BF16 = DType.F32, DType.F16, DType.BF16
@@ -37,28 +38,6 @@ WEIGHTS = (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)
 ISAS = {"portable": 0, "avx2": 1, "avx512": 3, "avx512-vnni": 7}
 # row lengths per block size: odd block counts (a lone last Q8 pair half), vector tails
 K_OF = {1: (1, 15, 16, 37, 100), 32: (32, 96, 224), 256: (256, 768)}
-
-
-@pytest.fixture
-def native(monkeypatch):
-    """The native backend with every split multi-threaded (up to 8 threads whatever the CPU
-    count); thread count and ISA restored after."""
-    from graphir.backends.cpu import backend as cpu_backend
-    from graphir.backends.cpu import native as cpu_native
-
-    monkeypatch.setattr(cpu_backend, "SMALL_OP_BYTES", 0)
-    monkeypatch.setattr(cpu_backend, "default_threads", lambda: 8)
-    be = get_backend(NATIVE)
-    saved = be.n_threads
-    yield be
-    be.n_threads = saved
-    cpu_native.lib.gr_set_isa(7)
-
-
-def _set_isa(level: int) -> None:
-    from graphir.backends.cpu import native as cpu_native
-
-    cpu_native.lib.gr_set_isa(level)
 
 
 # ---- data and runs ---------------------------------------------------------------------

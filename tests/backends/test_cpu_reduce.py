@@ -6,17 +6,17 @@ in-place chain."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytest
+from cpu_support import Adhoc
+from cpu_support import check as _check
+from cpu_support import set_isa as _set_isa
 
 import graphir as gr
-from graphir.backends import availability, get_backend
+from graphir.backends import availability
 from graphir.builders import ROPE_IMROPE, ROPE_NEOX, ROPE_NORMAL, SORT_ASC, SORT_DESC
 from graphir.ops import Op
 from graphir.parity import CASES
-from graphir.parity.cases import Case
 from graphir.parity.harness import check_case, examples
 from graphir.parity.inputs import Built, Inputs
 
@@ -26,43 +26,6 @@ pytestmark = pytest.mark.skipif(not availability(NATIVE).ok, reason=f"native cpu
 F32, F16, I32 = gr.F32, gr.F16, gr.I32
 FAMILY = ["sum_rows", "mean", "rms_norm", "l2_norm", "soft_max", "argmax", "argsort", "top_k", "rope"]
 ISAS = {"portable": 0, "avx2": 1, "avx512": 7}
-
-
-@pytest.fixture
-def native(monkeypatch):
-    """The native backend with every split multi-threaded (up to 8 threads whatever the CPU
-    count); thread count and ISA restored after."""
-    from graphir.backends.cpu import backend as cpu_backend
-    from graphir.backends.cpu import native as cpu_native
-
-    monkeypatch.setattr(cpu_backend, "SMALL_OP_BYTES", 0)
-    monkeypatch.setattr(cpu_backend, "default_threads", lambda: 8)
-    be = get_backend(NATIVE)
-    saved = be.n_threads
-    yield be
-    be.n_threads = saved
-    cpu_native.lib.gr_set_isa(7)
-
-
-def _set_isa(level: int) -> None:
-    from graphir.backends.cpu import native as cpu_native
-
-    cpu_native.lib.gr_set_isa(level)
-
-
-class Adhoc(Case):
-    """A one-off case (not registered): `build(params)` makes the graph."""
-
-    def __init__(self, op: Op, build: Callable[[dict], Built]) -> None:
-        self.op, self.name, self._build = op, f"adhoc {op.value}", build
-
-    def build(self, p: dict) -> Built:
-        return self._build(p)
-
-
-def _check(case: Case, params: dict) -> None:
-    r = check_case(case, params, NATIVE)
-    assert r.passed, f"{case.name} {params}: {r}"
 
 
 # ======================================================================================
