@@ -20,33 +20,11 @@
 #define GR_MAX_THREADS 256
 
 /* ---- the dispatch table (weak kernels: NULL when the op's family is not compiled in) ---- */
-#define K(NAME, name) [GR_OP_##NAME] = gr_k_##name
-static gr_kernel const KERNELS[GR_OP_COUNT] = {
-    K(CONT, cont), K(CPY, cpy), K(DUP, dup),
-    K(ADD, add), K(SUB, sub), K(MUL, mul), K(DIV, div), K(SCALE, scale),
-    K(SQR, sqr), K(SQRT, sqrt), K(EXP, exp), K(NEG, neg), K(SIGMOID, sigmoid), K(SILU, silu),
-    K(SOFTPLUS, softplus), K(GELU, gelu), K(CLAMP, clamp), K(REPEAT, repeat),
-    K(SUM_ROWS, sum_rows), K(MEAN, mean), K(RMS_NORM, rms_norm), K(L2_NORM, l2_norm),
-    K(SOFT_MAX, soft_max), K(ARGMAX, argmax), K(ARGSORT, argsort), K(TOP_K, top_k),
-    K(GET_ROWS, get_rows), K(SET_ROWS, set_rows), K(CONCAT, concat),
-    K(MUL_MAT, mul_mat), K(MUL_MAT_ID, mul_mat_id),
-    K(ROPE, rope), K(FLASH_ATTN_EXT, flash_attn_ext),
-    K(SSM_CONV, ssm_conv), K(GATED_DELTA_NET, gated_delta_net),
-};
+#define K(NAME, name) [GR_OP_##NAME] = gr_k_##name,
+static gr_kernel const KERNELS[GR_OP_COUNT] = {GR_FOR_EACH_OP(K)};
 #undef K
-#define W(NAME, name) [GR_OP_##NAME] = gr_w_##name
-static gr_wsize_fn const WSIZE[GR_OP_COUNT] = {
-    W(CONT, cont), W(CPY, cpy), W(DUP, dup),
-    W(ADD, add), W(SUB, sub), W(MUL, mul), W(DIV, div), W(SCALE, scale),
-    W(SQR, sqr), W(SQRT, sqrt), W(EXP, exp), W(NEG, neg), W(SIGMOID, sigmoid), W(SILU, silu),
-    W(SOFTPLUS, softplus), W(GELU, gelu), W(CLAMP, clamp), W(REPEAT, repeat),
-    W(SUM_ROWS, sum_rows), W(MEAN, mean), W(RMS_NORM, rms_norm), W(L2_NORM, l2_norm),
-    W(SOFT_MAX, soft_max), W(ARGMAX, argmax), W(ARGSORT, argsort), W(TOP_K, top_k),
-    W(GET_ROWS, get_rows), W(SET_ROWS, set_rows), W(CONCAT, concat),
-    W(MUL_MAT, mul_mat), W(MUL_MAT_ID, mul_mat_id),
-    W(ROPE, rope), W(FLASH_ATTN_EXT, flash_attn_ext),
-    W(SSM_CONV, ssm_conv), W(GATED_DELTA_NET, gated_delta_net),
-};
+#define W(NAME, name) [GR_OP_##NAME] = gr_w_##name,
+static gr_wsize_fn const WSIZE[GR_OP_COUNT] = {GR_FOR_EACH_OP(W)};
 #undef W
 
 int gr_op_supported(int opcode) {

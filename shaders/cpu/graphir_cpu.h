@@ -156,20 +156,24 @@ int gr_block_bytes(int type);
 
 /* ---- kernels: one per op, defined in the op family's file; weak, so an op whose family is
  * not compiled in reads as unsupported (gr_op_supported) instead of failing to link ---- */
-#define GR_DECLARE(name) \
+/* Every computing op once, as X(NAME, name): the kernel declarations below and the executor's
+ * tables (exec.c) expand it, so an op is listed in one place (the enum above mirrors graphir's Op). */
+#define GR_FOR_EACH_OP(X) \
+    X(CONT, cont) X(CPY, cpy) X(DUP, dup) \
+    X(ADD, add) X(SUB, sub) X(MUL, mul) X(DIV, div) X(SCALE, scale) \
+    X(SQR, sqr) X(SQRT, sqrt) X(EXP, exp) X(NEG, neg) X(SIGMOID, sigmoid) X(SILU, silu) \
+    X(SOFTPLUS, softplus) X(GELU, gelu) X(CLAMP, clamp) X(REPEAT, repeat) \
+    X(SUM_ROWS, sum_rows) X(MEAN, mean) X(RMS_NORM, rms_norm) X(L2_NORM, l2_norm) \
+    X(SOFT_MAX, soft_max) X(ARGMAX, argmax) X(ARGSORT, argsort) X(TOP_K, top_k) \
+    X(GET_ROWS, get_rows) X(SET_ROWS, set_rows) X(CONCAT, concat) \
+    X(MUL_MAT, mul_mat) X(MUL_MAT_ID, mul_mat_id) \
+    X(ROPE, rope) X(FLASH_ATTN_EXT, flash_attn_ext) \
+    X(SSM_CONV, ssm_conv) X(GATED_DELTA_NET, gated_delta_net)
+
+#define GR_DECLARE(NAME, name) \
     void gr_k_##name(const gr_op *op, const gr_thread *th) __attribute__((weak)); \
     int64_t gr_w_##name(const gr_op *op, int nth) __attribute__((weak));
-GR_DECLARE(cont) GR_DECLARE(cpy) GR_DECLARE(dup)
-GR_DECLARE(add) GR_DECLARE(sub) GR_DECLARE(mul) GR_DECLARE(div) GR_DECLARE(scale)
-GR_DECLARE(sqr) GR_DECLARE(sqrt) GR_DECLARE(exp) GR_DECLARE(neg) GR_DECLARE(sigmoid)
-GR_DECLARE(silu) GR_DECLARE(softplus) GR_DECLARE(gelu) GR_DECLARE(clamp) GR_DECLARE(repeat)
-GR_DECLARE(sum_rows) GR_DECLARE(mean) GR_DECLARE(rms_norm) GR_DECLARE(l2_norm) GR_DECLARE(soft_max)
-GR_DECLARE(argmax) GR_DECLARE(argsort) GR_DECLARE(top_k)
-GR_DECLARE(get_rows) GR_DECLARE(set_rows) GR_DECLARE(concat)
-GR_DECLARE(mul_mat) GR_DECLARE(mul_mat_id)
-GR_DECLARE(rope)
-GR_DECLARE(flash_attn_ext)
-GR_DECLARE(ssm_conv) GR_DECLARE(gated_delta_net)
+GR_FOR_EACH_OP(GR_DECLARE)
 #undef GR_DECLARE
 
 #endif
