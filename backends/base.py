@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from graphir.layout import host_array, np_view
 from graphir.ops import Op
 from graphir.tensor import Tensor, is_empty_op
 
@@ -99,13 +100,22 @@ class Backend(ABC):
     def alloc_buffer(self, nbytes: int) -> Buffer:
         """A buffer of at least nbytes (contents undefined)."""
 
-    @abstractmethod
     def set_tensor(self, place: Place, t: Tensor, data: np.ndarray) -> None:
-        """Write host `data` (t's numpy dtype, shape (ne3, ne2, ne1, ne0)) into t at place."""
+        """Write host `data` (t's numpy dtype, shape (ne3, ne2, ne1, ne0)) into t at place.
 
-    @abstractmethod
+        Default, through `write_bytes`: a strided view is read, modified and written back over its
+        whole storage span, so the bytes between its elements keep their values."""
+        host = host_array(data, t)
+        if t.is_contiguous():
+            self.write_bytes(place.buffer, place.offset, host)
+            return
+        raw = self.read_bytes(place.buffer, place.offset, t.nbytes)
+        np_view(raw, 0, t)[...] = host
+        self.write_bytes(place.buffer, place.offset, raw)
+
     def get_tensor(self, place: Place, t: Tensor) -> np.ndarray:
         """A host copy of t (numpy shape (ne3, ne2, ne1, ne0); raw rows for quantized)."""
+        return np_view(self.read_bytes(place.buffer, place.offset, t.nbytes), 0, t).copy()
 
     @abstractmethod
     def write_bytes(self, buffer: Buffer, offset: int, data: np.ndarray) -> None:
@@ -138,9 +148,14 @@ class Backend(ABC):
         weakref.finalize(t, cache.pop, id(t), None)
         return place
 
-    @abstractmethod
     def upload_static(self, t: Tensor) -> Place:
-        """Make t.data (host bytes) available on this backend."""
+        """Make t.data (host bytes) available on this backend. Default: a buffer of its own,
+        written once (host-memory backends use the bytes in place)."""
+        if t.data is None:
+            raise ValueError(f"[{self.name}] static tensor {t.name!r} has no host data")
+        buf = self.alloc_buffer(t.data.nbytes)
+        self.write_bytes(buf, 0, t.data)
+        return Place(buf, 0)
 
     # ---- execution ----
     def lower_split(self, nodes: list[Tensor], place: Callable[[Tensor], Place]) -> Call:

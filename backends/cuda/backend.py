@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 
 from graphir import debug
-from graphir.layout import host_array, np_view
 from graphir.tensor import Tensor, is_empty_op
 
 from ..base import Availability, Backend, Buffer, Call, Place
@@ -74,21 +73,6 @@ class CUDABackend(Backend):
             runtime.cuda.memcpy_dtoh(out, int(buffer.handle) + offset)
         return out
 
-    def set_tensor(self, place: Place, t: Tensor, data: np.ndarray) -> None:
-        host = host_array(data, t)
-        if t.is_contiguous():
-            self.write_bytes(place.buffer, place.offset, host)
-            return
-        # a strided view: read-modify-write its whole storage span, so bytes between its
-        # elements keep their values
-        raw = self.read_bytes(place.buffer, place.offset, t.nbytes)
-        np_view(raw, 0, t)[...] = host
-        self.write_bytes(place.buffer, place.offset, raw)
-
-    def get_tensor(self, place: Place, t: Tensor) -> np.ndarray:
-        raw = self.read_bytes(place.buffer, place.offset, t.nbytes)
-        return np_view(raw, 0, t).copy()
-
     def copy_from(self, dst: Place, t: Tensor, src_backend: Backend, src: Place) -> Call:
         """Between buffers of this backend the copy stays on the device, queued on the stream
         (so it is ordered after the kernels that wrote the source); else through the host."""
@@ -103,14 +87,6 @@ class CUDABackend(Backend):
             cuda.memcpy_dtod_async(d, s, n, stream)
 
         return run
-
-    def upload_static(self, t: Tensor) -> Place:
-        """Weights and constants: uploaded once, kept while the tensor lives."""
-        if t.data is None:
-            raise ValueError(f"[cuda] static tensor {t.name!r} has no host data")
-        buf = self.alloc_buffer(t.data.nbytes)
-        self.write_bytes(buf, 0, t.data)
-        return Place(buf, 0)
 
     def constant(self, values: np.ndarray) -> Place:
         """Device copy of small host-computed constants (ALiBi slopes), shared by equal values."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphir.layout import host_array, np_view
 from graphir.tensor import Tensor
 
 from ..base import Availability, Backend, Buffer, Call, Place
@@ -53,21 +52,6 @@ class OpenCLBackend(Backend):
             cl.enqueue_copy(self.queue, out, buffer.handle, src_offset=offset, is_blocking=True)
         return out
 
-    def set_tensor(self, place: Place, t: Tensor, data: np.ndarray) -> None:
-        host = host_array(data, t)
-        if t.is_contiguous():
-            self.write_bytes(place.buffer, place.offset, host)
-            return
-        # a strided view: read-modify-write its whole storage span, so bytes between its
-        # elements keep their values
-        raw = self.read_bytes(place.buffer, place.offset, t.nbytes)
-        np_view(raw, 0, t)[...] = host
-        self.write_bytes(place.buffer, place.offset, raw)
-
-    def get_tensor(self, place: Place, t: Tensor) -> np.ndarray:
-        raw = self.read_bytes(place.buffer, place.offset, t.nbytes)
-        return np_view(raw, 0, t).copy()
-
     def copy_from(self, dst: Place, t: Tensor, src_backend: Backend, src: Place) -> Call:
         """Between buffers of one OpenCL context the copy stays on the device
         (clEnqueueCopyBuffer); from another backend or context it goes through the host."""
@@ -87,13 +71,6 @@ class OpenCLBackend(Backend):
             cl.enqueue_copy(queue, dbuf, sbuf, byte_count=n, src_offset=s, dst_offset=d)
 
         return run
-
-    def upload_static(self, t: Tensor) -> Place:
-        if t.data is None:
-            raise ValueError(f"[opencl] static tensor {t.name!r} has no host data")
-        buf = self.alloc_buffer(t.data.nbytes)
-        self.write_bytes(buf, 0, t.data)
-        return Place(buf, 0)
 
     # ---- execution ----
     def lower(self, node: Tensor, dst: Place, srcs: list[Place | None]) -> Call:

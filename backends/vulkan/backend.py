@@ -86,29 +86,16 @@ class VulkanBackend(Backend):
         return self.device.read(buffer.handle, offset, nbytes)
 
     def set_tensor(self, place: Place, t: Tensor, data: np.ndarray) -> None:
-        host = host_array(data, t)
         mapped = place.buffer.handle.mapped
-        if mapped is not None:
-            np_view(mapped, place.offset, t)[...] = host
-        elif t.is_contiguous():
-            self.write_bytes(place.buffer, place.offset, host)
-        else:  # a strided view: read-modify-write its span, so bytes between its elements keep their values
-            raw = self.read_bytes(place.buffer, place.offset, t.nbytes)
-            np_view(raw, 0, t)[...] = host
-            self.write_bytes(place.buffer, place.offset, raw)
+        if mapped is None:
+            return super().set_tensor(place, t, data)
+        np_view(mapped, place.offset, t)[...] = host_array(data, t)
 
     def get_tensor(self, place: Place, t: Tensor) -> np.ndarray:
         mapped = place.buffer.handle.mapped
-        if mapped is not None:
-            return np_view(mapped, place.offset, t).copy()
-        return np_view(self.read_bytes(place.buffer, place.offset, t.nbytes), 0, t).copy()
-
-    def upload_static(self, t: Tensor) -> Place:
-        if t.data is None:
-            raise ValueError(f"[vulkan] static tensor {t.name!r} has no host data")
-        buf = self.alloc_buffer(t.data.nbytes)
-        self.write_bytes(buf, 0, t.data)
-        return Place(buf, 0)
+        if mapped is None:
+            return super().get_tensor(place, t)
+        return np_view(mapped, place.offset, t).copy()
 
     def copy_from(self, dst: Place, t: Tensor, src_backend: Backend, src: Place) -> Call:
         """Between buffers of this device: a recorded vkCmdCopyBuffer. From a backend whose
