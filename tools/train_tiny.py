@@ -31,6 +31,7 @@ is the token-by-token definition it is tested against. The PyTorch model lives i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -128,12 +129,26 @@ class TrainConfig:
     mtp_weight: float = 0.3
     mtp_chain_weight: float = 0.0  # > 0: also train the head on its own hidden state (see `losses`)
     freeze_trunk: bool = False  # train the MTP block only (fine-tuning a head from --init-from)
+    mtp_depth: int = 2  # draft steps the chained terms cover (2: the second step only; see `losses`)
+    distill_mtp: float = 0.0  # > 0: weight of KL(trunk || head) at every draft step (see `distill_kl`)
+    distill_temp: float = 0.8  # the temperature both distributions are taken at (the default sampler's)
+    distill_top_k: int = 0  # restrict the trunk's distribution to the sampler's candidates (0: all)
+    distill_top_p: float = 1.0  # ... (1.0: no nucleus cut)
     chunk: int = 64  # delta-rule chunk length
     eval_every: int = 250
     eval_windows: int = 64
     ckpt_every: int = 100
     val_percent: int = 2  # files whose path hash falls below this percentage are held out
     threads: int = 0  # torch threads; 0: torch's default
+
+    def __post_init__(self) -> None:
+        if self.mtp_depth < 1:
+            raise ValueError(f"[train-tiny] mtp_depth must be >= 1, got {self.mtp_depth}")
+        if self.distill_mtp > 0 and not self.freeze_trunk:
+            raise ValueError("[train-tiny] --distill-mtp distills the frozen trunk into the head: add --freeze-trunk")
+        if self.distill_temp <= 0 or not 0 < self.distill_top_p <= 1 or self.distill_top_k < 0:
+            raise ValueError(f"[train-tiny] bad distillation chain: temperature {self.distill_temp}, "
+                             f"top-k {self.distill_top_k}, top-p {self.distill_top_p}")  # fmt: skip
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up over `warmup` steps, then cosine to lr * min_lr_ratio at `steps`."""
@@ -183,10 +198,11 @@ def read_corpus(val_percent: int, root: Path | None = None) -> tuple[list[str], 
     return train, val, info
 
 
-def prepare_data(out: Path, n_vocab: int, val_percent: int, log: Any = print,
-                 corpus_root: Path | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:  # fmt: skip
+def prepare_data(out: Path, n_vocab: int, val_percent: int, log: Any = print, corpus_root: Path | None = None,
+                 vocab: dict[str, Any] | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:  # fmt: skip
     """Train the tokenizer and encode the corpus (the .py files under `corpus_root`, default the
-    standard library) once, cached in out/: (tokenizer fields, train ids, held-out ids)."""
+    standard library) once, cached in out/: (tokenizer fields, train ids, held-out ids).
+    vocab: `tokenizer.ggml.*` fields to encode with instead of training a tokenizer (a GGUF's own)."""
     from graphir.models.tokenizer import Tokenizer, train_byte_bpe
 
     tok_path, tr_path, va_path, info_path = (out / "tokenizer.json", out / "train.u16", out / "val.u16",
@@ -200,8 +216,11 @@ def prepare_data(out: Path, n_vocab: int, val_percent: int, log: Any = print,
     log(f"corpus: {info['files_train']} train + {info['files_val']} held-out files, {info['bytes'] / 1e6:.1f} MB "
         f"({info['root']}, Python {info['python']})")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    fields = train_byte_bpe(train, n_vocab, SPECIAL_TOKENS, bos="<|endoftext|>", eos="<|im_end|>",
-                            pad="<|endoftext|>", hf_path=hf_path)  # fmt: skip
+    if vocab is None:
+        fields = train_byte_bpe(train, n_vocab, SPECIAL_TOKENS, bos="<|endoftext|>", eos="<|im_end|>",
+                                pad="<|endoftext|>", hf_path=hf_path)  # fmt: skip
+    else:
+        fields = dict(vocab)
     if len(fields["tokenizer.ggml.tokens"]) != n_vocab:
         raise ValueError(f"[train-tiny] the corpus gave {len(fields['tokenizer.ggml.tokens'])} tokens, not {n_vocab}")
     tok = Tokenizer.from_gguf_fields(fields)
@@ -239,35 +258,158 @@ def eval_windows(tokens: np.ndarray, n: int, seq_len: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# starting from a GGUF (e.g. the shipped model)
+# --------------------------------------------------------------------------------------------
+
+
+def is_head_tensor(name: str, mcfg: ModelConfig) -> bool:
+    """The MTP block's tensors (GGUF names): all that a --freeze-trunk run changes."""
+    return name.startswith(f"blk.{mcfg.n_layer}.")
+
+
+def gguf_source(path: Path, mcfg: ModelConfig) -> tuple[Any, dict[str, Any]]:
+    """(the loaded GGUF, its `tokenizer.ggml.*` fields); the file must hold a model of `mcfg`'s shape."""
+    from graphir.models.archs import validate
+    from graphir.models.gguf import load_gguf
+
+    f = load_gguf(path)
+    if validate(f) != mcfg.hparams():
+        raise ValueError(f"[train-tiny] {path} holds another model config than this trainer's")
+    return f, {k: v for k, v in f.metadata.items() if k.startswith("tokenizer.ggml.")}
+
+
+def load_gguf_weights(model: Any, f: Any) -> None:
+    """Set the PyTorch model's parameters from a GGUF of the same shape (F16 / F32 values are exact
+    in float32; blk.N.ssm_a becomes A_log = log(-ssm_a))."""
+    torch = import_torch()
+    with torch.no_grad():
+        for key, prm in model.p.items():
+            name = key.replace("__", ".")
+            if name.endswith("A_log"):
+                name = name.removesuffix("A_log") + "ssm_a"
+            arr = np.asarray(f.tensors[name].array(), np.float64).reshape(prm.shape)
+            prm.copy_(torch.from_numpy(np.log(-arr) if name.endswith("ssm_a") else arr))
+
+
+# --------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------
 
 
-def losses(torch: Any, model: Any, windows: Any, mtp_weight: float,
-           chain_weight: float = 0.0) -> tuple[Any, Any, Any, Any]:  # fmt: skip
-    """(total, trunk CE, MTP CE, chained MTP CE or None) of windows (B, T + 1).
+def chain_mask(torch: Any, logits: Any, top_k: int, top_p: float) -> Any:
+    """The sampler's candidate set (models/sampling.py, step 2) of every row, as a bool mask over the
+    vocabulary: the top_k largest logits (0: all), then the smallest prefix of them whose softmax
+    (temperature 1, as the sampler cuts before applying its temperature) reaches top_p."""
+    V = logits.shape[-1]
+    vals, idx = logits.topk(top_k if 0 < top_k < V else V, -1)
+    keep = torch.ones_like(vals, dtype=torch.bool)
+    if top_p < 1.0:
+        e = vals.softmax(-1)
+        keep = e.cumsum(-1) - e < top_p  # the mass before a candidate is still short of top_p
+    return torch.zeros_like(logits, dtype=torch.bool).scatter(-1, idx, keep)
 
-    The chained term trains the head on its own hidden state, as the second draft of a round
-    sees it: the row at position q reads x_q with the head's hidden output m_{q-1} (not the
-    trunk's h_{q-1}) and attends to the head's cache as it stands then: the true rows of
-    positions <= q-1 and itself. Target x_{q+1}.
+
+def distill_kl(torch: Any, student: Any, teacher: Any, temperature: float, top_k: int = 0,
+               top_p: float = 1.0) -> Any:  # fmt: skip
+    """Mean over rows of KL(p || q): p = softmax(teacher / temperature) on the sampler's candidates of
+    the teacher (`chain_mask`; all tokens with top_k 0 and top_p 1), q = softmax(student / temperature)
+    over the whole vocabulary. The teacher gets no gradient. Zero iff q = p (without a cut: iff the
+    logits agree up to a constant per row); with a cut, q also pays for its mass off p's support, where
+    a coupled draft is always rejected."""
+    t = teacher.detach().to(student.dtype) / temperature
+    if top_k or top_p < 1.0:
+        t = t.masked_fill(~chain_mask(torch, teacher.detach(), top_k, top_p), -math.inf)
+    logp = t.log_softmax(-1)
+    logq = (student / temperature).log_softmax(-1)
+    terms = logp.exp() * (logp - logq)
+    return torch.where(torch.isfinite(logp), terms, torch.zeros_like(terms)).sum(-1).mean()
+
+
+def head_steps(torch: Any, model: Any, x: Any, h: Any, depth: int) -> list[Any]:
+    """The head's logits at draft steps 1..depth of a round started at every position: step d has rows
+    for positions q = d..T-1 (token x_q; step 1 reads the trunk's h_{q-1}, step d > 1 the head's own
+    hidden from step d-1, as `Generator._draft` chains), predicting x_{q+1}; (B, T - d, V) each."""
+    kvs: list = []
+    T = x.shape[1]
+    logits, hidden = model.mtp(x[:, 1:], h[:, :-1], torch.arange(1, T), kv_out=kvs)
+    out = [logits]
+    for _ in range(2, depth + 1):
+        kv: list = []
+        logits, hidden = model.mtp_chain_step(x, hidden, kvs, kv_out=kv)
+        kvs.append(kv[0])
+        out.append(logits)
+    return out
+
+
+def losses(torch: Any, model: Any, windows: Any, tcfg: TrainConfig) -> dict[str, Any]:
+    """The loss terms of windows (B, T + 1): {"total", "ce" (trunk), "mtp_ce" (step 1), "chain_ce" (steps
+    2.., mean; when trained), "kl" (per step; when distilling)}.
+
+    total = CE(trunk) (not with freeze_trunk) + mtp_weight * CE(step 1)
+            + mtp_chain_weight * sum_{d=2..mtp_depth} CE(step d) + distill_mtp * sum_d KL_d.
+    Step d > 1 trains the head on its own hidden state, as the d-th draft of a round sees it
+    (`head_steps`; the row at position q reads x_q with the head's hidden output of step d-1 at q-1
+    and attends to the true rows of positions <= q-d+1, the round's earlier chained rows and
+    itself); its hard target is x_{q+1}. KL_d (`distill_kl`) is against the frozen trunk's own
+    next-token distribution at q, the one a verify row draws the token from.
     """
     F = torch.nn.functional
     x, y = windows[:, :-1], windows[:, 1:]
-    kv: list = []
-    T = x.shape[1]
-    logits, h = model.trunk(x)
-    m_logits, m_hidden = model.mtp(x[:, 1:], h[:, :-1], torch.arange(1, T), kv_out=kv)
+    with torch.no_grad() if tcfg.freeze_trunk else contextlib.nullcontext():
+        logits, h = model.trunk(x)
     V = logits.shape[-1]
     ce = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
-    m_ce = F.cross_entropy(m_logits.reshape(-1, V), y[:, 1:].reshape(-1))
-    total = ce + mtp_weight * m_ce
-    c_ce = None
-    if chain_weight > 0:
-        c_logits, _ = model.mtp_chained(x, m_hidden, kv[0])
-        c_ce = F.cross_entropy(c_logits.reshape(-1, V), y[:, 2:].reshape(-1))
-        total = total + chain_weight * c_ce
-    return total, ce, m_ce, c_ce
+    chained = tcfg.mtp_chain_weight > 0 or tcfg.distill_mtp > 0
+    steps = head_steps(torch, model, x, h, tcfg.mtp_depth if chained else 1)
+    total = ce if not tcfg.freeze_trunk else 0.0
+    out: dict[str, Any] = {"ce": ce}
+    step_ce, kl = [], []
+    for d, lg in enumerate(steps, 1):
+        step_ce.append(F.cross_entropy(lg.reshape(-1, V), y[:, d:].reshape(-1)))
+        total = total + (tcfg.mtp_weight if d == 1 else tcfg.mtp_chain_weight) * step_ce[-1]
+        if tcfg.distill_mtp > 0:
+            kl.append(distill_kl(torch, lg, logits[:, d:], tcfg.distill_temp, tcfg.distill_top_k, tcfg.distill_top_p))
+            total = total + tcfg.distill_mtp * kl[-1]
+    out.update(total=total, mtp_ce=step_ce[0])
+    if len(step_ce) > 1:
+        out["chain_ce"] = sum(step_ce[1:]) / (len(step_ce) - 1)
+    if kl:
+        out["kl"] = kl
+    return out
+
+
+def coupled_draw(torch: Any, logits: Any, gumbel: Any, temperature: float, top_k: int, top_p: float) -> Any:
+    """The sampler's draw of every row (models/sampling.py): Gumbel-max over its candidates."""
+    z = logits.double() / temperature + gumbel
+    return z.masked_fill(~chain_mask(torch, logits, top_k, top_p), -math.inf).argmax(-1)
+
+
+def head_acceptance(torch: Any, model: Any, windows: np.ndarray, depth: int, batch: int = 16, seed: int = 0,
+                    temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95) -> dict[str, list[float]]:  # fmt: skip
+    """How often the head's draft at steps 1..depth equals the trunk's draw at the same position, on
+    held-out text (a proxy of speculative acceptance: the earlier drafts are taken as the text's own
+    tokens). "acc_greedy": argmax against argmax; "acc_sampled": coupled draws (the sampler's chain,
+    default graphir generate's, and the SAME Gumbel noise for both, seeded); "kl": distill_kl at the
+    sampler's temperature, full vocabulary."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    n = np.zeros(depth)
+    acc_g, acc_s, kl = np.zeros(depth), np.zeros(depth), np.zeros(depth)
+    with torch.no_grad():
+        for i in range(0, len(windows), batch):
+            x = torch.from_numpy(windows[i : i + batch, :-1])
+            logits, h = model.trunk(x)
+            for d, lg in enumerate(head_steps(torch, model, x, h, depth)):
+                t = logits[:, d + 1 :]
+                u = torch.rand(t.shape, generator=gen, dtype=torch.float64).clamp_(1e-300, 1 - 1e-16)
+                g = -torch.log(-torch.log(u))
+                chain = (temperature, top_k, top_p)
+                n[d] += t.shape[0] * t.shape[1]
+                acc_g[d] += (lg.argmax(-1) == t.argmax(-1)).sum().item()
+                acc_s[d] += (coupled_draw(torch, lg, g, *chain) == coupled_draw(torch, t, g, *chain)).sum().item()
+                kl[d] += distill_kl(torch, lg, t, temperature).item() * t.shape[0] * t.shape[1]
+    model.train()
+    return {"acc_greedy": list(acc_g / n), "acc_sampled": list(acc_s / n), "kl": list(kl / n)}
 
 
 def evaluate(torch: Any, model: Any, windows: np.ndarray, batch: int = 16) -> dict[str, float]:
@@ -329,17 +471,30 @@ def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float
           init_from: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Train (or continue) the run in `out`; returns the run record (also out/run.json).
     init_from: a run directory whose checkpoint's weights start a new run (its optimizer state
-    and step are not taken), e.g. to fine-tune the MTP head with `tcfg.freeze_trunk`."""
+    and step are not taken), e.g. to fine-tune the MTP head with `tcfg.freeze_trunk`; or a GGUF
+    file of this shape (e.g. the shipped model), whose weights and tokenizer the run starts from
+    (the corpus is encoded with that tokenizer; `export` then copies the file's trunk tensors
+    byte for byte when the trunk was frozen)."""
     torch = import_torch()
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     out.mkdir(parents=True, exist_ok=True)
-    fields, tr, va = prepare_data(out, mcfg.n_vocab, tcfg.val_percent, log, corpus_root)
+    src_gguf = vocab = None
+    if init_from is not None and Path(init_from).is_file():
+        src_gguf, vocab = gguf_source(Path(init_from), mcfg)
+        hf = Path(init_from).with_suffix(".tokenizer.json")
+        if hf.exists() and not (out / "tokenizer.hf.json").exists():
+            (out / "tokenizer.hf.json").write_bytes(hf.read_bytes())
+    fields, tr, va = prepare_data(out, mcfg.n_vocab, tcfg.val_percent, log, corpus_root, vocab)
     ckpt_path, record_path = out / "ckpt.pt", out / "run.json"
     cfgs = {"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg)}
     model = build_model(mcfg, tcfg.seed)
     model.chunk = tcfg.chunk
-    if init_from is not None:
+    if src_gguf is not None:
+        if fields != json.loads(json.dumps(vocab)):
+            raise ValueError(f"[train-tiny] {out} holds data encoded with another tokenizer than {init_from}'s")
+        load_gguf_weights(model, src_gguf)
+    elif init_from is not None:
         src = torch.load(Path(init_from) / "ckpt.pt", weights_only=False)
         if src["configs"]["model"] != cfgs["model"]:
             raise ValueError(f"[train-tiny] {init_from} holds another model config")
@@ -354,6 +509,8 @@ def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2))  # fmt: skip
     record: dict[str, Any] = {**cfgs, "history": [], "evals": [], "train_seconds": 0.0}
+    if init_from is not None:
+        record["init_from"] = str(Path(init_from).resolve())
     step = 0
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
@@ -370,6 +527,21 @@ def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float
         f"{tcfg.steps} steps of {tcfg.batch} x {tcfg.seq_len} tokens, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads")  # fmt: skip
     val_w = eval_windows(va, tcfg.eval_windows, tcfg.seq_len)
+
+    def run_eval() -> None:
+        ev: dict[str, Any] = {k: round(v, 4) for k, v in evaluate(torch, model, val_w).items()}
+        if tcfg.freeze_trunk:  # a head-only run is about acceptance: measure its proxy per draft step
+            acc = head_acceptance(torch, model, val_w, max(tcfg.mtp_depth, 1), seed=tcfg.seed)
+            ev.update({k: [round(a, 4) for a in v] for k, v in acc.items()})
+        record["evals"].append({"step": step, **ev})
+        log(f"\nstep {step}: held-out ce {ev['val_ce']:.3f}, MTP ce {ev['val_mtp_ce']:.3f}, MTP agrees with the "
+            f"trunk {ev['mtp_agree']:.1%} ({ev['mtp_agree_conf']:.1%} where p >= 0.5, {ev['mtp_conf_frac']:.0%} of rows)")  # fmt: skip
+        if "acc_sampled" in ev:
+            log("  per draft step: greedy " + " ".join(f"{a:.3f}" for a in ev["acc_greedy"]) + ", coupled sampled "
+                + " ".join(f"{a:.3f}" for a in ev["acc_sampled"]) + ", KL " + " ".join(f"{a:.3f}" for a in ev["kl"]))  # fmt: skip
+
+    if tcfg.freeze_trunk and step == 0 and not record["evals"]:
+        run_eval()  # where the head starts
 
     def save() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
@@ -390,27 +562,27 @@ def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float
         for group in opt.param_groups:
             group["lr"] = lr
         w = torch.from_numpy(batch_at(tr, tcfg.seed, step, tcfg.batch, tcfg.seq_len))
-        loss, ce, m_ce, c_ce = losses(torch, model, w, tcfg.mtp_weight, tcfg.mtp_chain_weight)
+        terms = losses(torch, model, w, tcfg)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        terms["total"].backward()
         gnorm = torch.nn.utils.clip_grad_norm_(list(trained.values()), tcfg.grad_clip).item()
         opt.step()
         step += 1
-        ema = (ce.item(), m_ce.item()) if ema is None else (0.95 * ema[0] + 0.05 * ce.item(),
-                                                           0.95 * ema[1] + 0.05 * m_ce.item())  # fmt: skip
+        # the bar shows the trunk's CE and the head's: its step-1 CE, or its summed KL when distilling
+        now = (terms["ce"].item(), sum(terms["kl"]).item() if "kl" in terms else terms["mtp_ce"].item())
+        ema = now if ema is None else (0.95 * ema[0] + 0.05 * now[0], 0.95 * ema[1] + 0.05 * now[1])
         record["train_seconds"] = t_base + time.perf_counter() - t_start
         if step % 10 == 0 or step == tcfg.steps:
-            record["history"].append({"step": step, "ce": round(ce.item(), 4), "mtp_ce": round(m_ce.item(), 4),
+            record["history"].append({"step": step, "ce": round(now[0], 4), "mtp_ce": round(terms["mtp_ce"].item(), 4),
                                       "lr": lr, "grad_norm": round(gnorm, 3),
                                       "seconds": round(record["train_seconds"], 1)})  # fmt: skip
-            if c_ce is not None:
-                record["history"][-1]["chain_ce"] = round(c_ce.item(), 4)
-        bar.update(step, f"ce {ema[0]:.3f} mtp {ema[1]:.3f} lr {lr:.1e}")
+            if "chain_ce" in terms:
+                record["history"][-1]["chain_ce"] = round(terms["chain_ce"].item(), 4)
+            if "kl" in terms:
+                record["history"][-1]["kl"] = [round(k.item(), 4) for k in terms["kl"]]
+        bar.update(step, f"ce {ema[0]:.3f} {'kl' if 'kl' in terms else 'mtp'} {ema[1]:.3f} lr {lr:.1e}")
         if step % tcfg.eval_every == 0 or step == tcfg.steps:
-            ev = evaluate(torch, model, val_w)
-            record["evals"].append({"step": step, **{k: round(v, 4) for k, v in ev.items()}})
-            log(f"\nstep {step}: held-out ce {ev['val_ce']:.3f}, MTP ce {ev['val_mtp_ce']:.3f}, MTP agrees with the "
-                f"trunk {ev['mtp_agree']:.1%} ({ev['mtp_agree_conf']:.1%} where p >= 0.5, {ev['mtp_conf_frac']:.0%} of rows)")  # fmt: skip
+            run_eval()
         if step % tcfg.ckpt_every == 0 or step == tcfg.steps:
             save()
     bar.close()
@@ -421,7 +593,12 @@ def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float
 def export(out: Path, path: Path, dtype: str = "f16", name: str = "graphir-tiny-qwen35-py") -> Path:
     """Write the checkpoint in `out` as a Qwen3.5 GGUF through graphir's writer, with two files
     beside it: <stem>.run.json (configs, corpus, losses, held-out evaluations) and
-    <stem>.tokenizer.json (the `tokenizers` model the vocabulary was trained as)."""
+    <stem>.tokenizer.json (the `tokenizers` model the vocabulary was trained as).
+
+    A run that started from a GGUF with its trunk frozen exports the head's tensors and copies every
+    other tensor of that file byte for byte (after checking that the checkpoint still holds them), so
+    the trunk's logits are exactly the source's; its run.json is the source's with this run added
+    under "mtp_head_distill" (or "mtp_head_finetune")."""
     torch = import_torch()
     from graphir.models.chat import CHATML
     from graphir.models.gguf_write import write_qwen35
@@ -438,17 +615,59 @@ def export(out: Path, path: Path, dtype: str = "f16", name: str = "graphir-tiny-
     model = build_model(mcfg, 0)
     model.load_state_dict(ck["model"])
     fields = json.loads((out / "tokenizer.json").read_text())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_qwen35(path, mcfg.hparams(), model.gguf_tensors(dt), fields, name=name, chat_template=CHATML)
+    tensors = model.gguf_tensors(dt)
     rec = ck["record"]
+    src = Path(rec.get("init_from", ""))
+    frozen_from_gguf = src.is_file() and ck["configs"]["train"].get("freeze_trunk", False)
+    prev_summary = None
+    if frozen_from_gguf:
+        tensors = trunk_from(src, tensors, mcfg)
+        prev = src.with_suffix(".run.json")
+        prev_summary = json.loads(prev.read_text()) if prev.exists() else {}
+    tmp_path = None
+    if path.exists() and path.resolve() == src.resolve():  # replacing the source itself: write beside, then move
+        tmp_path = path.with_suffix(".tmp.gguf")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_qwen35(tmp_path or path, mcfg.hparams(), tensors, fields, name=name, chat_template=CHATML)
+    if tmp_path is not None:
+        os.replace(tmp_path, path)
     corpus = json.loads((out / "corpus.json").read_text()) if (out / "corpus.json").exists() else {}
     summary = {"configs": ck["configs"], "step": ck["step"], "n_params": rec.get("n_params"),
                "train_seconds": round(rec["train_seconds"], 1), "torch": torch.__version__, "corpus": corpus,
                "evals": rec["evals"], "history": rec["history"][4::5]}  # fmt: skip
+    if prev_summary is not None:
+        stage = {"init_from": src.name, **{k: v for k, v in summary.items() if k not in ("corpus", "n_params")}}
+        stage["configs"] = {"train": ck["configs"]["train"]}
+        key = "mtp_head_distill" if ck["configs"]["train"].get("distill_mtp", 0) > 0 else "mtp_head_finetune"
+        summary = {**prev_summary, key: stage} if prev_summary else {**summary, "init_from": src.name}
     path.with_suffix(".run.json").write_text(json.dumps(summary, indent=1))
     if (out / "tokenizer.hf.json").exists():
         path.with_suffix(".tokenizer.json").write_bytes((out / "tokenizer.hf.json").read_bytes())
     return path
+
+
+def trunk_from(src: Path, tensors: dict[str, tuple[Any, np.ndarray]], mcfg: ModelConfig) -> dict[str, Any]:
+    """`tensors` with every tensor outside the MTP block replaced by the raw bytes of the same tensor
+    in the GGUF `src`; raises if the checkpoint's values of those tensors are not the file's."""
+    from graphir.models.gguf import load_gguf
+    from graphir.types import DType
+
+    f = load_gguf(src)
+    out = dict(tensors)
+    for name, (_, arr) in tensors.items():
+        if is_head_tensor(name, mcfg):
+            continue
+        t = f.tensors.get(name)
+        same = (
+            t is not None
+            and t.dtype is not None
+            and np.allclose(np.asarray(t.array(), np.float64).reshape(arr.shape), arr, rtol=1e-6, atol=0)
+        )
+        if not same:
+            raise ValueError(f"[train-tiny] {name} of the checkpoint differs from {src}'s: not the file the run "
+                             "started from, or a run that trained the trunk")  # fmt: skip
+        out[name] = (DType(t.type_id), np.array(t.data))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,8 +691,33 @@ def add_args(p: argparse.ArgumentParser) -> None:
         default=d.mtp_chain_weight,
         help="weight of the chained-draft MTP loss (default 0: off)",
     )
-    p.add_argument("--init-from", metavar="DIR", help="start from the weights of another run's checkpoint")
+    p.add_argument("--mtp-depth", type=int, default=d.mtp_depth,
+                   help="draft steps the chained / distillation terms cover, the head fed its own hidden state "
+                        f"from step 2 on (default {d.mtp_depth})")  # fmt: skip
+    p.add_argument("--init-from", metavar="DIR|GGUF", help="start from the weights of another run's checkpoint, "
+                   "or of a GGUF of this shape (e.g. the shipped model: its tokenizer too; with --freeze-trunk the "
+                   "export copies its trunk tensors byte for byte)")  # fmt: skip
     p.add_argument("--freeze-trunk", action="store_true", help="train the MTP block only")
+    p.add_argument("--distill-mtp", type=float, default=d.distill_mtp, metavar="W",
+                   help="train the head (needs --freeze-trunk) to match the trunk's own next-token distribution: "
+                        "+ W x KL(trunk || head) at every draft step 1..--mtp-depth, both at --distill-temp, "
+                        "which raises coupled-sampling acceptance (default 0: off; the hard-label terms "
+                        "--mtp-weight / --mtp-chain-weight still apply, set them to 0 for pure distillation)")  # fmt: skip
+    p.add_argument(
+        "--distill-temp",
+        type=float,
+        default=d.distill_temp,
+        help=f"temperature of both distributions (default {d.distill_temp}, the default sampler's)",
+    )
+    p.add_argument(
+        "--distill-top-k",
+        type=int,
+        default=d.distill_top_k,
+        help="take the trunk's distribution on its top-k candidates only (default 0: all)",
+    )
+    p.add_argument(
+        "--distill-top-p", type=float, default=d.distill_top_p, help="... and on its top-p nucleus (default 1: no cut)"
+    )
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (default: torch's)")
     p.add_argument("--no-resume", action="store_true", help="start over even if out/ has a checkpoint")
@@ -494,7 +738,9 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
         mcfg = ModelConfig()
         tcfg = TrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, seq_len=args.seq_len, lr=args.lr,
                            warmup=args.warmup, mtp_weight=args.mtp_weight, mtp_chain_weight=args.mtp_chain_weight,
-                           freeze_trunk=args.freeze_trunk, threads=args.threads)  # fmt: skip
+                           freeze_trunk=args.freeze_trunk, threads=args.threads, mtp_depth=args.mtp_depth,
+                           distill_mtp=args.distill_mtp, distill_temp=args.distill_temp,
+                           distill_top_k=args.distill_top_k, distill_top_p=args.distill_top_p)  # fmt: skip
         rec = train(out, mcfg, tcfg, time_budget=args.time_budget, resume=not args.no_resume,
                     init_from=Path(args.init_from) if args.init_from else None)  # fmt: skip
         if rec["evals"]:

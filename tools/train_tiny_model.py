@@ -215,11 +215,22 @@ def build_model(cfg: Any, seed: int) -> Any:
             """The head's second draft step at every position q = 2..T-1: token x_q with the head's
             own hidden m_{q-1} (m_hidden, (B, T-1, E), rows = positions 1..T-1), attending to the
             true rows' keys/values `kv` of positions <= q-1 and its own. -> logits, hidden (B, T-2, .)"""
-            T = tokens.shape[1]
-            n_true, n_chain = T - 1, T - 2
-            mask = torch.cat([torch.ones(n_chain, n_true, dtype=torch.bool).tril(),
-                              torch.eye(n_chain, dtype=torch.bool)], 1)  # fmt: skip
-            return self.mtp(tokens[:, 2:], m_hidden[:, :-1], torch.arange(2, T), ctx=(*kv, mask))
+            return self.mtp_chain_step(tokens, m_hidden, [kv])
+
+        def mtp_chain_step(self, tokens: Any, hidden: Any, kvs: list, kv_out: list | None = None) -> tuple[Any, Any]:
+            """Draft step d = len(kvs) + 1 >= 2 at every position q = d..T-1, as a round that drafted
+            from position q-d+1 computes it: token x_q with the previous step's hidden at q-1 (hidden,
+            rows = positions d-1..T-1), attending to the true rows of positions <= q-d+1 (kvs[0],
+            rows = positions 1..T-1), the earlier chained rows of the same round (kvs[j], step j+1,
+            rows = positions j+1..: the same row index as this row) and itself. kv_out receives
+            this step's (k, v). -> logits, hidden (B, T-d, .)"""
+            T, d = tokens.shape[1], len(kvs) + 1
+            n = T - d
+            eye = torch.eye(n, dtype=torch.bool)
+            mask = torch.cat([torch.ones(n, T - 1, dtype=torch.bool).tril(), *[eye] * (d - 1)], 1)
+            k = torch.cat([kvs[0][0], *[kv[0][:, :n] for kv in kvs[1:]]], 1)
+            v = torch.cat([kvs[0][1], *[kv[1][:, :n] for kv in kvs[1:]]], 1)
+            return self.mtp(tokens[:, d:], hidden[:, :n], torch.arange(d, T), ctx=(k, v, mask), kv_out=kv_out)
 
         # ---- export -------------------------------------------------------------------------
         def gguf_tensors(self, dtype: Any) -> dict[str, tuple[Any, np.ndarray]]:

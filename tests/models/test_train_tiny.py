@@ -128,6 +128,92 @@ def test_freeze_trunk_trains_the_head_only(run_dir: Path, tmp_path: Path) -> Non
     assert not all(torch.equal(a[k], b[k]) for k in b if k.startswith(head))
 
 
+def test_chain_steps_equal_the_speculative_protocol(run_dir: Path) -> None:
+    """`head_steps` step 3 is the third draft of a round: graphir's MTP context fed the true rows
+    1..q-2, then x_{q-1} with the head's hidden of step 1 at q-2, then x_q with the hidden of that
+    step-2 row, gives PyTorch's step-3 logits for position q."""
+    path = tt.export(run_dir, run_dir / "chain3-f32.gguf", "f32")
+    tm = ttm.build_model(SMALL, 0)
+    tm.load_state_dict(torch.load(run_dir / "ckpt.pt", weights_only=False)["model"])
+    tm.double().eval()
+    toks = np.fromfile(run_dir / "val.u16", np.uint16)[:24].astype(np.int64)
+    x = torch.from_numpy(toks)[None]
+    with torch.no_grad():
+        _, h = tm.trunk(x)
+        steps = tt.head_steps(torch, tm, x, h, 3)
+        _, m_hidden = tm.mtp(x[:, 1:], h[:, :-1], torch.arange(1, len(toks)))
+    assert [s.shape[1] for s in steps] == [23, 22, 21]
+    h, m_hidden, want = h[0].numpy(), m_hidden[0].numpy(), steps[2][0].numpy()
+    mtp = MtpContext(Model.load(path), n_ctx=64, type_k="f32", type_v="f32")
+    for q in (3, 9, 23):
+        mtp.clear()
+        mtp.decode(Batch(toks[1 : q - 1].tolist(), embd=h[: q - 2], pos=np.arange(1, q - 1)))  # true rows 1..q-2
+        step2 = mtp.decode(Batch([int(toks[q - 1])], embd=m_hidden[q - 3 : q - 2], pos=[q - 1]))
+        got = mtp.decode(Batch([int(toks[q])], embd=step2.hidden[:1], pos=[q])).logits[0]
+        assert np.abs(got - want[q - 3]).max() <= 1e-5 * max(1.0, np.abs(want[q - 3]).max()), q
+
+
+def test_distill_kl_is_the_kl_of_the_samplers_distributions() -> None:
+    from graphir.models.sampling import Sampler, SamplerConfig
+
+    g = torch.Generator().manual_seed(0)
+    teacher = 3 * torch.randn(5, 64, generator=g, dtype=torch.float64)
+    student = 3 * torch.randn(5, 64, generator=g, dtype=torch.float64)
+    assert tt.distill_kl(torch, teacher.clone(), teacher, 0.8).item() == pytest.approx(0.0, abs=1e-12)
+    assert tt.distill_kl(torch, teacher + 2.5, teacher, 0.8).item() == pytest.approx(0.0, abs=1e-12)  # shift-free
+    for top_k, top_p in ((0, 1.0), (10, 1.0), (40, 0.9), (0, 0.5)):
+        cfg = SamplerConfig(temperature=0.8, top_k=top_k, top_p=top_p)
+        want = 0.0
+        for t, s in zip(teacher.numpy(), student.numpy()):
+            ids, p = Sampler(cfg).probs(t)  # the sampler's chain: its candidates and their probabilities
+            mask = tt.chain_mask(torch, torch.from_numpy(t), top_k, top_p).numpy()
+            assert set(np.flatnonzero(mask)) == set(ids.tolist())
+            logq = s / 0.8 - np.log(np.exp(s / 0.8).sum())
+            want += (p * (np.log(p) - logq[ids])).sum() / len(teacher)
+        got = tt.distill_kl(torch, student, teacher, 0.8, top_k, top_p).item()
+        assert got == pytest.approx(want, rel=1e-9) and got > 0.1
+    s = student.clone().requires_grad_()
+    t = teacher.clone().requires_grad_()
+    tt.distill_kl(torch, s, t, 0.8).backward()
+    assert t.grad is None and s.grad.abs().sum() > 0  # the teacher is a target, never trained
+
+
+def test_distillation_from_a_gguf_trains_only_the_head_and_exports_the_trunk_verbatim(run_dir: Path,
+                                                                                         tmp_path: Path) -> None:  # fmt: skip
+    from graphir.models.gguf import load_gguf
+
+    src = tt.export(run_dir, tmp_path / "src.gguf", "f16")
+    cfg = tt.TrainConfig(**{**RUN.__dict__, "steps": 2, "freeze_trunk": True, "distill_mtp": 1.0, "mtp_weight": 0.0,
+                            "mtp_depth": 3})  # fmt: skip
+    out = tmp_path / "distill"
+    rec = tt.train(out, SMALL, cfg, corpus_root=CORPUS, log=quiet, init_from=src)
+    assert len(rec["history"][-1]["kl"]) == 3 and len(rec["evals"][-1]["acc_sampled"]) == 3
+    assert rec["evals"][0]["step"] == 0  # where the head started
+    # the loss reaches the head's parameters only
+    tm = ttm.build_model(SMALL, 0)
+    tm.load_state_dict(torch.load(out / "ckpt.pt", weights_only=False)["model"])
+    head = f"blk__{SMALL.n_layer}__"
+    for name, prm in tm.p.items():
+        prm.requires_grad_(name.startswith(head))
+    w = torch.from_numpy(tt.batch_at(np.fromfile(out / "train.u16", np.uint16), 0, 0, 2, 32))
+    terms = tt.losses(torch, tm, w, cfg)
+    terms["total"].backward()
+    assert all(p.grad is None for n, p in tm.p.items() if not n.startswith(head))
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in tm.p.items() if n.startswith(head))
+    # the export: the source's trunk bytes, a new head, the source's record with this run added
+    dst = tt.export(out, tmp_path / "dst.gguf", "f16")
+    a, b = load_gguf(src), load_gguf(dst)
+    assert list(a.tensors) == list(b.tensors) and a.metadata == b.metadata
+    for name, t in a.tensors.items():
+        same = bytes(t.data) == bytes(b.tensors[name].data)
+        assert same != name.startswith(f"blk.{SMALL.n_layer}."), name
+    summary = json.loads(dst.with_suffix(".run.json").read_text())
+    assert summary["evals"] == json.loads(src.with_suffix(".run.json").read_text())["evals"]
+    assert summary["mtp_head_distill"]["configs"]["train"]["distill_mtp"] == 1.0
+    with pytest.raises(ValueError, match="--freeze-trunk"):
+        tt.TrainConfig(distill_mtp=1.0)
+
+
 def test_export_writes_ssm_a_and_keeps_1d_tensors_f32(run_dir: Path) -> None:
     from graphir.models.gguf import load_gguf
 
