@@ -117,6 +117,13 @@ class Backend(ABC):
         """A host copy of t (numpy shape (ne3, ne2, ne1, ne0); raw rows for quantized)."""
         return np_view(self.read_bytes(place.buffer, place.offset, t.nbytes), 0, t).copy()
 
+    def host_view(self, place: Place, t: Tensor) -> np.ndarray | None:
+        """A numpy view (shape (ne3, ne2, ne1, ne0), t's numpy dtype) of t's bytes at `place` when
+        they live in this process's memory, else None (the default). With a view, `Plan.set_input`
+        and `Plan.get` copy through it directly (no backend call per input: decode steps set a
+        handful of small inputs on every run); the backend is still synchronized before a read."""
+        return None
+
     @abstractmethod
     def write_bytes(self, buffer: Buffer, offset: int, data: np.ndarray) -> None:
         """Write raw bytes (a uint8 array) into buffer at offset."""

@@ -8,6 +8,7 @@ import numpy as np
 
 from graphir.layout import host_array, np_view
 from graphir.tensor import Tensor
+from graphir.types import DType
 
 from .base import Backend, Buffer, Place
 
@@ -26,6 +27,10 @@ class HostMemoryBackend(Backend):
 
     def get_tensor(self, place: Place, t: Tensor) -> np.ndarray:
         return self.view(place, t).copy()
+
+    def host_view(self, place: Place, t: Tensor) -> np.ndarray | None:
+        # plain numeric types only: BF16 and block types need a conversion on the way in
+        return self.view(place, t) if t.type in (DType.F32, DType.F16, DType.I32) else None
 
     def write_bytes(self, buffer: Buffer, offset: int, data: np.ndarray) -> None:
         raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)

@@ -82,6 +82,8 @@ def int_array(where: str, name: str, values: object, error: type[Exception] = Va
         bad = next((i for i, v in enumerate(arr.tolist()) if not is_int(v)), 0)
         raise error(f"[{where}] {name} must be integers, got dtype {arr.dtype} ({name}[{bad}] = {show(arr[bad])})")
     # NOTE: checked before the cast to int64, so a uint64 id is reported as given
+    if arr.max() <= hi and (arr.dtype.kind == "u" or arr.min() >= -(2**31)):
+        return arr.astype(np.int64)
     out = np.flatnonzero((arr > hi) | (arr < -(2**31))) if arr.dtype.kind == "i" else np.flatnonzero(arr > hi)
     if out.size:
         i = int(out[0])

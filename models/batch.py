@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -87,6 +88,7 @@ class Batch:
     pos: np.ndarray
     seq_id: np.ndarray
     output: np.ndarray
+    seqs: tuple[int, ...]  # sequence ids in order of first appearance
 
     def __init__(self, tokens=None, embd=None, *, pos, seq_id=0, output=None) -> None:
         if tokens is None and embd is None:
@@ -107,15 +109,30 @@ class Batch:
             seq = np.full(n, int_arg("batch", "seq_id", seq_id, hi=INT32_MAX, error=BatchError), np.int64)
         else:
             seq = _int_array("seq_id", seq_id, n)
-        if output is None:
-            out = np.zeros(n, bool)
-            for s in np.unique(seq):
-                out[np.flatnonzero(seq == s)[-1]] = True
+        if output is not None:
+            output = _output_array(output, n)
+        self._init(tokens, embd, pos, seq, output)
+
+    def _init(self, tokens: np.ndarray | None, embd: np.ndarray | None, pos: np.ndarray, seq: np.ndarray,
+              out: np.ndarray | None) -> None:  # fmt: skip
+        """Set the normalized arrays (output None: the last token of each sequence), then check the order."""
+        single = seq[0] == seq[-1] and (seq.shape[0] < 3 or (seq == seq[0]).all())
+        if single:  # the common case (one sequence): no sort
+            seqs = (int(seq[0]),)
         else:
-            out = _output_array(output, n)
-        for name, val in (("tokens", tokens), ("embd", embd), ("pos", pos), ("seq_id", seq), ("output", out)):
+            _, first = np.unique(seq, return_index=True)
+            seqs = tuple(int(seq[i]) for i in sorted(first))
+        if out is None:
+            out = np.zeros(seq.shape[0], bool)
+            if single:
+                out[-1] = True
+            else:
+                for s in seqs:
+                    out[np.flatnonzero(seq == s)[-1]] = True
+        for name, val in (("tokens", tokens), ("embd", embd), ("pos", pos), ("seq_id", seq), ("output", out),
+                          ("seqs", seqs)):  # fmt: skip
             object.__setattr__(self, name, val)
-        self._check_order()
+        self._check_order(single)
 
     @classmethod
     def simple(cls, tokens: Sequence[int], pos0: int = 0, seq_id: int = 0, all_outputs: bool = False) -> Batch:
@@ -124,27 +141,30 @@ class Batch:
         n = len(tokens)
         pos0 = int_arg("batch", "pos0", pos0, None, INT32_MAX - max(n - 1, 0), BatchError)  # < 0: _check_order says
         all_outputs = bool_arg("batch", "all_outputs", all_outputs, BatchError)
-        return cls(
-            tokens, pos=np.arange(pos0, pos0 + n), seq_id=seq_id, output=np.ones(n, bool) if all_outputs else None
-        )
+        if n == 0:
+            _fail("is empty (n_tokens == 0)")
+        seq = np.full(n, int_arg("batch", "seq_id", seq_id, hi=INT32_MAX, error=BatchError), np.int64)
+        batch = object.__new__(cls)
+        batch._init(tokens, None, np.arange(pos0, pos0 + n, dtype=np.int64), seq,
+                    np.ones(n, bool) if all_outputs else None)  # fmt: skip
+        return batch
 
     @property
     def n_tokens(self) -> int:
         return int(self.pos.shape[0])
 
-    @property
-    def seqs(self) -> list[int]:
-        """Sequence ids in order of first appearance."""
-        _, first = np.unique(self.seq_id, return_index=True)
-        return [int(self.seq_id[i]) for i in sorted(first)]
-
-    def _check_order(self) -> None:
-        bad = np.flatnonzero(self.pos < 0)
-        if bad.size:
-            _fail(f"token {bad[0]} has pos {self.pos[bad[0]]}; positions must be >= 0")
-        bad = np.flatnonzero(self.seq_id < 0)
-        if bad.size:
-            _fail(f"token {bad[0]} has seq_id {self.seq_id[bad[0]]}; sequence ids must be >= 0")
+    def _check_order(self, single: bool) -> None:
+        """Positions >= 0, sequence ids >= 0, each sequence's positions consecutive and increasing
+        (single: the batch holds one sequence)."""
+        if self.pos.min() < 0:
+            bad = int(np.flatnonzero(self.pos < 0)[0])
+            _fail(f"token {bad} has pos {self.pos[bad]}; positions must be >= 0")
+        if self.seq_id.min() < 0:
+            bad = int(np.flatnonzero(self.seq_id < 0)[0])
+            _fail(f"token {bad} has seq_id {self.seq_id[bad]}; sequence ids must be >= 0")
+        n = self.pos.shape[0]
+        if single and (n == 1 or self.pos[-1] - self.pos[0] == n - 1 and (n == 2 or (np.diff(self.pos) == 1).all())):
+            return
         for s in self.seqs:
             idx = np.flatnonzero(self.seq_id == s)
             step = np.diff(self.pos[idx])
@@ -156,10 +176,10 @@ class Batch:
 
     def check(self, n_seq_max: int, n_vocab: int | None = None, n_embd: int | None = None) -> None:
         """The checks that need the context: seq ids < n_seq_max, token ids < n_vocab, embd width."""
-        bad = np.flatnonzero(self.seq_id >= n_seq_max)
-        if bad.size:
+        if max(self.seqs) >= n_seq_max:
+            bad = np.flatnonzero(self.seq_id >= n_seq_max)
             _fail(f"token {bad[0]} has seq_id {self.seq_id[bad[0]]}, must be in [0, {n_seq_max}) (n_seq_max)")
-        if n_vocab is not None and self.tokens is not None:
+        if n_vocab is not None and self.tokens is not None and (self.tokens.min() < 0 or self.tokens.max() >= n_vocab):
             bad = np.flatnonzero((self.tokens < 0) | (self.tokens >= n_vocab))
             if bad.size:
                 _fail(f"token {bad[0]} has id {self.tokens[bad[0]]}, must be in [0, {n_vocab}) (n_vocab)")
@@ -221,17 +241,17 @@ class UBatch:
     def n_tokens(self) -> int:
         return int(self.idx.shape[0])
 
-    @property
+    @cached_property
     def seq_id(self) -> np.ndarray:
         """int64 (n_tokens,) the sequence of each row."""
         return np.repeat(np.asarray(self.seqs, np.int64), self.n_seq_tokens)
 
-    @property
+    @cached_property
     def out_rows(self) -> np.ndarray:
         """int32 rows (within the ubatch) whose outputs were asked for: the graph's `out_ids`."""
         return np.flatnonzero(self.output).astype(np.int32)
 
-    @property
+    @cached_property
     def out_idx(self) -> np.ndarray:
         """int64 batch indices of `out_rows`, in the same order (to scatter outputs back)."""
         return self.idx[self.output]
@@ -262,6 +282,8 @@ def split(batch: Batch, n_ubatch: int, n_rs_seq: int = 0) -> list[UBatch]:
         raise BatchError(f"[split] n_ubatch ({n_ubatch}) must be >= 1 + n_rs_seq ({tail}): "
                          "the tokens a rollback may undo must fit one ubatch")  # fmt: skip
     order = batch.seqs
+    if len(order) == 1 and batch.n_tokens <= n_ubatch:  # the common case: the whole batch is one ubatch
+        return [UBatch.from_batch(batch, order, np.arange(batch.n_tokens), True)]
     rows = {s: np.flatnonzero(batch.seq_id == s) for s in order}
     done = dict.fromkeys(order, 0)
     out: list[UBatch] = []

@@ -373,9 +373,9 @@ class _FirstNonFinite:
 
 def _check_finite(rows: np.ndarray, what: str, ub: UBatch, finder: _FirstNonFinite | None) -> None:
     """NonFiniteError naming the first output row of `ub` with a NaN or an infinity in `rows`."""
-    bad = ~np.isfinite(rows).all(axis=1)
-    if not bad.any():
+    if np.isfinite(rows).all():
         return
+    bad = ~np.isfinite(rows).all(axis=1)
     r = int(np.flatnonzero(bad)[0])
     row = int(ub.out_rows[r])
     kind = "NaN" if np.isnan(rows[r]).any() else "inf"

@@ -143,22 +143,20 @@ class GraphInputs:
         rope components here), tokens (n_tokens,), embd (n_tokens, n_embd), out_ids (n_outputs,),
         kv_slots (n_tokens,), kq_mask (n_mask_rows, n_kv), rs_src (n_seqs,), rs_dst (n_planes, n_seqs).
         Every input the graph has must be given; ValueError names a missing or misshaped one."""
-        values = {"tokens": tokens, "embd": embd, "pos": np.tile(np.asarray(pos), 4),
-                  "out_ids": out_ids, "kv_slots": kv_slots, "kq_mask": kq_mask, "rs_src": rs_src,
-                  "rs_dst": rs_dst}  # fmt: skip
-        for name, value in values.items():
+        values = (("tokens", tokens), ("embd", embd), ("pos", pos), ("out_ids", out_ids), ("kv_slots", kv_slots),
+                  ("kq_mask", kq_mask), ("rs_src", rs_src), ("rs_dst", rs_dst))  # fmt: skip
+        for name, value in values:
             t = getattr(self, name)
             if t is None:
                 continue
             if value is None:
                 raise ValueError(f"[graph] input {name} {list(t.ne)} needs a value")
-            dtype = np.float32 if t.type == gr.F32 else np.int32
-            arr = np.ascontiguousarray(value, dtype=dtype)
-            if arr.size != t.nelements:
-                raise ValueError(
-                    f"[graph] input {name} must have {t.nelements} values ne={list(t.ne)}, got {arr.shape}"
-                )
-            plan.set_input(t, arr.reshape(-1))
+            if name == "pos":
+                value = np.tile(np.asarray(value), 4)
+            if np.size(value) != t.nelements:
+                raise ValueError(f"[graph] input {name} must have {t.nelements} values ne={list(t.ne)}, "
+                                 f"got {np.shape(value)}")  # fmt: skip
+            plan.set_input(t, value)
 
     def set_from(self, plan: gr.Plan, ubi: UBatchInputs) -> None:
         """Write the values of the memory's inputs for one ubatch. ubi.kv.k_shift, ubi.rs.copies and

@@ -148,28 +148,36 @@ class Plan:
         return twin
 
     # ---- data ----
-    def _io(self, t: Tensor, home: bool) -> tuple[Backend, Place]:
-        """(backend, place) through which t is written (home) or read (where it is computed),
-        memoized: decode steps set and read the same tensors on every run."""
+    def _io(self, t: Tensor, home: bool) -> tuple[Backend, Place, np.ndarray | None]:
+        """(backend, place, host view or None) through which t is written (home) or read (where it
+        is computed), memoized: decode steps set and read the same tensors on every run."""
         key = (t, home)
         hit = self._io_cache.get(key)
         if hit is None:
             be = self.schedule.home[storage_of(t)] if home else self.backend_of(t)
-            hit = self._io_cache[key] = (be, self.place(t, be))
+            place = self.place(t, be)
+            hit = self._io_cache[key] = (be, place, be.host_view(place, t))
         return hit
 
     def set_input(self, t: Tensor | str, data: np.ndarray) -> None:
         """Write host data into an input tensor (numpy shape (ne3, ne2, ne1, ne0) or flat)."""
         t = self._tensor(t)
-        be, place = self._io(t, True)
-        be.set_tensor(place, t, data)
+        be, place, view = self._io(t, True)
+        if view is None:
+            be.set_tensor(place, t, data)
+            return
+        data = np.asarray(data)
+        if data.size != view.size:
+            raise ValueError(f"[plan] {t.name or t.op.value}: expected {view.size} elements for ne={list(t.ne)}, "
+                             f"got an array of shape {data.shape}")  # fmt: skip
+        np.copyto(view, data.reshape(view.shape), casting="unsafe")  # as host_array/set_tensor convert
 
     def get(self, t: Tensor | str) -> np.ndarray:
         """A host copy of t after a run, numpy shape (ne3, ne2, ne1, ne0)."""
         t = self._tensor(t)
-        be, place = self._io(t, False)
+        be, place, view = self._io(t, False)
         be.synchronize()
-        return be.get_tensor(place, t)
+        return be.get_tensor(place, t) if view is None else view.copy()
 
     # ---- run ----
     def run(self, callback: EvalCallback | None = None) -> None:

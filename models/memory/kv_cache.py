@@ -86,6 +86,9 @@ class KVCache(MemoryComponent):
     @staticmethod
     def _find_slot(free: np.ndarray, n: int) -> np.ndarray | None:
         """n free cells: the first contiguous run if there is one, else the lowest free cells."""
+        if n == 1:
+            i = int(free.argmax())
+            return np.array([i]) if free[i] else None
         c = np.concatenate([[0], np.cumsum(free)])
         runs = np.flatnonzero(c[n:] - c[:-n] == n) if n <= free.shape[0] else []
         if len(runs):
@@ -100,37 +103,44 @@ class KVCache(MemoryComponent):
     # ---- plan / commit --------------------------------------------------------------------
     def _plan(self, ubatches: Sequence[UBatch]) -> list[np.ndarray]:
         check_continuity("kv_cache", ubatches, self._seq_pos_max)
-        free = self.pos < 0
-        n_free, need = int(free.sum()), sum(ub.n_tokens for ub in ubatches)
+        free = self.pos < 0  # a fresh array: marked as the ubatches take their slots
         plan = []
         for i, ub in enumerate(ubatches):
             slots = self._find_slot(free, ub.n_tokens)
             if slots is None:
+                n_free, need = int((self.pos < 0).sum()), sum(u.n_tokens for u in ubatches)
                 raise MemoryFullError(f"[kv_cache] context full: need {need} cells, {n_free} free "
                                       f"(n_ctx={self.n_ctx}; ubatch {i} of {ub.n_tokens} tokens does not fit)")  # fmt: skip
-            free = free.copy()
             free[slots] = False
             plan.append(slots.astype(np.int32))
         return plan
 
     def _commit(self, ubatch: UBatch, slots: np.ndarray) -> KVInputs:
         self.pos[slots] = ubatch.pos
-        self.shift[slots] = 0
         self.seqs[slots] = False
         self.seqs[slots, ubatch.seq_id] = True
-        k_shift = self.shift.astype(np.int32) if self.has_shift else None
-        self.shift[:] = 0
-        self.has_shift = False
-        bound = int(np.flatnonzero(self.pos >= 0)[-1]) + 1
-        return KVInputs(self.n_kv_for(bound), slots, self.mask(ubatch, self.n_kv_for(bound)), k_shift)
+        k_shift = None
+        if self.has_shift:  # (without one, shift is all zero)
+            self.shift[slots] = 0
+            k_shift = self.shift.astype(np.int32)
+            self.shift[:] = 0
+            self.has_shift = False
+        used = self.pos >= 0
+        bound = used.shape[0] - int(used[::-1].argmax())  # one past the last used cell (slots are used)
+        n_kv = self.n_kv_for(bound)
+        return KVInputs(n_kv, slots, self.mask(ubatch, n_kv), k_shift)
 
     def mask(self, ubatch: UBatch, n_kv: int) -> np.ndarray:
         """F32 numpy (n_tokens_pad, n_kv): 0 where row t may see cell c (c holds t's sequence at a
         position <= t's), -inf elsewhere; rows past n_tokens are padding (-inf)."""
         n = ubatch.n_tokens
-        out = np.full((_round_up(n, self.mask_row_pad), n_kv), -np.inf, np.float32)
-        see = self.seqs[:n_kv][:, ubatch.seq_id].T & (self.pos[None, :n_kv] <= ubatch.pos[:, None])
-        out[:n][see] = 0.0
+        if ubatch.n_seqs == 1:  # one sequence: one column of seqs
+            see = self.seqs[:n_kv, ubatch.seqs[0]][None, :] & (self.pos[None, :n_kv] <= ubatch.pos[:, None])
+        else:
+            see = self.seqs[:n_kv][:, ubatch.seq_id].T & (self.pos[None, :n_kv] <= ubatch.pos[:, None])
+        out = np.where(see, np.float32(0.0), np.float32(-np.inf))
+        if out.shape[0] != _round_up(n, self.mask_row_pad):  # padding rows see nothing
+            out = np.concatenate([out, np.full((_round_up(n, self.mask_row_pad) - n, n_kv), -np.inf, np.float32)])
         return out
 
     def _reserve(self, ubatch: UBatch) -> KVInputs:

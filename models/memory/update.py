@@ -32,6 +32,8 @@ def build_state_update(hp: Qwen35HParams, state: StateTensors, *, copies: Sequen
     - k_shift (n_ctx,) per-cell position deltas (`KVInputs.k_shift`): the K rows of those cells
       are re-rotated by their delta (rotations compose, so K then sits at its new position).
     """
+    if not copies and not zero_rows and (k_shift is None or not np.any(k_shift)):
+        return None  # the usual case: nothing pending
     gf = gr.Graph()
     const = _Constants()
     for kind, states in (("r", state.r_l), ("s", state.s_l)):

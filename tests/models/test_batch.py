@@ -118,7 +118,7 @@ def test_split_rejects_small_ubatch() -> None:
 def test_batch_defaults() -> None:
     b = Batch([5, 6, 7, 8], pos=[0, 1, 3, 4], seq_id=[0, 0, 1, 1])
     assert b.output.tolist() == [False, True, False, True], "default: the last token of each sequence"
-    assert b.seqs == [0, 1] and b.n_tokens == 4
+    assert b.seqs == (0, 1) and b.n_tokens == 4
     e = Batch(embd=np.zeros((3, 8)), pos=[2, 3, 4])
     assert e.tokens is None and e.seq_id.tolist() == [0, 0, 0] and e.embd.dtype == np.float32
     s = Batch.simple([1, 2, 3], pos0=7, seq_id=2, all_outputs=True)

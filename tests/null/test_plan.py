@@ -164,6 +164,28 @@ def test_get_returns_a_copy() -> None:
     close(plan.get("out"), want["out"])
 
 
+@pytest.mark.parametrize("backend", ["cpu", "ref"])
+def test_inputs_through_the_host_view(backend: str) -> None:
+    """Host-memory backends set inputs through a cached numpy view: the values land (flat or
+    4-d, int64 converted as set_tensor converts), a later set overwrites them, and a wrong
+    size is refused by name without touching the input."""
+    g = build()
+    plan = gr.compile(g, [backend], cache=False)
+    x, b = data(7)
+    plan.set_input("x", x.reshape(-1))  # flat
+    plan.set_input("b", b)
+    plan.run()
+    close(plan.get("out"), reference(x, b)["out"])
+    x2, _ = data(8)
+    plan.set_input("x", x2.astype(np.float64))  # converted on the way in
+    plan.run()
+    close(plan.get("out"), reference(x2, b)["out"])
+    with pytest.raises(ValueError, match="x"):
+        plan.set_input("x", np.zeros(N + 1, np.float32))
+    plan.run()
+    close(plan.get("out"), reference(x2, b)["out"])
+
+
 # ---- eval callback --------------------------------------------------------------------
 
 
