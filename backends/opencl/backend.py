@@ -33,6 +33,9 @@ class OpenCLBackend(Backend):
         self.ctx = cl.Context([dev])
         self.queue = cl.CommandQueue(self.ctx)  # in order
         self.programs = runtime.Programs(self.ctx)
+        # a CPU device (PoCL) runs mat-vec products one work-item per row: its work-group barriers cost more
+        # than the row's sum (kernels.py _mat_vec)
+        self.item_rows = bool(dev.type & cl.device_type.CPU)
 
     def describe(self) -> str:
         return f"opencl ({self.device.name.strip()}, {self.device.platform.name.strip()})"

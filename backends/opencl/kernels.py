@@ -178,6 +178,10 @@ MM_WG = 16  # mul_mat's work-group: each item takes every 16th unit of 16 elemen
 # the tiled (several-token) mul_mat: rows of a x tokens of b per work-item, work-items per
 # work-group along rows x tokens, 16-element units of K staged per step
 MM_TILE, MM_TILE_WG, MM_TILE_KC = (4, 8), (4, 4), 16
+# up to this many tokens mul_mat stays on the mat-vec kernel, a's row read once per block of tokens:
+# a verify batch then costs about one decode (the tiled kernel took 5x a decode at 2 tokens on PoCL)
+# and sums each row as a single-token decode does (bit-identical speculative decoding)
+MM_VEC_MAX_N = 8
 
 
 def _mul_mat_defines(a: Tensor, b: Tensor) -> dict:
@@ -195,7 +199,8 @@ def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> Call:
     a, b = node.src
     defines = _mul_mat_defines(a, b)
     args = tensor_args(srcs[0], a) + tensor_args(srcs[1], b) + tensor_args(dst, node)
-    if b.ne[1] > 1 and "B_CONTIG" in defines and ("DEQ" in defines or "A_CONTIG" in defines):
+    n_tok = b.ne[1]
+    if n_tok > MM_VEC_MAX_N and "B_CONTIG" in defines and ("DEQ" in defines or "A_CONTIG" in defines):
         # several tokens: a block of d per work-group, a's rows staged once per group (mul_mat_tiled.cl)
         (tm, tn), (wm, wn) = MM_TILE, MM_TILE_WG
         defines.update(TILE_M=tm, TILE_N=tn, WG_M=wm, WG_N=wn, KC=MM_TILE_KC)
@@ -203,16 +208,26 @@ def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> Call:
         k = _set(be.programs.kernel("mul_mat_tiled.cl", "mul_mat_tiled", defines), *args)
         groups = -(-node.ne[0] // (wm * tm)) * -(-node.ne[1] // (wn * tn)) * node.ne[2] * node.ne[3]
         return be.launch(k, groups * wm * wn, wm * wn)
-    k = _set(be.programs.kernel("mul_mat.cl", "mul_mat", defines), *args)
-    return be.launch(k, node.nelements * MM_WG, MM_WG)
+    nt = min(n_tok, MM_VEC_MAX_N)
+    if nt > 1:
+        defines["NT"] = nt
+    return _mat_vec(be, "mul_mat", defines, args, node.ne[0] * -(-node.ne[1] // nt) * node.ne[2] * node.ne[3])
+
+
+def _mat_vec(be, name: str, defines: dict, args: list, rows: int) -> Call:
+    """mul_mat.cl's kernel over `rows` (row, token block) pairs: one work-item each on a CPU device
+    (ITEM_ROWS), else one work-group of MM_WG items each."""
+    if be.item_rows:
+        defines["ITEM_ROWS"] = None
+    k = _set(be.programs.kernel("mul_mat.cl", name, defines), *args)
+    return be.launch(k, rows) if be.item_rows else be.launch(k, rows * MM_WG, MM_WG)
 
 
 def _mul_mat_id(be, node: Tensor, dst: Place, srcs: list) -> Call:
     a, b, ids = node.src
     defines = _mul_mat_defines(a, b)
     args = tensor_args(srcs[0], a) + tensor_args(srcs[1], b) + tensor_args(srcs[2], ids) + tensor_args(dst, node)
-    k = _set(be.programs.kernel("mul_mat.cl", "mul_mat_id", defines), *args)
-    return be.launch(k, node.nelements * MM_WG, MM_WG)
+    return _mat_vec(be, "mul_mat_id", defines, args, node.nelements)
 
 
 _mul_mat.supports = lambda node: node.src[0].type in TYPE or node.src[0].type in DEQ

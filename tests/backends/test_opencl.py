@@ -241,6 +241,38 @@ def test_mul_mat_tiled_several_tokens_odd_sizes(type, type_b, monkeypatch):
 
 
 @needs_device
+@pytest.mark.parametrize("item_rows", [True, False], ids=["item-rows", "work-groups"])
+@pytest.mark.parametrize("type", [DType.F32, DType.F16, DType.Q8_0, DType.Q4_K], ids=lambda t: t.name)
+def test_mul_mat_few_tokens_bit_identical_to_one(type, item_rows, monkeypatch):
+    """Up to MM_VEC_MAX_N tokens stay on the mat-vec kernel (blocks of NT tokens per work-item or
+    work-group, the last block partial): every token's row is bit-identical to the same token decoded
+    alone, so a verify batch gives exactly the logits of single-token decodes."""
+    from graphir.backends.opencl import kernels
+
+    rng = np.random.default_rng(7)
+    K, M = 512, 5
+    raw = _weight_rows(rng, type, M, K)[0]
+    w = gr.new_weight(type, (K, M), raw, "w")
+    xv = rng.standard_normal((kernels.MM_VEC_MAX_N + 1, K)).astype(np.float32)
+    be = get_backend("opencl")
+    monkeypatch.setattr(be, "item_rows", item_rows)
+    used: list[str] = []
+    kernel = be.programs.kernel
+    monkeypatch.setattr(be.programs, "kernel", lambda f, n, d=None: used.append(n) or kernel(f, n, d))
+    one = gr.new_input(DType.F32, (K, 1), "one")
+    alone = np.concatenate([_run_opencl(gr.mul_mat(w, one), {one: xv[i : i + 1]}).reshape(1, M) for i in range(len(xv))])
+    for n in (2, 3, kernels.MM_VEC_MAX_N, kernels.MM_VEC_MAX_N + 1):
+        x = gr.new_input(DType.F32, (K, n), "x")
+        used.clear()
+        got = _run_opencl(gr.mul_mat(w, x), {x: xv[:n]}).reshape(n, M)
+        assert used == (["mul_mat"] if n <= kernels.MM_VEC_MAX_N else ["mul_mat_tiled"])
+        if n <= kernels.MM_VEC_MAX_N:
+            np.testing.assert_array_equal(got, alone[:n])
+        else:
+            assert nmse(got, alone[:n]) < 1e-10
+
+
+@needs_device
 def test_mul_mat_id_dequantizes_q4_k_per_expert():
     rng = np.random.default_rng(3)
     K, M, E = 256, 5, 4
@@ -338,12 +370,18 @@ def _launches_of_every_case(monkeypatch) -> list[tuple[str, str, str, list[str]]
     from graphir.parity import CASES
     from graphir.parity.harness import examples
 
+    from graphir.backends.opencl import kernels
+
     be = get_backend("opencl")
     rec = _Recorder()
     monkeypatch.setattr(be, "programs", rec)
-    for case in CASES.values():
-        for p in examples(case, "ci"):
-            gr.compile(build_graph(*case.build(p).outputs), [be, get_backend("cpu")], cache=False)
+    # the cases' few tokens on mat-vec (per item, per work-group), then on the tiled kernel
+    for vec_max_n, item_rows in ((kernels.MM_VEC_MAX_N, True), (kernels.MM_VEC_MAX_N, False), (1, True)):
+        monkeypatch.setattr(kernels, "MM_VEC_MAX_N", vec_max_n)
+        monkeypatch.setattr(be, "item_rows", item_rows)
+        for case in CASES.values():
+            for p in examples(case, "ci"):
+                gr.compile(build_graph(*case.build(p).outputs), [be, get_backend("cpu")], cache=False)
     out = set()
     for k in rec.kernels:
         idx = sorted(k.args)
