@@ -26,8 +26,10 @@ RAW = {DType.F32: "uint", DType.F16: "ushort", DType.BF16: "ushort", DType.I32: 
 
 
 def tensor_args(place: Place, t: Tensor) -> list:
-    """The four kernel arguments of a tensor (TENSOR(T) in common.h)."""
-    return [place.buffer.handle, np.uint64(place.offset),
+    """The four kernel arguments of a tensor (TENSOR(T) in common.h); an SVM buffer (a numpy array,
+    backend.py) is passed as its pointer."""
+    h = place.buffer.handle
+    return [cl.SVM(h) if isinstance(h, np.ndarray) else h, np.uint64(place.offset),
             cl.cltypes.make_int4(*t.ne), cl.cltypes.make_ulong4(*t.nb)]  # fmt: skip
 
 

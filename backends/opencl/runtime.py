@@ -59,6 +59,14 @@ def select_device():
     return f"{ENV_DEVICE}={want!r} matches no device (have: {names})"
 
 
+def fine_grain_svm(dev) -> bool:
+    """Whether the device shares fine-grained buffer SVM with the host (OpenCL 2.0+)."""
+    try:
+        return bool(dev.svm_capabilities & cl.device_svm_capabilities.FINE_GRAIN_BUFFER)
+    except (cl.Error, AttributeError):  # an OpenCL 1.x device or platform
+        return False
+
+
 class Programs:
     """Built programs keyed by (shader file, defines); PoCL also caches binaries on disk."""
 

@@ -129,8 +129,11 @@ def _expect_copied(got: np.ndarray) -> None:
 
 
 @needs_device
-def test_copy_between_opencl_buffers_stays_on_the_device(monkeypatch):
-    be = get_backend("opencl")
+@pytest.mark.parametrize("svm", [True, False], ids=["svm", "buffers"])
+def test_copy_between_opencl_buffers_stays_on_the_device(svm, monkeypatch):
+    be = get_backend("opencl") if svm else OpenCLBackend(svm=False)
+    if svm and not be.svm:
+        pytest.skip("the device has no fine-grained buffer SVM")
     host_trips = []
     monkeypatch.setattr(be, "get_tensor", lambda *a: host_trips.append(a))
     monkeypatch.setattr(be, "set_tensor", lambda *a: host_trips.append(a))
@@ -144,6 +147,60 @@ def test_copy_from_another_context_or_the_cpu_goes_through_the_host():
     _expect_copied(_copy_between(be, OpenCLBackend()))  # a second context: buffers do not mix
     _expect_copied(_copy_between(be, get_backend("cpu")))
     _expect_copied(_copy_between(get_backend("cpu"), be))
+
+
+# ---- memory: SVM (host I/O without commands) and cl.Buffer objects -----------------------
+
+
+@needs_device
+def test_inputs_and_outputs_between_runs_and_plans_of_two_shapes():
+    """Inputs written through the SVM host views (no command) and outputs read back stay right run
+    after run, with two plans of different shapes taking turns on one backend, and match the
+    cl.Buffer memory of a backend created with svm=False (blocking copies)."""
+    rng = np.random.default_rng(8)
+    w = gr.new_weight(DType.F32, (32, 16), rng.standard_normal((16, 32)).astype(np.float32), "w")
+
+    def graph(n: int):
+        x = gr.new_input(DType.F32, (32, n), "x")
+        ids = gr.new_input(DType.I32, (n,), "ids")
+        return x, ids, gr.get_rows(gr.silu(gr.mul_mat(w, x)), ids)
+
+    def want(xv: np.ndarray, iv: np.ndarray) -> np.ndarray:
+        h = xv.astype(np.float64) @ w.data.reshape(16, 32).T.astype(np.float64)
+        return (h / (1 + np.exp(-h)))[iv]
+
+    for be in (get_backend("opencl"), OpenCLBackend(svm=False)):
+        plans = {}
+        for n in (1, 3):
+            x, ids, out = graph(n)
+            plans[n] = (gr.compile(build_graph(out), [be], cache=False), x, ids, out)
+        for step in range(6):
+            n = (1, 3)[step % 2]
+            plan, x, ids, out = plans[n]
+            xv = rng.standard_normal((n, 32)).astype(np.float32)
+            iv = rng.permutation(n).astype(np.int32)
+            plan.set_input(x, xv)
+            plan.set_input(ids, iv)
+            plan.run()
+            got = plan.get(out).reshape(n, 16)
+            assert nmse(got, want(xv, iv)) < 1e-10, (be.describe(), step)
+        assert be.busy is False  # plan.get waited for the queue
+
+
+@needs_device
+def test_svm_host_view_only_for_plain_types():
+    be = get_backend("opencl")
+    if not be.svm:
+        pytest.skip("the device has no fine-grained buffer SVM")
+    buf = be.alloc_buffer(1024)
+    for type, view in ((DType.F32, True), (DType.I32, True), (DType.F16, True), (DType.BF16, False), (DType.Q8_0, False)):
+        t = gr.new_tensor(type, (32, 2), "t")
+        v = be.host_view(Place(buf, 64), t)
+        assert (v is not None) == view, type
+        if view:
+            assert v.shape == (1, 1, 2, 32) and v.dtype == TYPE_INFO[type].np_dtype
+    plain = OpenCLBackend(svm=False)
+    assert plain.host_view(Place(plain.alloc_buffer(256), 0), gr.new_tensor(DType.F32, (32, 2), "t")) is None
 
 
 # ---- block-quantized weights, dequantized in-kernel -------------------------------------
@@ -322,7 +379,7 @@ def kernel_signatures(src: str) -> dict[str, list[str]]:
 
 def arg_type(v: object) -> str:
     """The OpenCL C type a kernel argument set from Python has."""
-    if cl is not None and isinstance(v, cl.Buffer):
+    if cl is not None and isinstance(v, cl.Buffer | cl.SVM):
         return "global*"
     if isinstance(v, np.ndarray) and v.shape == ():
         for name in ("int4", "uint4", "ulong4", "float4"):
