@@ -55,8 +55,8 @@ def _embd_array(embd) -> np.ndarray:
         _fail(f"embd must be 2-D (n_tokens, n_embd), got shape {arr.shape}")
     with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
         arr = arr.astype(np.float32)
-    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
-    if bad.size:
+    if not np.isfinite(arr).all():
+        bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
         _fail(f"embd row {bad[0]} holds a NaN or an infinity (as float32)")
     return arr
 
@@ -139,14 +139,22 @@ class Batch:
         """One sequence of tokens at positions pos0, pos0+1, ...; outputs for the last (or all)."""
         tokens = _int_array("tokens", tokens, None)
         n = len(tokens)
-        pos0 = int_arg("batch", "pos0", pos0, None, INT32_MAX - max(n - 1, 0), BatchError)  # < 0: _check_order says
+        pos0 = int_arg("batch", "pos0", pos0, None, INT32_MAX - max(n - 1, 0), BatchError)
         all_outputs = bool_arg("batch", "all_outputs", all_outputs, BatchError)
         if n == 0:
             _fail("is empty (n_tokens == 0)")
-        seq = np.full(n, int_arg("batch", "seq_id", seq_id, hi=INT32_MAX, error=BatchError), np.int64)
+        if pos0 < 0:
+            _fail(f"token 0 has pos {pos0}; positions must be >= 0")
+        seq_id = int_arg("batch", "seq_id", seq_id, None, INT32_MAX, BatchError)
+        if seq_id < 0:
+            _fail(f"token 0 has seq_id {seq_id}; sequence ids must be >= 0")
+        out = np.ones(n, bool) if all_outputs else np.zeros(n, bool)
+        out[-1] = True
         batch = object.__new__(cls)
-        batch._init(tokens, None, np.arange(pos0, pos0 + n, dtype=np.int64), seq,
-                    np.ones(n, bool) if all_outputs else None)  # fmt: skip
+        # NOTE: built in place, every check done above (one sequence, consecutive positions)
+        for name, val in (("tokens", tokens), ("embd", None), ("pos", np.arange(pos0, pos0 + n, dtype=np.int64)),
+                          ("seq_id", np.full(n, seq_id, np.int64)), ("output", out), ("seqs", (seq_id,))):  # fmt: skip
+            object.__setattr__(batch, name, val)
         return batch
 
     @property

@@ -91,7 +91,7 @@ class UBatchShape:
         ub = ubi.ubatch
         kv, rs = ubi.kv, ubi.rs
         return cls(
-            n_seqs=ub.n_seqs, n_seq_tokens=ub.n_seq_tokens, n_outputs=int(ub.output.sum()),
+            n_seqs=ub.n_seqs, n_seq_tokens=ub.n_seq_tokens, n_outputs=len(ub.out_rows),
             n_kv=kv.n_kv if kv is not None else 0, n_mask_rows=kv.mask.shape[0] if kv is not None else 0,
             n_snapshots=rs.n_snapshots if rs is not None else 0, embd=ub.tokens is None,
         )  # fmt: skip
@@ -151,8 +151,8 @@ class GraphInputs:
                 continue
             if value is None:
                 raise ValueError(f"[graph] input {name} {list(t.ne)} needs a value")
-            if name == "pos":
-                value = np.tile(np.asarray(value), 4)
+            if name == "pos":  # the 4 rope components (sections) take the token's position
+                value = np.concatenate((value, value, value, value))
             if np.size(value) != t.nelements:
                 raise ValueError(f"[graph] input {name} must have {t.nelements} values ne={list(t.ne)}, "
                                  f"got {np.shape(value)}")  # fmt: skip

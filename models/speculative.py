@@ -137,6 +137,8 @@ class SeqState:
 
 def _seq_batch(rows: Sequence[Sequence[int]], pos0: Sequence[int], seq: Sequence[int]) -> Batch:
     """One target batch of several sequences' rows (rows[i] at pos0[i].. of sequence seq[i]), all outputs."""
+    if len(rows) == 1:
+        return Batch.simple(rows[0], pos0[0], seq[0], all_outputs=True)
     n = sum(map(len, rows))
     return Batch(np.concatenate([np.asarray(r, np.int64) for r in rows]),
                  pos=np.concatenate([np.arange(p, p + len(r)) for r, p in zip(rows, pos0)]),
