@@ -291,7 +291,8 @@ def split(batch: Batch, n_ubatch: int, n_rs_seq: int = 0) -> list[UBatch]:
                          "the tokens a rollback may undo must fit one ubatch")  # fmt: skip
     order = batch.seqs
     if len(order) == 1 and batch.n_tokens <= n_ubatch:  # the common case: the whole batch is one ubatch
-        return [UBatch.from_batch(batch, order, np.arange(batch.n_tokens), True)]
+        n = batch.n_tokens
+        return [UBatch(order, n, np.arange(n), batch.tokens, batch.embd, batch.pos, batch.output, True)]
     rows = {s: np.flatnonzero(batch.seq_id == s) for s in order}
     done = dict.fromkeys(order, 0)
     out: list[UBatch] = []

@@ -96,15 +96,15 @@ class RecurrentMemory(MemoryComponent):
         src = seqs * self.n_planes + self.pending[seqs]  # pending is 0 for a fresh sequence
         n_snap = self._snapshots(ubatch.n_seq_tokens, ubatch.final)
         dst = seqs[None, :] * self.n_planes + np.arange(1 + n_snap)[:, None]
+        pos, n = ubatch.pos.tolist(), ubatch.n_seq_tokens
         for g, s in enumerate(ubatch.seqs):
-            p = ubatch.seq_pos(g)
             if fresh[g]:
-                self.pos_min[s] = p[0]
-            self.pos_max[s] = p[-1]
+                self.pos_min[s] = pos[g * n]
+            self.pos_max[s] = pos[g * n + n - 1]
             self.valid[s] = n_snap
             self.pending[s] = 0
         copies, self.copies = tuple(self.copies), []
-        zero_rows = tuple(int(r) for r in src[fresh])
+        zero_rows = tuple(int(r) for r in src[fresh]) if fresh.any() else ()
         return RSInputs(src.astype(np.int32), dst.astype(np.int32), n_snap, fresh, copies, zero_rows)
 
     def _reserve(self, ubatch: UBatch) -> RSInputs:
