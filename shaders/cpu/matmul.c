@@ -86,16 +86,21 @@ static int64_t unit_tokens(int wtype, const gr_tensor *b, const gr_mm_kernel *k)
     return n < k->ct ? k->ct : n > NB ? NB : n;
 }
 
-/* A unit: nrows weight rows at w (stride ws; output rows r0 ..) x n activation rows. cold: the
- * rows are not in cache yet (the unit's first token block): its first token tile reads them one
- * row per tile, in address order; the other tiles find them in cache and take rt rows per tile. */
+/* A unit: nrows weight rows at w (stride ws; output rows r0 ..) x n activation rows. Up to ct1
+ * tokens (decode, verify batches) take one pass of one-row tiles. Otherwise, cold (the rows are
+ * not in cache yet: the unit's first token block), the first ct1 tokens read the rows one row
+ * per tile, in address order; the other tokens find them in cache and take rt rows per tile. */
 static void run_unit(const gr_mm_kernel *k, int64_t K, const char *w, int64_t ws, int64_t nrows, int64_t r0,
                      const char *const *act, float *const *out, int64_t n, int cold) {
-    for (int64_t c = 0; c < n; c += k->ct) {
+    int64_t c = 0;
+    if (n <= k->ct1 || cold) {
+        c = n < k->ct1 ? n : k->ct1;
+        k->tiles[0][c - 1](K, w, ws, nrows, act, out, r0);
+    }
+    for (; c < n; c += k->ct) {
         int nc = (int)(n - c < k->ct ? n - c : k->ct);
-        int rt = n > k->ct && !(cold && c == 0) ? k->rt : 1;
-        int64_t full = nrows / rt * rt;
-        if (full) k->tiles[rt - 1][nc - 1](K, w, ws, full, act + c, out + c, r0);
+        int64_t full = nrows / k->rt * k->rt;
+        if (full) k->tiles[k->rt - 1][nc - 1](K, w, ws, full, act + c, out + c, r0);
         if (nrows > full) k->tiles[nrows - full - 1][nc - 1](K, w + full * ws, ws, nrows - full, act + c, out + c, r0 + full);
     }
 }

@@ -29,8 +29,10 @@
 enum gr_act_kind { GR_ACT_F32, GR_ACT_Q8, GR_ACT_Q8K };
 
 /* Q8_0 / Q4_0 weights: ggml's block_q8_0 numerics (fp16 scale d = amax/127, q = round-half-
- * even(x * 127/amax)) in a row laid out for SIMD: the quants qs[] of whole block pairs (K rounded
- * up to 64, zero padded), then each block's scale d[] as a float (the fp16 value; 0 for padding). */
+ * even(x * 127/amax)) in a row laid out for SIMD: the quants of whole block pairs stored offset
+ * by 128 as unsigned bytes u = q + 128 (K rounded up to 64, padding q = 0), then each block's
+ * scale d[] as a float (the fp16 value; 0 for padding). vpdpbusd takes u as its unsigned operand
+ * and the signed weights as they are; sum(u * w) - 128 * sum(w) = sum(q * w). */
 static inline int64_t gr_q8_pairs(int64_t K) { return (K + 63) / 64; }
 static inline const float *gr_q8_scales(const char *row, int64_t K) { return (const float *)(row + 64 * gr_q8_pairs(K)); }
 
@@ -56,12 +58,13 @@ typedef void (*gr_mm_rows_fn)(int64_t K, const char *w, int64_t ws, int64_t nrow
                               float *const *out, int64_t r0);
 
 #define GR_MM_MAX_RT 4
-#define GR_MM_MAX_CT 4
+#define GR_MM_MAX_CT 8
 
 typedef struct gr_mm_kernel {
     int act;    /* enum gr_act_kind */
-    int rt, ct; /* largest tile: weight rows x activation rows */
-    const gr_mm_rows_fn (*tiles)[GR_MM_MAX_CT]; /* tiles[nr - 1][nc - 1], nr <= rt, nc <= ct */
+    int rt, ct; /* largest tile of several weight rows: weight rows x activation rows */
+    int ct1;    /* most activation rows of a one-row tile (>= ct): decode and verify batches */
+    const gr_mm_rows_fn (*tiles)[GR_MM_MAX_CT]; /* tiles[nr - 1][nc - 1]: nr = 1, nc <= ct1; nr <= rt, nc <= ct */
 } gr_mm_kernel;
 
 /* The kernel for weights of `type` at the current ISA level; .tiles NULL if unsupported. */

@@ -139,19 +139,21 @@ void gr_act_row(const char *src, int type, int64_t sb, int64_t n, int act, char 
         memset(y + n, 0, (size_t)(gr_act_row_bytes(act, n) - n * 4));
         return;
     }
-    if (act == GR_ACT_Q8) {
-        int8_t *q = (int8_t *)dst;
+    if (act == GR_ACT_Q8) { /* the quants stored offset by 128 (q ^ 0x80): unsigned bytes for vpdpbusd */
+        uint8_t *u = (uint8_t *)dst;
         float *d = (float *)gr_q8_scales(dst, n);
-        memset(dst, 0, (size_t)gr_act_row_bytes(act, n));
+        int64_t nq = 64 * gr_q8_pairs(n);
+        memset(dst, 0x80, (size_t)nq);
+        memset(dst + nq, 0, (size_t)(gr_act_row_bytes(act, n) - nq));
         for (int64_t j = 0; j < n / 32; j++) {
+            int8_t q[32];
             load_f(src + 32 * j * sb, type, sb, 32, x);
 #ifdef GR_X86
-            if (gr_has_avx2) {
-                q8_block_avx2(x, q + 32 * j, d + j);
-                continue;
-            }
+            if (gr_has_avx2) q8_block_avx2(x, q, d + j);
+            else
 #endif
-            q8_block(x, q + 32 * j, d + j);
+                q8_block(x, q, d + j);
+            for (int i = 0; i < 32; i++) u[32 * j + i] = (uint8_t)q[i] ^ 0x80;
         }
         return;
     }

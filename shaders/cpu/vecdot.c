@@ -39,12 +39,12 @@ static float dot_bf16(int64_t K, const char *w, const float *a) {
 }
 
 /* ---- Q8_0 / Q4_0 weights, Q8 rows ---- */
-/* one 32-element block j: its 8 lane sums into acc[8 * (j % 2) + l] */
-static void block_q8(const int8_t *q, float dw, const int8_t *a, float da, int h, float *acc) {
+/* one 32-element block j: its 8 lane sums into acc[8 * (j % 2) + l] (a: the quants + 128) */
+static void block_q8(const int8_t *q, float dw, const uint8_t *a, float da, int h, float *acc) {
     float s = dw * da;
     for (int l = 0; l < 8; l++) {
         int sum = 0;
-        for (int e = 0; e < 4; e++) sum += q[4 * l + e] * a[4 * l + e];
+        for (int e = 0; e < 4; e++) sum += q[4 * l + e] * (a[4 * l + e] - 128);
         acc[8 * h + l] = fmaf(s, (float)sum, acc[8 * h + l]);
     }
 }
@@ -54,7 +54,7 @@ static float dot_q8_0(int64_t K, const char *w, const char *act) {
     float acc[16] = {0};
     for (int64_t j = 0; j < K / 32; j++) {
         const char *b = w + 34 * j;
-        block_q8((const int8_t *)b + 2, gr_f16_to_f32(gr_ld16(b)), (const int8_t *)act + 32 * j, da[j], (int)(j & 1), acc);
+        block_q8((const int8_t *)b + 2, gr_f16_to_f32(gr_ld16(b)), (const uint8_t *)act + 32 * j, da[j], (int)(j & 1), acc);
     }
     return tree16(acc);
 }
@@ -69,7 +69,7 @@ static float dot_q4_0(int64_t K, const char *w, const char *act) {
             q[i] = (int8_t)((b[2 + i] & 15) - 8);
             q[i + 16] = (int8_t)((b[2 + i] >> 4) - 8);
         }
-        block_q8(q, gr_f16_to_f32(gr_ld16(b)), (const int8_t *)act + 32 * j, da[j], (int)(j & 1), acc);
+        block_q8(q, gr_f16_to_f32(gr_ld16(b)), (const uint8_t *)act + 32 * j, da[j], (int)(j & 1), acc);
     }
     return tree16(acc);
 }
@@ -174,21 +174,21 @@ SCALAR_TILE(tile_q6_k, dot_q6_k)
 
 gr_mm_kernel gr_mm_scalar(int type) {
     switch (type) {
-    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 1, 1, tile_f32};
-    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 1, 1, tile_f16};
-    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 1, 1, tile_bf16};
-    case GR_Q8_0: return (gr_mm_kernel){GR_ACT_Q8, 1, 1, tile_q8_0};
-    case GR_Q4_0: return (gr_mm_kernel){GR_ACT_Q8, 1, 1, tile_q4_0};
-    case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 1, tile_q4_k};
-    case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 1, tile_q5_k};
-    case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 1, tile_q6_k};
-    default: return (gr_mm_kernel){0, 0, 0, NULL};
+    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 1, 1, 1, tile_f32};
+    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 1, 1, 1, tile_f16};
+    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 1, 1, 1, tile_bf16};
+    case GR_Q8_0: return (gr_mm_kernel){GR_ACT_Q8, 1, 1, 1, tile_q8_0};
+    case GR_Q4_0: return (gr_mm_kernel){GR_ACT_Q8, 1, 1, 1, tile_q4_0};
+    case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 1, 1, tile_q4_k};
+    case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 1, 1, tile_q5_k};
+    case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 1, 1, tile_q6_k};
+    default: return (gr_mm_kernel){0, 0, 0, 0, NULL};
     }
 }
 
 /* The SIMD sets fall back to the scalar kernel for a type they do not cover. */
 gr_mm_kernel gr_mm_kernel_for(int type) {
-    gr_mm_kernel k = {0, 0, 0, NULL};
+    gr_mm_kernel k = {0, 0, 0, 0, NULL};
 #if defined(__x86_64__) || defined(__i386__)
     if (gr_has_vnni) k = gr_mm_avx512(type);
     else if (gr_has_avx2) k = gr_mm_avx2(type);

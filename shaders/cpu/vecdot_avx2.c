@@ -131,7 +131,7 @@ INLINE void q8_block(int type, int NR, int NC, acc16 acc[2][2], const char *w, i
     }
     UNROLL
     for (int c = 0; c < NC; c++) {
-        __m256i av = _mm256_loadu_si256((const __m256i *)(act[c] + 32 * j));
+        __m256i av = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(act[c] + 32 * j)), _mm256_set1_epi8((char)0x80));
         __m256 da = _mm256_set1_ps(gr_q8_scales(act[c], K)[j]);
         UNROLL
         for (int r = 0; r < NR; r++) {
@@ -292,15 +292,15 @@ KERNEL(q6_k_tile, k_tile, GR_Q6_K)
 
 gr_mm_kernel gr_mm_avx2(int type) {
     switch (type) {
-    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 1, 2, f32_tile};
-    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 1, 2, f16_tile};
-    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 1, 2, bf16_tile};
-    case GR_Q8_0: return (gr_mm_kernel){GR_ACT_Q8, 2, 2, q8_0_tile};
-    case GR_Q4_0: return (gr_mm_kernel){GR_ACT_Q8, 2, 2, q4_0_tile};
-    case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 2, q4_k_tile};
-    case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 2, q5_k_tile};
-    case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 2, q6_k_tile};
-    default: return (gr_mm_kernel){0, 0, 0, NULL};
+    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 1, 2, 2, f32_tile};
+    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 1, 2, 2, f16_tile};
+    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 1, 2, 2, bf16_tile};
+    case GR_Q8_0: return (gr_mm_kernel){GR_ACT_Q8, 2, 2, 2, q8_0_tile};
+    case GR_Q4_0: return (gr_mm_kernel){GR_ACT_Q8, 2, 2, 2, q4_0_tile};
+    case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 2, 2, q4_k_tile};
+    case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 2, 2, q5_k_tile};
+    case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 2, 2, q6_k_tile};
+    default: return (gr_mm_kernel){0, 0, 0, 0, NULL};
     }
 }
 
@@ -308,6 +308,6 @@ gr_mm_kernel gr_mm_avx2(int type) {
 #include "matmul.h"
 gr_mm_kernel gr_mm_avx2(int type) {
     (void)type;
-    return (gr_mm_kernel){0, 0, 0, NULL};
+    return (gr_mm_kernel){0, 0, 0, 0, NULL};
 }
 #endif
