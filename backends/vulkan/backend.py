@@ -58,6 +58,7 @@ class VulkanBackend(Backend):
         kind = "cpu" if pd.type == "cpu" else "gpu"
         self.mat_vec, self.tiled_min_n, self.ept = MAT_VEC[kind], MM_TILED_MIN_N[kind], EPT[kind]
         self.reduce_wg = REDUCE_WG[kind]
+        self.item_rows = kind == "cpu"  # mat-vec rows one per invocation (mul_mat.comp ITEM_ROWS)
 
     def describe(self) -> str:
         return f"vulkan ({self.device.pd.describe()})"

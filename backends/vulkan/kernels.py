@@ -45,6 +45,9 @@ MM_TILE_WG, MM_TILE, MM_TILE_KC = (8, 8), (4, 2), 4
 # across fibers and per-lane shared-memory reads cost more than re-reading the weights: 128 tokens of
 # a 4096x4096 Q8_0 matrix 14 s tiled, 8 s as mat-vecs)
 MM_TILED_MIN_N = {"cpu": 1 << 30, "gpu": 4}
+# tokens per work-group of the mat-vec mul_mat: a's units read once for the block (a verify batch costs
+# about one decode, each token summed as a single-token decode sums it: bit-identical)
+MM_VEC_NT = 4
 
 
 @dataclass(frozen=True)
@@ -292,8 +295,14 @@ def _mul_mat(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:
         groups = _cdiv(M, wm * tm) * _cdiv(N, wn * tn) * node.ne[2] * node.ne[3]
         return _d(S_MUL_MAT_TILED, defines, args, groups if node.nelements else 0, local=wm * wn)
     wg, nr = be.mat_vec
+    nt = min(N, MM_VEC_NT)
     defines.update(NR=nr)
-    return _d(S_MUL_MAT, defines, args, _cdiv(M, nr) * node.nrows if node.nelements else 0, local=wg)
+    if nr == wg and be.item_rows:
+        defines["ITEM_ROWS"] = None
+    if nt > 1:
+        defines["NT"] = nt
+    groups = _cdiv(M, nr) * _cdiv(N, nt) * node.ne[2] * node.ne[3]
+    return _d(S_MUL_MAT, defines, args, groups if node.nelements else 0, local=wg)
 
 
 def _mul_mat_id(be, node: Tensor, dst: Place, srcs: list) -> list[Dispatch]:

@@ -1,8 +1,9 @@
 // flash_attn_ext: d[:, h, iq, s] = softmax(scale * q k^T (softcapped) + slope * mask) v for one
 // query row per work-group of WG items. Pass 1 finds the row max; pass 2 walks the kv cells in
 // chunks of WG: each item scores one cell into local memory, then each item accumulates its
-// DV_PER output channels over the chunk. -inf mask entries weigh exactly 0; a fully masked row
-// gives zeros (ggml's S == 0 rule). -DTK, -DTV (F32/F16), -DHAS_MASK with -DTM, -DSOFTCAP;
+// DV_PER output channels over the chunk. -inf mask entries weigh exactly 0 and their K and V are
+// never read (a decode's padded cache is mostly free cells); a fully masked row gives zeros (ggml's
+// S == 0 rule). -DTK, -DTV (F32/F16), -DHAS_MASK with -DTM, -DSOFTCAP;
 // -DQK_VEC4 when the q and k rows are contiguous and the head size is a multiple of 4.
 #include "common.h"
 
@@ -14,6 +15,11 @@
 inline float score(__global char *q_d, ulong q_o, int4 q_ne, ulong4 q_nb, __global char *k_d, ulong k_o,
                    int4 k_ne, ulong4 k_nb, __global char *m_d, ulong m_o, int4 m_ne, ulong4 m_nb,
                    int j, int iq, int h, int s, int hk, int sk, float scale, float softcap, float slope) {
+#ifdef HAS_MASK
+    // a -inf mask entry: the cell weighs exactly 0, its K (and V) never read (free cells of a padded cache)
+    float mv = slope * LD(TM, AT(m, j, iq, h % m_ne.s2, s % m_ne.s3));
+    if (mv == -INFINITY) return -INFINITY;
+#endif
     __global const char *qr = AT(q, 0, iq, h, s), *kr = AT(k, 0, j, hk, sk);
 #ifdef QK_VEC4  // contiguous q and k rows, head size a multiple of 4
     float4 dot4 = 0.0f;
@@ -28,8 +34,7 @@ inline float score(__global char *q_d, ulong q_o, int4 q_ne, ulong4 q_nb, __glob
     x = softcap * tanh(x);
 #endif
 #ifdef HAS_MASK
-    float mv = slope * LD(TM, AT(m, j, iq, h % m_ne.s2, s % m_ne.s3));
-    x = mv == -INFINITY ? -INFINITY : x + mv;
+    x += mv;
 #endif
     return x;
 }
@@ -69,7 +74,8 @@ __kernel void flash_attn_ext(TENSOR(q), TENSOR(k), TENSOR(v), TENSOR(m), __globa
             int dv = l + t * WG;
             if (dv < Dv) {
                 __global const char *vc = AT(v, dv, c0, hk, sk);
-                for (int jj = 0; jj < n; jj++) acc[t] += w[jj] * LD(TV, vc + jj * v_nb.s1);
+                for (int jj = 0; jj < n; jj++)
+                    if (w[jj] != 0.0f) acc[t] += w[jj] * LD(TV, vc + jj * v_nb.s1);  // (uniform branch)
             }
         }
         barrier(CLK_LOCAL_MEM_FENCE);

@@ -2,7 +2,8 @@
 // row per work-group of WG invocations, kv head h / (H / H_kv) (grouped). Pass 1 finds the row
 // max; pass 2 walks the kv cells in chunks of WG: each invocation scores one cell into shared
 // memory, then accumulates its DV_PER output channels over the chunk. -inf mask entries weigh
-// exactly 0; a fully masked row gives zeros (ggml's S == 0 rule). -DTK, -DTV (F32|F16),
+// exactly 0 and their K and V are never read (a decode's padded cache is mostly free cells); a fully
+// masked row gives zeros (ggml's S == 0 rule). -DTK, -DTV (F32|F16),
 // -DHAS_MASK with -DTM (binding m is q and unused without a mask), -DSOFTCAP (the host passes
 // scale / softcap); the ALiBi slopes per head are the meta buffer's extra floats.
 #version 450
@@ -22,6 +23,11 @@ layout(push_constant) uniform Push {
 shared float w_[WG];
 
 float score(uint j, uint iq, uint h, uint s, uint hk, uint sk, float slope) {
+#ifdef HAS_MASK
+    // a -inf mask entry: the cell weighs exactly 0, its K (and V) never read (free cells of a padded cache)
+    float mv = slope * LD(TM, m, AT(m, j, iq, h % NE(m).z, s % NE(m).w));
+    if (isinf(mv) && mv < 0.0) return mv;
+#endif
     uint qr = AT(q, 0u, iq, h, s), kr = AT(k, 0u, j, hk, sk);
     float dot = 0.0;
     for (uint i = 0; i < NE(q).x; i++) dot += LD_F32(q, qr + i * NB(q).x) * LD(TK, k, kr + i * NB(k).x);
@@ -30,8 +36,7 @@ float score(uint j, uint iq, uint h, uint s, uint hk, uint sk, float slope) {
     x = pc.softcap * tanh(clamp(x, -15.0, 15.0));
 #endif
 #ifdef HAS_MASK
-    float mv = slope * LD(TM, m, AT(m, j, iq, h % NE(m).z, s % NE(m).w));
-    x = isinf(mv) && mv < 0.0 ? mv : x + mv;
+    x += mv;
 #endif
     return x;
 }
@@ -65,7 +70,8 @@ void main() {
             uint dv = l + t * WG;
             if (dv < Dv) {
                 uint vc = AT(v, dv, c0, hk, sk);
-                for (uint jj = 0; jj < n; jj++) acc[t] += w_[jj] * LD(TV, v, vc + jj * NB(v).y);
+                for (uint jj = 0; jj < n; jj++)
+                    if (w_[jj] != 0.0) acc[t] += w_[jj] * LD(TV, v, vc + jj * NB(v).y);  // (uniform branch)
             }
         }
         barrier();

@@ -517,6 +517,33 @@ def test_flash_attn_ext_head_sizes(D):
 
 
 @needs_device
+def test_flash_attn_ext_never_reads_masked_cells():
+    """-inf mask entries: the cell's K and V are never read (NaN left in free cells of a padded cache
+    does not leak as 0 * NaN) and the result equals attention over the unmasked cells alone."""
+    rng = np.random.default_rng(9)
+    D, n_kv, keep = 8, 40, [0, 3, 4, 9, 17]
+    q = gr.new_input(DType.F32, (D, 2, 4, 1), "q")
+    k = gr.new_input(DType.F16, (D, n_kv, 2, 1), "k")
+    v = gr.new_input(DType.F16, (D, n_kv, 2, 1), "v")
+    m = gr.new_input(DType.F16, (n_kv, 2), "m")
+    qv = rng.standard_normal((1, 4, 2, D)).astype(np.float32)
+    kv = rng.standard_normal((1, 2, n_kv, D)).astype(np.float16)
+    vv = rng.standard_normal((1, 2, n_kv, D)).astype(np.float16)
+    mv = np.full((2, n_kv), -np.inf, np.float16)
+    mv[:, keep] = 0
+    free = np.setdiff1d(np.arange(n_kv), keep)
+    kv[:, :, free], vv[:, :, free] = np.nan, np.nan
+    got = _run_opencl(gr.flash_attn_ext(q, k, v, m, D**-0.5), {q: qv, k: kv, v: vv, m: mv})
+    q2 = gr.new_input(DType.F32, (D, 2, 4, 1), "q2")
+    k2 = gr.new_input(DType.F16, (D, len(keep), 2, 1), "k2")
+    v2 = gr.new_input(DType.F16, (D, len(keep), 2, 1), "v2")
+    want = _run_opencl(gr.flash_attn_ext(q2, k2, v2, None, D**-0.5),
+                       {q2: qv, k2: np.ascontiguousarray(kv[:, :, keep]), v2: np.ascontiguousarray(vv[:, :, keep])})
+    assert np.isfinite(got).all()
+    assert nmse(got, want) < 1e-10
+
+
+@needs_device
 @pytest.mark.parametrize("S_v", [8, 6])  # VEC4 / scalar state loops
 def test_gated_delta_net_state_sizes(S_v):
     rng = np.random.default_rng(5)

@@ -175,14 +175,16 @@ def variants() -> dict:
 
     be.command = recording
     tiled_min_n, be.tiled_min_n = be.tiled_min_n, 8  # the tiled mul_mat too (lavapipe never takes it)
+    item_rows = be.item_rows
     try:
         outs = [case.build(p).outputs for case in CASES.values() for p in examples(case, "ci")]
         outs += [[o] for o in _extra_graphs()]
-        for o in outs:
-            gr.compile(build_graph(*o), [be], cache=False)
+        for be.item_rows in (True, False):  # mat-vec rows per invocation (CPU devices) and per work-group
+            for o in outs:
+                gr.compile(build_graph(*o), [be], cache=False)
     finally:
         del be.command
-        be.tiled_min_n = tiled_min_n
+        be.tiled_min_n, be.item_rows = tiled_min_n, item_rows
     return seen
 
 
@@ -323,6 +325,56 @@ def test_mul_mat_per_weight_type(type, n_tok, tiled, monkeypatch):
     assert all(plan.schedule.node_backend[n].name == "vulkan" for n in plan.graph.nodes)
     assert ("mul_mat_tiled" in plan._calls[0].keep[2][0].key) == tiled
     want, _ = run_on(out, {x: xv}, ("ref",))  # float32 products (the cpu rounds activations to 8 bits)
+    assert nmse(got, want) < 1e-10
+
+
+@needs_device
+@pytest.mark.parametrize("item_rows", [True, False], ids=["item-rows", "work-groups"])
+@pytest.mark.parametrize("type", [DType.F32, DType.Q8_0, DType.Q4_K], ids=lambda t: t.name)
+def test_mul_mat_few_tokens_bit_identical_to_one(type, item_rows, monkeypatch):
+    """The mat-vec kernel takes blocks of MM_VEC_NT tokens (the last partial): every token's row is
+    bit-identical to the same token multiplied alone, so a verify batch gives exactly the logits of
+    single-token decodes."""
+    be = get_backend("vulkan")
+    monkeypatch.setattr(be, "item_rows", item_rows)
+    monkeypatch.setattr(be, "tiled_min_n", 1 << 30)
+    rng = np.random.default_rng(7)
+    K, M = 512, 13
+    w = gr.new_weight(type, (K, M), weight_rows(rng, type, M, K), "w")
+    n_max = 2 * kernels.MM_VEC_NT + 1
+    xv = rng.standard_normal((n_max, K)).astype(np.float32)
+    one = gr.new_input(DType.F32, (K, 1), "one")
+    alone = np.concatenate([run_on(gr.mul_mat(w, one), {one: xv[i : i + 1]})[0].reshape(1, M) for i in range(n_max)])
+    for n in (2, kernels.MM_VEC_NT, n_max):
+        x = gr.new_input(DType.F32, (K, n), "x")
+        got = run_on(gr.mul_mat(w, x), {x: xv[:n]})[0].reshape(n, M)
+        np.testing.assert_array_equal(got, alone[:n])
+
+
+@needs_device
+def test_flash_attn_ext_never_reads_masked_cells():
+    """-inf mask entries: the cell's K and V are never read (NaN left in free cells of a padded cache
+    does not leak as 0 * NaN) and the result equals attention over the unmasked cells alone."""
+    rng = np.random.default_rng(9)
+    D, n_kv, keep = 8, 40, [0, 3, 4, 9, 17]
+    q = gr.new_input(DType.F32, (D, 2, 4, 1), "q")
+    k = gr.new_input(DType.F16, (D, n_kv, 2, 1), "k")
+    v = gr.new_input(DType.F16, (D, n_kv, 2, 1), "v")
+    m = gr.new_input(DType.F16, (n_kv, 2), "m")
+    qv = rng.standard_normal((1, 4, 2, D)).astype(np.float32)
+    kv = rng.standard_normal((1, 2, n_kv, D)).astype(np.float16)
+    vv = rng.standard_normal((1, 2, n_kv, D)).astype(np.float16)
+    mv = np.full((2, n_kv), -np.inf, np.float16)
+    mv[:, keep] = 0
+    free = np.setdiff1d(np.arange(n_kv), keep)
+    kv[:, :, free], vv[:, :, free] = np.nan, np.nan
+    got = run_on(gr.flash_attn_ext(q, k, v, m, D**-0.5), {q: qv, k: kv, v: vv, m: mv})[0]
+    q2 = gr.new_input(DType.F32, (D, 2, 4, 1), "q2")
+    k2 = gr.new_input(DType.F16, (D, len(keep), 2, 1), "k2")
+    v2 = gr.new_input(DType.F16, (D, len(keep), 2, 1), "v2")
+    want = run_on(gr.flash_attn_ext(q2, k2, v2, None, D**-0.5),
+                       {q2: qv, k2: np.ascontiguousarray(kv[:, :, keep]), v2: np.ascontiguousarray(vv[:, :, keep])})[0]
+    assert np.isfinite(got).all()
     assert nmse(got, want) < 1e-10
 
 
