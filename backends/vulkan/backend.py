@@ -18,6 +18,7 @@ import numpy as np
 from graphir.layout import host_array, np_view
 from graphir.ops import Op
 from graphir.tensor import Tensor, is_empty_op
+from graphir.types import DType
 
 from ..base import Availability, Backend, Buffer, Call, Place
 from . import runtime
@@ -97,6 +98,14 @@ class VulkanBackend(Backend):
         if mapped is None:
             return super().get_tensor(place, t)
         return np_view(mapped, place.offset, t).copy()
+
+    def host_view(self, place: Place, t: Tensor) -> np.ndarray | None:
+        """Mapped memory: a view of t (plain numeric types); every call waits for its own submission,
+        so nothing is in flight when the host touches it."""
+        mapped = place.buffer.handle.mapped
+        if mapped is None or t.type not in (DType.F32, DType.F16, DType.I32):
+            return None
+        return np_view(mapped, place.offset, t)
 
     def copy_from(self, dst: Place, t: Tensor, src_backend: Backend, src: Place) -> Call:
         """Between buffers of this device: a recorded vkCmdCopyBuffer. From a backend whose
