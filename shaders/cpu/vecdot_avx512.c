@@ -46,7 +46,7 @@ INLINE __m512 load_w(int type, const char *p, __mmask16 m) {
 
 /* 16 elements at k into accumulators acc (m: the elements present; absent ones load as 0 and
  * add +0, which leaves an accumulator unchanged since it is never -0) */
-INLINE void float_step(int type, int NR, int NC, __m512 acc[2][4], const char *w, int64_t ws,
+INLINE void float_step(int type, int NR, int NC, __m512 acc[2][8], const char *w, int64_t ws,
                        const char *const *act, int64_t k, __mmask16 m) {
     int es = type == GR_F32 ? 4 : 2;
     __m512 wv[2];
@@ -63,7 +63,7 @@ INLINE void float_step(int type, int NR, int NC, __m512 acc[2][4], const char *w
 /* 32 lanes: lo holds lanes k % 32 < 16, hi the others (two independent chains) */
 INLINE void float_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t ws, const char *const *act,
                        float *const *out, int64_t r0) {
-    __m512 lo[2][4], hi[2][4];
+    __m512 lo[2][8], hi[2][8]; /* 2 rows x 4 tokens, or 1 row x up to 8 */
     UNROLL
     for (int r = 0; r < NR; r++)
         UNROLL
@@ -398,7 +398,10 @@ INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t w
 /* tiles of up to 1, 2 or 4 weight rows x 4 tokens */
 #define KERNEL1(name, gen, type) SHAPES(name, gen, type, 1) DISPATCH(name, 1, PTRS(name, 1))
 #define KERNEL2(name, gen, type)                                                                         \
-    SHAPES(name, gen, type, 1) SHAPES(name, gen, type, 2) DISPATCH(name, 2, PTRS(name, 1), PTRS(name, 2))
+    SHAPES(name, gen, type, 1) SHAPES(name, gen, type, 2) SHAPE(name, gen, type, 1, 5) SHAPE(name, gen, type, 1, 6) \
+    SHAPE(name, gen, type, 1, 7) SHAPE(name, gen, type, 1, 8)                                             \
+    DISPATCH(name, 2, {name##_1x1, name##_1x2, name##_1x3, name##_1x4, name##_1x5, name##_1x6, name##_1x7,  \
+                       name##_1x8}, PTRS(name, 2))
 #define KERNEL4(name, gen, type)                                                                         \
     SHAPES(name, gen, type, 1) SHAPES(name, gen, type, 2) SHAPES(name, gen, type, 3) SHAPES(name, gen, type, 4) \
     DISPATCH(name, 4, PTRS(name, 1), PTRS(name, 2), PTRS(name, 3), PTRS(name, 4))
@@ -428,9 +431,9 @@ KERNEL1(q6_k_tile, k_tile, GR_Q6_K)
 
 gr_mm_kernel gr_mm_avx512(int type) {
     switch (type) {
-    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 2, 4, 4, f32_tile};
-    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 2, 4, 4, f16_tile};
-    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 2, 4, 4, bf16_tile};
+    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 2, 4, 8, f32_tile};
+    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 2, 4, 8, f16_tile};
+    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 2, 4, 8, bf16_tile};
     case GR_Q8_0: return (gr_mm_kernel){GR_ACT_Q8, 4, 4, 8, q8_0_tile};
     case GR_Q4_0: return (gr_mm_kernel){GR_ACT_Q8, 4, 4, 8, q4_0_tile};
     case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 4, 4, q4_k_tile};

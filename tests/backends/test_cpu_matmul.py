@@ -1,7 +1,8 @@
 """The native cpu mul_mat and mul_mat_id (shaders/cpu/matmul.c, quantize_act.c, vecdot*.c).
 
 Each weight type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K), at odd row counts, 1..17
-tokens, several thread counts and every ISA level, is checked
+tokens (every batch of 1..8: decode and verify batches), several thread counts and every ISA
+level, is checked
   - against the reference within the harness's mul_mat bound (MATMUL_NMSE);
   - against an exact model: float64 dot products of the weights with the activations rounded
     exactly as the kernels round them (Q8_0 blocks for Q8_0/Q4_0, Q8_K for the K-quants, none
@@ -334,6 +335,30 @@ def test_batch_invariance(native, type: DType, isa: int) -> None:
     for n in (0, 5, 16):
         alone = bits(run(NATIVE, gr.mul_mat(a, one).set_output(), {one: bv[n : n + 1]}))
         np.testing.assert_array_equal(alone[0, 0, 0], rows[1][0, 0, n], err_msg=f"{type.name} token {n}")
+
+
+@pytest.mark.parametrize("isa", [0, 1, 7], ids=["portable", "avx2", "avx512-vnni"])
+@pytest.mark.parametrize("type", WEIGHTS, ids=lambda t: t.name)
+def test_verify_batches(native, type: DType, isa: int) -> None:
+    """Batches of 1..8 tokens (decode and verify batches: one pass of one-row tiles on AVX-512)
+    at odd row counts: every token's row equals the token alone bit for bit, and the exact model."""
+    _set_isa(isa)
+    rng = np.random.default_rng(int(type) + 31)
+    K, M = K_OF[blocks(type)][1 if blocks(type) > 1 else -1], 23
+    data = weight_data(type, M, K, rng)
+    a = gr.new_weight(type, [K, M], data, "a")
+    w64 = weight_f64(type, data, K)[None, None]
+    bv = rng.uniform(-1, 1, (8, K)).astype(np.float32)
+    one = gr.new_input(F32, [K, 1], "one")
+    native.n_threads = 2
+    alone = np.stack([bits(run(NATIVE, gr.mul_mat(a, one).set_output(), {one: bv[n : n + 1]}))[0, 0, 0]
+                      for n in range(8)])  # fmt: skip
+    for N in range(1, 9):
+        native.n_threads = 1 + N % 3
+        batch = gr.new_input(F32, [K, N], "batch")
+        got = run(NATIVE, gr.mul_mat(a, batch).set_output(), {batch: bv[:N]})
+        np.testing.assert_array_equal(bits(got)[0, 0], alone[:N], err_msg=f"{type.name} N={N}")
+        assert_model(type, got, w64, bv[None, None, :N])
 
 
 @pytest.mark.parametrize("type", [F32, Q8_0, Q6_K], ids=lambda t: t.name)
