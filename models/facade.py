@@ -75,7 +75,7 @@ class GenerationStats:
 
 def load(path: str | os.PathLike[str] | None = None, backend: str | Sequence[str] | None = None, n_ctx: int = 2048,
          n_threads: int | None = None, spec: str | None = None, draft_max: int = 1, *, n_ubatch: int = 128,
-         p_min: float = 0.0, type_k: str = "f16", type_v: str = "f16") -> LLM:  # fmt: skip
+         p_min: float = 0.0, type_k: str = "f16", type_v: str = "f16", spec_adaptive: bool = True) -> LLM:  # fmt: skip
     """Load a GGUF model and make a context for it.
 
     Args:
@@ -91,6 +91,9 @@ def load(path: str | os.PathLike[str] | None = None, backend: str | Sequence[str
             as `graphir generate --spec mtp`).
         n_ubatch: tokens per graph run (prompts are decoded in pieces of this size).
         p_min: spec="mtp": stop drafting when a draft's probability is below this.
+        spec_adaptive: spec="mtp": speculate only in the rounds a policy measured cheaper than plain
+            ones (default; `speculative.SpecPolicy`: the text is the same either way); False: every
+            round drafts.
         type_k, type_v: KV cache types, "f16" or "f32".
     Raises:
         GGUFError (a ValueError) for a file that is not a valid model, FileNotFoundError for a
@@ -103,7 +106,7 @@ def load(path: str | os.PathLike[str] | None = None, backend: str | Sequence[str
         'x = 1'
     """
     return LLM(path, backend, n_ctx, n_threads, spec, draft_max, n_ubatch=n_ubatch, p_min=p_min, type_k=type_k,
-               type_v=type_v)  # fmt: skip
+               type_v=type_v, spec_adaptive=spec_adaptive)  # fmt: skip
 
 
 class LLM:
@@ -112,7 +115,8 @@ class LLM:
 
     def __init__(self, path: str | os.PathLike[str] | None = None, backend: str | Sequence[str] | None = None,
                  n_ctx: int = 2048, n_threads: int | None = None, spec: str | None = None, draft_max: int = 1, *,
-                 n_ubatch: int = 128, p_min: float = 0.0, type_k: str = "f16", type_v: str = "f16") -> None:  # fmt: skip
+                 n_ubatch: int = 128, p_min: float = 0.0, type_k: str = "f16", type_v: str = "f16",
+                 spec_adaptive: bool = True) -> None:  # fmt: skip
         if spec not in (None, "mtp"):
             raise ValueError(f"[load] spec must be None or 'mtp', got {spec!r}")
         for name, v in (("n_ctx", n_ctx), ("n_ubatch", n_ubatch), ("draft_max", draft_max)):
@@ -139,7 +143,7 @@ class LLM:
 
                 self._gen = Generator(self.model, spec=spec, draft_max=draft_max, p_min=p_min, n_ctx=self.n_ctx,
                                       n_ubatch=n_ubatch, backends=backends, type_k=type_k, type_v=type_v,
-                                      n_threads=n_threads)  # fmt: skip
+                                      n_threads=n_threads, adaptive=spec_adaptive)  # fmt: skip
                 self.context: Context = self._gen.target
             else:
                 self._gen = None
@@ -306,7 +310,8 @@ class LLM:
             finally:
                 gs = self._gen.stats
                 st.t_prefill, st.t_generate = gs.t_prompt, gs.t_generate
-                st.spec = {"rounds": gs.rounds, "drafted": gs.drafted, "accepted": gs.accepted,
+                st.spec = {"rounds": gs.rounds, "plain_rounds": gs.plain_rounds, "drafted": gs.drafted,
+                           "accepted": gs.accepted,
                            "acceptance_rate": gs.acceptance_rate, "acceptance_at": gs.acceptance_at}  # fmt: skip
             return
         ctx = self.context

@@ -35,8 +35,10 @@ a round whose first draft falls below p_min verifies [last] alone.
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -59,6 +61,7 @@ class SpecStats:
     n_prompt: int = 0
     n_generated: int = 0
     rounds: int = 0  # verify batches (plain decoding: single-token decodes)
+    plain_rounds: int = 0  # rounds of spec="mtp" that did not draft (the policy found plain rounds cheaper)
     drafted: int = 0  # draft tokens proposed
     accepted: int = 0  # draft tokens accepted
     drafted_at: list[int] = field(default_factory=list)  # per draft position i (0-based): drafts proposed
@@ -96,11 +99,91 @@ class SpecStats:
 
     def summary(self) -> str:
         per_pos = " ".join(f"{r:.2f}" for r in self.acceptance_at)
-        return (f"rounds {self.rounds}, drafted {self.drafted}, accepted {self.accepted} "
+        plain = f" ({self.plain_rounds} plain)" if self.plain_rounds else ""
+        return (f"rounds {self.rounds}{plain}, drafted {self.drafted}, accepted {self.accepted} "
                 f"(rate {self.acceptance_rate:.3f}, per position [{per_pos}]), "
                 f"mean accepted/round {self.mean_accepted:.2f}, draft {self.t_draft:.3f} s, "
                 f"verify {self.t_verify:.3f} s, {self.n_generated} tokens in {self.t_generate:.3f} s "
                 f"({self.tokens_per_s:.1f} tok/s)")  # fmt: skip
+
+
+class SpecPolicy:
+    """Whether the next round speculates (drafts with the head) or decodes plainly, from the measured
+    wall time per emitted token of each kind of round.
+
+    Coupled speculation is lossless however often it runs, so speculating is purely a question of
+    cost: where a head step costs about what an accepted draft saves (a very small model, a backend
+    with a high fixed cost per run) plain rounds are faster, and the generator should make them.
+    The policy keeps the last `window` measurements (seconds per emitted token) of each kind and
+    compares their medians (a round preempted by another process is an outlier, not a trend). It
+    measures both kinds first (`probe_len` rounds each, spec first), then runs the cheaper and
+    re-measures the other for `probe_len` rounds every `probe_every` rounds or more: probes grow
+    rarer while they confirm the choice (the interval doubles up to `probe_max` rounds) and frequent
+    again when one changes it. Rounds whose cost is not their kind's are not counted
+    (`record(..., counted=False)`): one that compiles a plan, or a spec round that first feeds the
+    head the rows it missed during plain rounds (that grows with the plain stretch before it).
+
+    `speculate()` decides the next round; `record()` reports the round that ran. A policy lives as
+    long as its Generator, so a later `generate` call starts from the measurements of earlier ones.
+    """
+
+    def __init__(self, probe_every: int = 32, probe_len: int = 4, window: int = 9,
+                 probe_max: int = 1024) -> None:  # fmt: skip
+        if not 1 <= probe_every <= probe_max or probe_len < 1 or window < 1:
+            raise ValueError(f"[spec] bad policy settings probe_every={probe_every}, probe_len={probe_len}, "
+                             f"window={window}, probe_max={probe_max}")  # fmt: skip
+        self.probe_every, self.probe_len, self.probe_max = probe_every, probe_len, probe_max
+        self.samples: dict[bool, deque[float]] = {True: deque(maxlen=window), False: deque(maxlen=window)}
+        self.counted: dict[bool, int] = {True: 0, False: 0}  # rounds measured, per kind
+        self._rounds = 0  # rounds decided
+        self._probe: list[bool] = []  # the kinds of the next rounds, when probing
+        self._interval = probe_every  # rounds between probes
+        self._next_probe: int | None = None
+        self._last_choice: bool | None = None
+
+    def cost(self, spec: bool) -> float | None:
+        """The median seconds per emitted token of the kind's recent rounds (None: unmeasured)."""
+        xs = self.samples[spec]
+        return statistics.median(xs) if xs else None
+
+    @property
+    def preferred(self) -> bool:
+        """The kind of round that measured cheaper (spec while either is unmeasured)."""
+        spec, plain = self.cost(True), self.cost(False)
+        return spec is None or plain is None or spec <= plain
+
+    def speculate(self) -> bool:
+        """The kind of the next round: True = draft with the head, False = plain."""
+        self._rounds += 1
+        if not self._probe:
+            for kind in (True, False):  # first measure both kinds
+                if self.counted[kind] < self.probe_len:
+                    return kind
+            choice = self.preferred
+            if self._next_probe is None:
+                self._next_probe, self._last_choice = self._rounds + self._interval, choice
+            elif self._rounds >= self._next_probe:
+                # the last probe confirmed the choice: probe less often; it changed it: probe soon again
+                same = choice == self._last_choice
+                self._interval = min(self._interval * 2, self.probe_max) if same else self.probe_every
+                self._last_choice = choice
+                self._probe = [not choice] * self.probe_len
+                self._next_probe = self._rounds + self.probe_len + self._interval
+        return self._probe.pop() if self._probe else self.preferred
+
+    def record(self, spec: bool, seconds: float, tokens: int, counted: bool = True) -> None:
+        """Report a round: its kind, wall seconds and emitted tokens."""
+        if not counted or tokens <= 0:
+            return
+        self.samples[spec].append(seconds / tokens)
+        self.counted[spec] += 1
+
+    def summary(self) -> str:
+        def ms(c: float | None) -> str:
+            return "-" if c is None else f"{c * 1e3:.3f}"
+
+        return (f"spec {ms(self.cost(True))} ms/token ({self.counted[True]} rounds), plain {ms(self.cost(False))} "
+                f"ms/token ({self.counted[False]} rounds): {'spec' if self.preferred else 'plain'} preferred")  # fmt: skip
 
 
 @dataclass
@@ -134,6 +217,15 @@ class SeqState:
         """Queue true MTP rows: toks[i] at pos0 + i with the target's hidden state h[i]."""
         self.pend_tok, self.pend_h, self.pend_pos0 = list(toks), list(h[: len(toks)]), pos0
 
+    def extend(self, toks: Sequence[int], h: np.ndarray, pos0: int) -> None:
+        """Append true MTP rows after a plain round (the head did not run: its rows wait)."""
+        if not self.pend_tok:
+            self.queue(toks, h, pos0)
+            return
+        assert pos0 == self.pend_pos0 + len(self.pend_tok), "pending MTP rows must stay consecutive"
+        self.pend_tok += toks
+        self.pend_h += list(h[: len(toks)])
+
 
 def _seq_batch(rows: Sequence[Sequence[int]], pos0: Sequence[int], seq: Sequence[int]) -> Batch:
     """One target batch of several sequences' rows (rows[i] at pos0[i].. of sequence seq[i]), all outputs."""
@@ -164,6 +256,10 @@ class Generator:
         accept: "coupled" (a draft is accepted iff it equals the target's coupled draw: the tokens of
             plain decoding for the seed) or "textbook" (min(1, p/q) with residual resampling: accepts
             more under sampling, follows the target's distribution, not seed-identical to plain).
+        adaptive: spec="mtp" with coupled acceptance: let a `SpecPolicy` choose, round by round, between
+            speculating and plain rounds from their measured cost per emitted token, so speculation does
+            not run where it is slower (default; the tokens are the same either way). False, and always
+            with accept="textbook" (whose tokens depend on which rounds draft): every round speculates.
 
     Thread safety: a Generator runs one generation at a time. `generate` / `generate_batch` hold it
     from the first token asked for until the iterator is exhausted or closed; another one started
@@ -176,7 +272,7 @@ class Generator:
                  sampler: Sampler | None = None, n_ctx: int = 512, n_ubatch: int = 128,
                  n_rs_seq: int | None = None, backends: Sequence[str] = ("cpu",), type_k: str = "f16",
                  type_v: str = "f16", n_seq: int = 1, n_threads: int | None = None,
-                 accept: str = "coupled") -> None:  # fmt: skip
+                 accept: str = "coupled", adaptive: bool = True) -> None:  # fmt: skip
         if spec not in (None, "mtp"):
             raise ValueError(f"[spec] unknown speculative mode {spec!r} (None or 'mtp')")
         if accept not in ACCEPT:
@@ -205,6 +301,10 @@ class Generator:
         self.mtp = (MtpContext(model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ubatch, backends=backends,
                                type_k=type_k, type_v=type_v, n_seq_max=n_seq, n_threads=n_threads)
                     if spec == "mtp" else None)  # fmt: skip
+        # NOTE: coupled acceptance only: with textbook acceptance the tokens depend on which rounds draft,
+        # and a choice made from timings would make them depend on the machine's load, not the seed alone
+        adaptive = bool_arg("spec", "adaptive", adaptive)
+        self.policy = SpecPolicy() if spec == "mtp" and adaptive and accept == "coupled" else None
         self.stats = SpecStats()
         self.states: list[SeqState] = []  # the sequences of the last call
         self._busy = threading.Lock()  # held by a running generate / generate_batch
@@ -333,8 +433,15 @@ class Generator:
         """One speculative round over the given sequences (the module docstring's steps 1-4); returns
         each sequence's emitted tokens (its accepted drafts, then its next `last`)."""
         st = self.stats
-        t = time.perf_counter()
-        drafts = self._draft(states) if self.mtp is not None else [[] for _ in states]
+        t = t_round = time.perf_counter()
+        adaptive = self.policy is not None and self.accept == "coupled"
+        spec = self.mtp is not None and (not adaptive or self.policy.speculate())
+        # not typical: a round that feeds the head rows it missed (plain rounds before it), or that
+        # compiles a plan (a new ubatch shape); their costs are not the kind of round's
+        typical = not spec or all(len(s.pend_tok) <= self.draft_max + 1 for s in states)
+        compiles = self._compiles()
+        drafts = self._draft(states) if spec else [[] for _ in states]
+        st.plain_rounds += int(self.mtp is not None and not spec)
         t_verify = time.perf_counter()
         st.t_draft += t_verify - t
         res = self.target.decode(_seq_batch([[s.last, *d] for s, d in zip(states, drafts)],
@@ -347,11 +454,21 @@ class Generator:
             n = len(ds) + 1
             toks, n_acc = self._accept(s, res.logits[row0 : row0 + n], ds)
             st.count(len(ds), n_acc)
-            self._advance(s, len(ds), toks, n_acc, res.h_nextn[row0 : row0 + n] if self.mtp is not None else None)
+            self._advance(s, len(ds), toks, n_acc, res.h_nextn[row0 : row0 + n] if self.mtp is not None else None,
+                          spec)  # fmt: skip
             emitted.append(toks)
             row0 += n
-        st.t_draft += time.perf_counter() - t
+        t_end = time.perf_counter()
+        st.t_draft += t_end - t
+        if adaptive:
+            typical = typical and self._compiles() == compiles
+            self.policy.record(spec, t_end - t_round, sum(map(len, emitted)), typical)
         return emitted
+
+    def _compiles(self) -> int:
+        """Plans compiled so far by both contexts (state-update graphs included)."""
+        n = self.target.stats.plan_compiles + self.target.stats.state_updates
+        return n + (self.mtp.stats.plan_compiles + self.mtp.stats.state_updates if self.mtp is not None else 0)
 
     def _accept(self, s: SeqState, logits: np.ndarray, drafts: list[int]) -> tuple[list[int], int]:
         """Sample the target's token at each verify row; drafts are accepted while they equal it.
@@ -370,15 +487,19 @@ class Generator:
                 return emitted, i + int(accepted)
         raise AssertionError("unreachable: the bonus row is never accepted")
 
-    def _advance(self, s: SeqState, k: int, emitted: list[int], n_acc: int, h: np.ndarray | None) -> None:
+    def _advance(self, s: SeqState, k: int, emitted: list[int], n_acc: int, h: np.ndarray | None,
+                 spec: bool = True) -> None:  # fmt: skip
         """Roll back the rejected drafts of the target, drop the MTP head's draft-time entries (chained
-        hidden states) and queue the true rows; `last` becomes the newest emitted token."""
+        hidden states) and queue the true rows; `last` becomes the newest emitted token. After a plain
+        round (spec False: the head did not run) the true rows are appended to the waiting ones."""
         keep = s.n_past + n_acc + 1  # target positions kept: .. last, d1..d_nacc
         if n_acc < k and not self.target.seq_rm(s.seq, keep, -1):
             raise RuntimeError(f"[spec] the target refused to roll back {k - n_acc} tokens of seq {s.seq}")
-        if self.mtp is not None:
+        if self.mtp is not None and spec:
             self.mtp.seq_rm(s.seq, s.n_past + 1, -1)
             s.queue(emitted, h, s.n_past + 1)
+        elif self.mtp is not None:
+            s.extend(emitted, h, s.n_past + 1)
         s.n_past, s.last = keep, emitted[-1]
 
     # ---- drafting ---------------------------------------------------------------------------
@@ -393,6 +514,8 @@ class Generator:
         step), then chain the drafts of the sequences still drafting, one MTP batch per step. The
         chained entries stay in the MTP cache until the round drops them."""
         assert self.mtp is not None
+        for s in states:
+            self._feed_backlog(s)
         k_max = [s.k_max(self.draft_max) for s in states]
         res = self.mtp.decode(self._pending_batch(states, k_max))
         flagged = [i for i, k in enumerate(k_max) if k >= 1]
@@ -418,6 +541,23 @@ class Generator:
                                         pos=[x[3] for x in step], seq_id=[states[x[0]].seq for x in step]))  # fmt: skip
             cur = [(i, res.logits[j], res.hidden[j], p) for j, (i, _, _, p) in enumerate(step)]
         return drafts
+
+    def _feed_backlog(self, s: SeqState) -> None:
+        """Feed the head the pending rows beyond the usual draft_max + 1 (those plain rounds left
+        waiting), in chunks of power-of-two lengths without outputs: however long the backlog, its
+        decodes take a handful of ubatch shapes, whose plans are compiled once."""
+        extra = len(s.pend_tok) - (self.draft_max + 1)
+        if extra <= 0:
+            return
+        cap = 1 << (self.mtp.n_ubatch.bit_length() - 1)
+        i = 0
+        while i < extra:
+            n = min(1 << ((extra - i).bit_length() - 1), cap)
+            self.mtp.decode(Batch(s.pend_tok[i : i + n], embd=np.stack(s.pend_h[i : i + n]),
+                                  pos=np.arange(s.pend_pos0 + i, s.pend_pos0 + i + n), seq_id=s.seq,
+                                  output=np.zeros(n, bool)))  # fmt: skip
+            i += n
+        s.pend_tok, s.pend_h, s.pend_pos0 = s.pend_tok[extra:], s.pend_h[extra:], s.pend_pos0 + extra
 
     @staticmethod
     def _pending_batch(states: list[SeqState], k_max: list[int]) -> Batch:

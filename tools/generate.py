@@ -55,6 +55,10 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
                    help="--spec: coupled (default: the same text as without --spec for the seed) or textbook "
                         "(accept with min(1, p/q), resample from the residual: more drafts accepted, the same "
                         "distribution, other text)")  # fmt: skip
+    p.add_argument("--spec-fixed", action="store_true",
+                   help="--spec: draft in every round (default: a policy measures rounds with and without "
+                        "drafts and runs the cheaper per token, so --spec is never much slower than plain; "
+                        "coupled acceptance only)")  # fmt: skip
 
 
 def read_prompt(args: argparse.Namespace) -> str:
@@ -82,7 +86,8 @@ def load_llm(args: argparse.Namespace) -> LLM:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         llm = load(args.model, args.backend, n_ctx=args.ctx_size, n_threads=args.threads, spec=args.spec,
-                   draft_max=args.draft_max, n_ubatch=args.ubatch, p_min=args.p_min)  # fmt: skip
+                   draft_max=args.draft_max, n_ubatch=args.ubatch, p_min=args.p_min,
+                   spec_adaptive=not args.spec_fixed)  # fmt: skip
     for w in caught:
         print(f"graphir generate: warning: {str(w.message).removeprefix('[load] ')}", file=sys.stderr)
     if llm.generator is not None:
@@ -137,6 +142,8 @@ def report(llm: LLM, args: argparse.Namespace) -> None:
     if llm.generator is not None:
         print(f"[graphir] prefill: {st.n_prompt} tokens in {st.t_prefill:.3f} s; spec {args.spec}: "
               f"{llm.generator.stats.summary()}", file=sys.stderr)  # fmt: skip
+        if llm.generator.policy is not None and args.spec_accept == "coupled":
+            print(f"[graphir] spec policy: {llm.generator.policy.summary()}", file=sys.stderr)
         return
     print(f"[graphir] prefill: {st.n_prompt} tokens in {st.t_prefill:.3f} s ({st.prefill_tokens_per_s:.1f} tok/s); "
           f"decode: {st.n_generated} tokens in {st.t_generate:.3f} s ({st.tokens_per_s:.1f} tok/s)",

@@ -68,8 +68,9 @@ def generator(model: Model, backend: str, cfg: SamplerConfig, spec: str | None =
     """A Generator of these sizes (cached) with `cfg`'s sampler."""
     key = (model.path, backend, spec, draft_max, n_seq)
     if key not in _CACHE:
+        # adaptive=False: every round speculates (these tests count drafts; the policy is tested in test_speculative)
         _CACHE[key] = Generator(model, spec=spec, draft_max=draft_max, n_ctx=N_CTX, n_ubatch=N_UBATCH,
-                                backends=(backend,), n_seq=n_seq)  # fmt: skip
+                                backends=(backend,), n_seq=n_seq, adaptive=False)  # fmt: skip
     g = _CACHE[key]
     g.sampler = Sampler(cfg)
     return g

@@ -22,7 +22,7 @@ from graphir.models.gguf_write import random_qwen35, write_qwen35
 from graphir.models.model import Model
 from graphir.models.mtp import MtpContext, NoMtpHeadError
 from graphir.models.sampling import Sampler, SamplerConfig
-from graphir.models.speculative import Generator
+from graphir.models.speculative import Generator, SpecPolicy
 
 TIE = 1e-4
 # longer than the n_ubatch=8 used below: the prompt runs in several ubatches
@@ -55,7 +55,9 @@ def assert_lossless(got: list[int], model: Model, n: int) -> None:
 
 
 def generator(model: Model, **kw) -> Generator:
-    return Generator(model, **{"spec": "mtp", "n_ctx": 320, "n_ubatch": 8, **kw})
+    """A Generator whose every round speculates (adaptive=False), unless kw says otherwise: these
+    tests count drafts and rounds; the adaptive policy has its own tests below."""
+    return Generator(model, **{"spec": "mtp", "n_ctx": 320, "n_ubatch": 8, "adaptive": False, **kw})
 
 
 @pytest.mark.parametrize("draft_max", [1, 2, 3, 4])
@@ -228,6 +230,10 @@ def test_cli_spec_mtp_prints_the_plain_greedy_text_and_stats(tmp_path, monkeypat
     assert spec.out == plain.out and len(spec.out) > len("def add(a, b):\n")
     assert "spec mtp: rounds" in spec.err and "accepted" in spec.err and "tok/s" in spec.err
     assert "spec mtp" not in plain.err
+    assert "spec policy: spec" in spec.err and "preferred" in spec.err  # the adaptive policy's measurements
+    assert main([*argv, "--spec", "mtp", "--draft-max", "3", "--spec-fixed"]) == 0
+    fixed = capsys.readouterr()
+    assert fixed.out == plain.out and "spec policy" not in fixed.err and " plain)" not in fixed.err
     assert main([*argv, "--spec", "mtp", "--draft-max", "0"]) == 2
     assert re.search("draft.max", capsys.readouterr().err)  # draft_max or --draft-max
 
@@ -244,3 +250,96 @@ def test_cli_sampled_text_is_the_same_with_and_without_spec(tmp_path, monkeypatc
         assert capsys.readouterr().out == plain
     assert main([*argv[:-3], "--seed", "5", "-q"]) == 0
     assert capsys.readouterr().out != plain
+
+
+# ---- the adaptive policy (SpecPolicy): speculate only where it measured cheaper ----------------
+
+
+def run_policy(policy: SpecPolicy, cost: dict[bool, float], n: int, tokens: dict[bool, int] | None = None) -> str:
+    """n decisions of `policy` with fixed seconds per round of each kind: 'S' spec, '.' plain."""
+    tokens = tokens or {True: 1, False: 1}
+    out = []
+    for _ in range(n):
+        kind = policy.speculate()
+        policy.record(kind, cost[kind], tokens[kind])
+        out.append("S" if kind else ".")
+    return "".join(out)
+
+
+def test_policy_measures_both_then_runs_the_cheaper_and_probes_ever_less_often() -> None:
+    p = SpecPolicy(probe_every=16, probe_len=3)
+    got = run_policy(p, {True: 3e-3, False: 1e-3}, 600)
+    assert got.startswith("SSS...") and not p.preferred
+    probes = [i for i in range(1, len(got)) if got[i] == "S" and got[i - 1] == "."]
+    assert len(probes) >= 3 and all(got[i : i + 3] == "SSS" for i in probes)
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] > gaps[0], f"probe gaps should grow: {gaps}"
+    assert got[6:].count("S") < 0.1 * len(got)
+
+
+def test_policy_prefers_spec_per_emitted_token_and_follows_a_change() -> None:
+    p = SpecPolicy(probe_every=8, probe_len=2)
+    # a spec round costs twice a plain one but emits three tokens: cheaper per token
+    got = run_policy(p, {True: 2e-3, False: 1e-3}, 100, {True: 3, False: 1})
+    assert p.preferred and got[4:].count(".") <= 0.2 * len(got)
+    # the text changes: spec rounds now emit one token each; the probes notice and plain wins
+    got = run_policy(p, {True: 2e-3, False: 1e-3}, 200, {True: 1, False: 1})
+    assert not p.preferred and got[-50:].count("S") <= 10
+
+
+def test_policy_is_robust_to_a_preempted_round() -> None:
+    """Medians: a few rounds slowed 100x by another process do not flip the choice."""
+    p = SpecPolicy(probe_every=8, probe_len=3)
+    run_policy(p, {True: 1e-3, False: 2e-3}, 40)
+    assert p.preferred
+    for _ in range(3):
+        p.record(True, 0.1, 1)
+    assert p.preferred
+
+
+def test_policy_ignores_uncounted_rounds_and_rejects_bad_settings() -> None:
+    p = SpecPolicy()
+    p.record(True, 10.0, 1, counted=False)
+    assert p.cost(True) is None and p.counted[True] == 0
+    for bad in ({"probe_every": 0}, {"probe_len": 0}, {"window": 0}, {"probe_every": 8, "probe_max": 4}):
+        with pytest.raises(ValueError, match="policy"):
+            SpecPolicy(**bad)
+
+
+class Scripted(SpecPolicy):
+    """Rounds of the given kinds in order (then spec), recording nothing."""
+
+    def __init__(self, script: str) -> None:
+        super().__init__()
+        self.script = list(script)
+
+    def speculate(self) -> bool:
+        return self.script.pop(0) == "S" if self.script else True
+
+
+@pytest.mark.parametrize("script", ["S..S", "....SS.........S.S"])
+def test_plain_rounds_between_spec_rounds_are_lossless_and_the_head_catches_up(model, monkeypatch, script) -> None:
+    """Plain rounds skip the head; the next spec round feeds it every row it missed, so the MTP cache
+    ends as if every row had been fed once, and the tokens are plain greedy decoding's."""
+    n, k = 30, 3
+    ref, _ = plain_greedy(model, n)
+    patch_drafts(monkeypatch, PROMPT + ref, 3)  # real acceptance and rollback in the spec rounds
+    g = generator(model, draft_max=k, adaptive=True)
+    g.policy = Scripted(script + "S" * 40)
+    out = list(g.generate(PROMPT, n))
+    assert out == ref
+    st = g.stats
+    assert st.plain_rounds == script.count(".") and st.drafted > 0 and 0 < st.accepted < st.drafted
+    assert_close(next_draft_logits(g), mtp_reference_logits(model, g.tokens), "next draft logits")
+
+
+def test_adaptive_generator_is_lossless_and_reports_its_choice(model) -> None:
+    g = generator(model, draft_max=2, adaptive=True)
+    out = list(g.generate(PROMPT, 40))
+    assert_lossless(out, model, 40)
+    p = g.policy
+    assert p is not None and p.counted[True] >= 1 and p.counted[False] >= 1  # both kinds measured
+    assert g.stats.plain_rounds >= p.probe_len and "plain" in g.stats.summary()
+    assert generator(model, adaptive=False).policy is None
+    with pytest.raises(ValueError, match="adaptive"):
+        generator(model, adaptive=1)
