@@ -116,11 +116,20 @@ def _soft_max(be, node: Tensor, dst: Place, srcs: list) -> Call:
 _soft_max.supports = lambda node: node.src[0].type == DType.F32
 
 
+def _rows4(src: Tensor, dst: Tensor) -> bool:
+    """Rows of a 4-byte type copied into the same type, both contiguous along dim 0, ne0 % 4 == 0: the
+    row kernels' ROW4 variant (one work-item per 4 elements; the recurrent state's row copies)."""
+    return (src.type == dst.type and src.type in (DType.F32, DType.I32) and src.nb[0] == 4 and dst.nb[0] == 4
+            and src.ne[0] % 4 == 0)  # fmt: skip
+
+
 def _get_rows(be, node: Tensor, dst: Place, srcs: list) -> Call:
     a, b = node.src
     n_items = node.nelements
     if a.type in DEQ:
         defines, n_items = {"DEQ": DEQ[a.type]}, node.nelements // 16
+    elif _rows4(a, node):
+        defines, n_items = {"ROW4": None}, node.nelements // 4
     elif a.type == DType.I32:
         defines = {"RAW": "int"}
     else:
@@ -143,8 +152,11 @@ def _rows(be, node: Tensor, dst: Place, srcs: list) -> Call:
 def _set_rows(be, node: Tensor, dst: Place, srcs: list) -> Call:
     _, b, c = node.src
     args = tensor_args(srcs[1], b) + tensor_args(srcs[2], c) + tensor_args(dst, node)
-    k = _set(be.programs.kernel("set_rows.cl", "set_rows", {"TD": TYPE[node.type]}), *args)
-    return be.launch(k, b.ne[0] * b.ne[2] * b.ne[3])
+    defines, n0 = {"TD": TYPE[node.type]}, b.ne[0]
+    if _rows4(b, node):
+        defines["ROW4"], n0 = None, b.ne[0] // 4
+    k = _set(be.programs.kernel("set_rows.cl", "set_rows", defines), *args)
+    return be.launch(k, n0 * b.ne[2] * b.ne[3])
 
 
 _set_rows.supports = lambda node: node.type in TYPE

@@ -231,6 +231,31 @@ def test_get_rows_dequantizes_bit_exact(type):
     np.testing.assert_array_equal(got.reshape(want.shape), want)
 
 
+@needs_device
+@pytest.mark.parametrize("ne0", [12, 10], ids=["row4", "per-element"])
+def test_state_row_copies_get_rows_set_rows(ne0, monkeypatch):
+    """The recurrent state's row copies: get_rows then set_rows of F32 rows (ROW4: contiguous, ne0 % 4
+    == 0, one work-item per 4 elements, copied as bits: a NaN payload survives), against numpy."""
+    from graphir.backends.opencl import kernels
+
+    rng = np.random.default_rng(10)
+    n_rows = 7
+    state = rng.standard_normal((n_rows, ne0)).astype(np.float32)
+    state[2, 1] = np.frombuffer(np.uint32(0x7FC01234).tobytes(), np.float32)[0]  # a NaN with a payload
+    s = gr.new_input(DType.F32, (ne0, n_rows), "s")
+    src, dst = gr.new_input(DType.I32, (2,), "src"), gr.new_input(DType.I32, (2,), "dst")
+    be = get_backend("opencl")
+    used: list[dict] = []
+    kernel = be.programs.kernel
+    monkeypatch.setattr(be.programs, "kernel", lambda f, n, d=None: used.append(d) or kernel(f, n, d))
+    got = _run_opencl(gr.set_rows(s, gr.get_rows(s, src), dst),
+                      {s: state, src: np.array([2, 5], np.int32), dst: np.array([0, 6], np.int32)})  # fmt: skip
+    want = state.copy()
+    want[[0, 6]] = state[[2, 5]]
+    assert got.reshape(n_rows, ne0).view(np.uint32).tolist() == want.view(np.uint32).tolist()
+    assert all(("ROW4" in d) == (ne0 % 4 == 0) for d in used)
+
+
 def _weight_rows(rng: np.random.Generator, type: DType, M: int, K: int) -> tuple[np.ndarray, np.ndarray]:
     """Raw weight bytes (or floats) of type and the float64 values they hold."""
     w = rng.standard_normal((M, K)).astype(np.float32)
