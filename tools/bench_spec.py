@@ -18,6 +18,10 @@ Acceptance per position i is the fraction of proposed i-th drafts that were acce
 min(1, p/q), else the token is drawn from the residual max(0, p - q)): distribution-lossless like
 the coupled draws, but not seed-identical to plain decoding (`graphir generate --spec-accept`).
 
+Rows draft in every round (Generator(adaptive=False): speculation's own acceptance and cost), except
+the "adaptive" row of each draft_max: what `graphir generate --spec mtp` runs, drafting only in the
+rounds its policy measured cheaper than plain ones.
+
 --uncoupled adds the sampled mode with argmax drafts (the sampler before coupled draws) as a
 reference row. --projection prints the speedup the measured acceptance projects at a given
 verify/head cost (defaults: the 0.8B-shaped model's llama.cpp figures). With llama-cpp-python
@@ -78,7 +82,10 @@ class UncoupledGenerator(Generator):
         return tok, float(1.0 / np.exp(x - x[tok]).sum())
 
 
-VARIANTS = {"coupled": Generator, "textbook": Generator, "uncoupled": UncoupledGenerator}
+# coupled / textbook / uncoupled rows draft in every round (speculation's own figures); the adaptive
+# row is what `graphir generate --spec mtp` runs: coupled, drafting only where a policy measured it
+# cheaper than plain rounds (models/speculative.py SpecPolicy; its state carries over the prompts)
+VARIANTS = {"coupled": Generator, "textbook": Generator, "uncoupled": UncoupledGenerator, "adaptive": Generator}
 
 
 # ---- measuring ------------------------------------------------------------------------------------
@@ -125,7 +132,7 @@ def make_generator(model, s: Setting, cfg: SamplerConfig, backend: str, n_ctx: i
     cls = VARIANTS[s.variant]
     return cls(model, spec="mtp" if s.draft_max else None, draft_max=max(s.draft_max, 1), p_min=s.p_min,
                sampler=Sampler(cfg), n_ctx=n_ctx, backends=(backend,), n_threads=threads,
-               accept="textbook" if s.variant == "textbook" else "coupled")  # fmt: skip
+               accept="textbook" if s.variant == "textbook" else "coupled", adaptive=s.variant == "adaptive")  # fmt: skip
 
 
 def run_backend(model, backend: str, mode: str, settings: list[Setting], prompts: list[list[int]], n_predict: int,
@@ -243,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def settings_for(mode: str) -> list[Setting]:
         out = [Setting(0)] + [Setting(k, pm) for k in args.draft_max for pm in args.p_min]
+        out += [Setting(k, 0.0, "adaptive") for k in args.draft_max]
         extra = [v for v, on in (("textbook", args.textbook), ("uncoupled", args.uncoupled)) if on]
         if mode == "sampled":
             out += [Setting(k, 0.0, v) for v in extra for k in args.draft_max]

@@ -16,8 +16,10 @@ def test_bench_spec_reports_both_modes_with_progress(capsys) -> None:
     assert "\ncpu, greedy (load average" in out and "\ncpu, sampled (load average" in out
     assert out.count("  plain ") == 2 and out.count("mtp 1 p>=0.5 ") == 2
     assert out.count("mtp 1 p>=0 textbook") == 1 and out.count("mtp 1 p>=0 uncoupled") == 1
-    # (plain + 2 settings) greedy, + 2 reference rows sampled: 8 settings, a warm-up and one prompt each
-    assert "[bench-spec" in err and "step 16/16]" in err
+    assert out.count("mtp 1 p>=0 adaptive") == 2  # what graphir generate --spec mtp runs, in both modes
+    # (plain + 2 settings + adaptive) per mode, + 2 reference rows sampled: 10 settings, a warm-up and
+    # one prompt each
+    assert "[bench-spec" in err and "step 20/20]" in err
 
 
 def test_expected_tokens_sums_the_acceptance_of_proposed_drafts() -> None:
