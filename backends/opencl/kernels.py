@@ -255,7 +255,10 @@ def _flash_attn_ext(be, node: Tensor, dst: Place, srcs: list) -> Call:
     scale, softcap = np.float32(p["scale"]), np.float32(p["logit_softcap"])
     if softcap != 0:
         scale = scale / softcap  # as ggml: scale first, then softcap * tanh
-    defines = {"WG": WG, "TK": TYPE[k.type], "TV": TYPE[v.type], "DV_PER": -(-v.ne[0] // WG)}
+    wg = 1 if be.item_rows else WG  # CPU devices: one work-item per query row (ITEM_ROWS)
+    defines = {"WG": WG, "TK": TYPE[k.type], "TV": TYPE[v.type], "DV_PER": -(-v.ne[0] // wg)}
+    if be.item_rows:
+        defines["ITEM_ROWS"] = None
     if mask is not None:
         defines.update(HAS_MASK=None, TM=TYPE[mask.type])
     if softcap != 0:
@@ -268,7 +271,10 @@ def _flash_attn_ext(be, node: Tensor, dst: Place, srcs: list) -> Call:
     kern = _set(be.programs.kernel("flash_attn_ext.cl", "flash_attn_ext", defines),
                 *tensor_args(srcs[0], q), *tensor_args(srcs[1], k), *tensor_args(srcs[2], v), *m_args, sbuf,
                 *tensor_args(dst, node), np.float32(scale), softcap)  # fmt: skip
-    return be.launch(kern, q.ne[1] * q.ne[2] * q.ne[3] * WG, WG, keep=(sbuf,))
+    rows = q.ne[1] * q.ne[2] * q.ne[3]
+    if be.item_rows:
+        return be.launch(kern, rows, keep=(sbuf,))
+    return be.launch(kern, rows * WG, WG, keep=(sbuf,))
 
 
 # ---- position / state space ------------------------------------------------------

@@ -4,7 +4,8 @@
 // DV_PER output channels over the chunk. -inf mask entries weigh exactly 0 and their K and V are
 // never read (a decode's padded cache is mostly free cells); a fully masked row gives zeros (ggml's
 // S == 0 rule). -DTK, -DTV (F32/F16), -DHAS_MASK with -DTM, -DSOFTCAP;
-// -DQK_VEC4 when the q and k rows are contiguous and the head size is a multiple of 4.
+// -DQK_VEC4 when the q and k rows are contiguous and the head size is a multiple of 4; -DITEM_ROWS (CPU
+// devices): one work-item per query row, DV_PER = the head size.
 #include "common.h"
 
 #define LD4_F32(p, i) vload4((i), (__global const float *)(p))
@@ -41,6 +42,34 @@ inline float score(__global char *q_d, ulong q_o, int4 q_ne, ulong4 q_nb, __glob
 
 __kernel void flash_attn_ext(TENSOR(q), TENSOR(k), TENSOR(v), TENSOR(m), __global const float *slopes,
                              TENSOR(d), float scale, float softcap) {
+#ifdef ITEM_ROWS
+    // CPU devices: one work-item per query row and head, the same two passes over the cells in order
+    // (row max, then weights and V accumulated cell by cell) without local memory or barriers
+    int grp = get_global_id(0);
+    int n_q = q_ne.s1, H = q_ne.s2, n_kv = k_ne.s1, Dv = v_ne.s0;
+    if (grp >= n_q * H * q_ne.s3) return;
+    int iq = grp % n_q, h = (grp / n_q) % H, s = grp / (n_q * H);
+    int hk = h / (H / k_ne.s2), sk = s / (q_ne.s3 / k_ne.s3);
+    float slope = slopes[h];
+    float mx = -INFINITY;
+    for (int j = 0; j < n_kv; j++)
+        mx = fmax(mx, score(q_d, q_o, q_ne, q_nb, k_d, k_o, k_ne, k_nb, m_d, m_o, m_ne, m_nb,
+                            j, iq, h, s, hk, sk, scale, softcap, slope));
+    float off = mx == -INFINITY ? 0.0f : mx;
+    float acc[DV_PER];
+    for (int dv = 0; dv < DV_PER; dv++) acc[dv] = 0.0f;
+    double total = 0.0;
+    for (int j = 0; j < n_kv; j++) {
+        float e = exp(score(q_d, q_o, q_ne, q_nb, k_d, k_o, k_ne, k_nb, m_d, m_o, m_ne, m_nb,
+                            j, iq, h, s, hk, sk, scale, softcap, slope) - off);
+        if (e == 0.0f) continue;  // masked (never read) or underflowed: weighs exactly 0
+        total += (double)e;
+        __global const char *vc = AT(v, 0, j, hk, sk);
+        for (int dv = 0; dv < Dv; dv++) acc[dv] += e * LD(TV, vc + dv * v_nb.s0);
+    }
+    float sum = (float)total;
+    for (int dv = 0; dv < Dv; dv++) ST_F32(AT(d, dv, h, iq, s), sum == 0.0f ? 0.0f : acc[dv] / sum);
+#else
     int grp = get_group_id(0), l = get_local_id(0);
     int n_q = q_ne.s1, H = q_ne.s2, n_kv = k_ne.s1, Dv = v_ne.s0;
     int iq = grp % n_q, h = (grp / n_q) % H, s = grp / (n_q * H);
@@ -85,4 +114,5 @@ __kernel void flash_attn_ext(TENSOR(q), TENSOR(k), TENSOR(v), TENSOR(m), __globa
         int dv = l + t * WG;
         if (dv < Dv) ST_F32(AT(d, dv, h, iq, s), sum == 0.0f ? 0.0f : acc[t] / sum);
     }
+#endif
 }

@@ -529,8 +529,10 @@ def _opencl_vs_cpu(out, inputs: dict) -> float:
 
 
 @needs_device
+@pytest.mark.parametrize("item_rows", [True, False], ids=["item-rows", "work-groups"])
 @pytest.mark.parametrize("D", [8, 6])  # QK_VEC4 / scalar score loop
-def test_flash_attn_ext_head_sizes(D):
+def test_flash_attn_ext_head_sizes(D, item_rows, monkeypatch):
+    monkeypatch.setattr(get_backend("opencl"), "item_rows", item_rows)
     rng = np.random.default_rng(4)
     q = gr.new_input(DType.F32, (D, 3, 4, 1), "q")
     k = gr.new_input(DType.F16, (D, 70, 2, 1), "k")
@@ -542,9 +544,11 @@ def test_flash_attn_ext_head_sizes(D):
 
 
 @needs_device
-def test_flash_attn_ext_never_reads_masked_cells():
+@pytest.mark.parametrize("item_rows", [True, False], ids=["item-rows", "work-groups"])
+def test_flash_attn_ext_never_reads_masked_cells(item_rows, monkeypatch):
     """-inf mask entries: the cell's K and V are never read (NaN left in free cells of a padded cache
     does not leak as 0 * NaN) and the result equals attention over the unmasked cells alone."""
+    monkeypatch.setattr(get_backend("opencl"), "item_rows", item_rows)
     rng = np.random.default_rng(9)
     D, n_kv, keep = 8, 40, [0, 3, 4, 9, 17]
     q = gr.new_input(DType.F32, (D, 2, 4, 1), "q")
