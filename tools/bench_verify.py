@@ -14,14 +14,15 @@ import time
 import numpy as np
 
 
-def graphir_costs(path: str, prompt: list[int], ks: list[int], reps: int) -> tuple[dict[int, float], dict]:
+def graphir_costs(path: str, prompt: list[int], ks: list[int], reps: int, threads: int | None = None
+                  ) -> tuple[dict[int, float], dict]:  # fmt: skip
     from graphir.models.batch import Batch
     from graphir.models.context import Context
     from graphir.models.model import Model
 
     model = Model.load(path)
     n = len(prompt)
-    ctx = Context(model, n_ctx=n + 16, n_batch=n, n_ubatch=n, n_rs_seq=max(ks))
+    ctx = Context(model, n_ctx=n + 16, n_batch=n, n_ubatch=n, n_rs_seq=max(ks), n_threads=threads)
     ctx.decode(Batch.simple(prompt, 0))
 
     def back_to_prompt() -> None:  # roll the batch back (a single token keeps no snapshot: redo)
@@ -29,16 +30,15 @@ def graphir_costs(path: str, prompt: list[int], ks: list[int], reps: int) -> tup
             ctx.clear()
             ctx.decode(Batch.simple(prompt, 0))
 
-    costs = {}
-    for k in [0, *ks]:
-        batch = Batch.simple(prompt[: k + 1], n, all_outputs=True)
-        times = []
-        for _ in range(reps + 1):  # the first run builds and compiles this shape
+    times: dict[int, list[float]] = {k: [] for k in [0, *ks]}
+    for _ in range(reps + 1):  # round robin over k (a busy spell hits every k alike); run 0 compiles
+        for k in times:
+            batch = Batch.simple(prompt[: k + 1], n, all_outputs=True)
             t0 = time.perf_counter()
             ctx.decode(batch)
-            times.append(time.perf_counter() - t0)
+            times[k].append(time.perf_counter() - t0)
             back_to_prompt()
-        costs[k] = statistics.median(times[1:])
+    costs = {k: statistics.median(t[1:]) for k, t in times.items()}
     plain = Context(model, n_ctx=n + 16, n_batch=n, n_ubatch=n, n_rs_seq=0).memory_sizes()
     spec = ctx.memory_sizes()
     return costs, {"rs_plain": plain.rs_bytes, "rs_spec": spec.rs_bytes, "kv": spec.kv_bytes}
@@ -50,17 +50,15 @@ def llama_costs(path: str, prompt: list[int], ks: list[int], reps: int, threads:
     n = len(prompt)
     llm = Llama(model_path=path, n_ctx=n + 16, n_batch=n, n_threads=threads, n_threads_batch=threads,
                 logits_all=True, verbose=False)  # fmt: skip
-    costs = {}
-    for k in [0, *ks]:
-        times = []
-        for _ in range(reps + 1):
+    times: dict[int, list[float]] = {k: [] for k in [0, *ks]}
+    for _ in range(reps + 1):
+        for k in times:
             llm.reset()
             llm.eval(prompt)
             t0 = time.perf_counter()
             llm.eval(prompt[: k + 1])
-            times.append(time.perf_counter() - t0)
-        costs[k] = statistics.median(times[1:])
-    return costs
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(t[1:]) for k, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", "-m")
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="threads of both sides (default 2)")
     ap.add_argument("--no-llama", action="store_true")
     args = ap.parse_args(argv)
     if args.model is None:
@@ -77,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model = str(default_model_path())
     prompt = np.random.default_rng(0).integers(3, 256, args.prompt_tokens).tolist()
     ks = [1, 2, 3, 4]
-    ours, mem = graphir_costs(args.model, prompt, ks, args.reps)
+    ours, mem = graphir_costs(args.model, prompt, ks, args.reps, args.threads)
     rows = [("graphir", ours)]
     if not args.no_llama:
         try:

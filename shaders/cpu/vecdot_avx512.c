@@ -22,6 +22,10 @@
 #include "matmul.h"
 
 #define INLINE static inline __attribute__((always_inline))
+/* The one-row Q8_0/Q4_0 tiles prefetch the weights this many bytes ahead (the rows stream in
+ * address order): measured from memory here (busy machine, one thread, medians of 8), 1 token
+ * 12.2 -> 13.2 GB/s, 4 tokens 4.19 -> 3.88 ns per block */
+#define PF_AHEAD 4096
 /* the row / token / chunk loops of a tile unrolled completely, so its accumulators live in registers */
 #define UNROLL _Pragma("GCC unroll 16")
 
@@ -222,6 +226,7 @@ INLINE void q8_row_tile(int type, int NC, int64_t K, const char *w, const char *
         int n = nblk - j0 < 8 ? (int)(nblk - j0) : 8;
         __mmask8 m = (__mmask8)((1u << n) - 1);
         __m256 dw = q8_row_scales(w + bs * j0, bs, n);
+        for (int l = 0; l < 8 * bs; l += 64) _mm_prefetch(w + bs * j0 + PF_AHEAD + l, _MM_HINT_T0);
         UNROLL
         for (int c = 0; c < NC; c++)
             _mm256_store_ps(P[c], _mm256_mul_ps(dw, _mm256_maskz_loadu_ps(m, da[c] + j0)));
