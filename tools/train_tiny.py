@@ -134,6 +134,11 @@ class TrainConfig:
     distill_temp: float = 0.8  # the temperature both distributions are taken at (the default sampler's)
     distill_top_k: int = 0  # restrict the trunk's distribution to the sampler's candidates (0: all)
     distill_top_p: float = 1.0  # ... (1.0: no nucleus cut)
+    distill_data: str = (
+        "text"  # "text": corpus windows; "sampled": windows the trunk wrote itself (see `sampled_windows`)
+    )
+    sampled_windows: int = 1536  # how many ("sampled")
+    sampled_prompt: int = 32  # corpus tokens that open each sampled window
     chunk: int = 64  # delta-rule chunk length
     eval_every: int = 250
     eval_windows: int = 64
@@ -146,6 +151,8 @@ class TrainConfig:
             raise ValueError(f"[train-tiny] mtp_depth must be >= 1, got {self.mtp_depth}")
         if self.distill_mtp > 0 and not self.freeze_trunk:
             raise ValueError("[train-tiny] --distill-mtp distills the frozen trunk into the head: add --freeze-trunk")
+        if self.distill_data not in ("text", "sampled"):
+            raise ValueError(f"[train-tiny] distill_data must be 'text' or 'sampled', got {self.distill_data!r}")
         if self.distill_temp <= 0 or not 0 < self.distill_top_p <= 1 or self.distill_top_k < 0:
             raise ValueError(f"[train-tiny] bad distillation chain: temperature {self.distill_temp}, "
                              f"top-k {self.distill_top_k}, top-p {self.distill_top_p}")  # fmt: skip
@@ -249,6 +256,50 @@ def batch_at(tokens: np.ndarray, seed: int, step: int, batch: int, seq_len: int)
     rng = np.random.default_rng([seed, step])
     starts = rng.integers(0, tokens.size - seq_len - 1, batch)
     return np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
+
+
+def trunk_digest(gguf: Path) -> str:
+    """sha256 (prefix) of a GGUF's tensors outside the MTP block: what plain decoding depends on."""
+    from graphir.models.gguf import load_gguf
+
+    f, h = load_gguf(gguf), hashlib.sha256()
+    for name, t in f.tensors.items():
+        if ".nextn." not in name and not name.startswith(f"blk.{f.metadata.get('qwen35.block_count', 0) - 1}."):
+            h.update(name.encode() + bytes(t.data))
+    return h.hexdigest()[:16]
+
+
+def sampled_windows(out: Path, gguf: Path, tokens: np.ndarray, tcfg: TrainConfig, log: Any = print) -> np.ndarray:
+    """Windows (n, seq_len + 1) that the model in `gguf` wrote itself, cached in out/sampled.u16: each opens
+    with `sampled_prompt` tokens of a corpus window and goes on with graphir's plain decoding under the
+    default sampler (temperature 0.8, top-k 40, top-p 0.95: `graphir generate`'s), the text a head drafts
+    on at run time. Deterministic in (seed, window)."""
+    from graphir.models.model import Model
+    from graphir.models.sampling import Sampler, SamplerConfig
+    from graphir.models.speculative import Generator
+
+    n, T, P = tcfg.sampled_windows, tcfg.seq_len + 1, tcfg.sampled_prompt
+    path, meta = out / "sampled.u16", out / "sampled.json"
+    desc = {"trunk_sha256": trunk_digest(gguf), "windows": n, "len": T, "prompt": P, "seed": tcfg.seed,
+            "sampler": dataclasses.asdict(SamplerConfig())}  # fmt: skip
+    if path.exists() and meta.exists() and json.loads(meta.read_text()) == desc:
+        return np.fromfile(path, np.uint16).reshape(n, T)
+    S = 32  # sequences per batch
+    model, t0 = Model.load(gguf), time.perf_counter()
+    gen = Generator(model, spec=None, n_ctx=S * T, n_seq=S, n_threads=tcfg.threads or None)
+    starts = np.random.default_rng([tcfg.seed, 1 << 30]).integers(0, tokens.size - P, n)
+    rows = []
+    for b in range(0, n, S):
+        prompts = [tokens[s : s + P].tolist() for s in starts[b : b + S]]
+        cfg = SamplerConfig(seed=tcfg.seed * 1_000_003 + b)  # another noise for every batch
+        outs = gen.generate_batch(prompts, T - P, [Sampler(cfg)] * len(prompts))
+        rows += [p + o for p, o in zip(prompts, outs)]
+        done = len(rows)
+        log(f"sampled windows: {done}/{n} ({done * (T - P) / (time.perf_counter() - t0):.0f} tok/s)")
+    arr = np.asarray(rows, np.uint16)
+    arr.tofile(path)
+    meta.write_text(json.dumps(desc))
+    return arr
 
 
 def eval_windows(tokens: np.ndarray, n: int, seq_len: int) -> np.ndarray:
@@ -550,6 +601,13 @@ def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float
         os.replace(tmp, ckpt_path)
         record_path.write_text(json.dumps(record, indent=1))
 
+    pool = None
+    if tcfg.distill_data == "sampled":
+        if src_gguf is None:
+            raise ValueError(
+                "[train-tiny] distill_data 'sampled' needs --init-from a GGUF (the model that writes them)"
+            )
+        pool = sampled_windows(out, Path(init_from), tr, tcfg, log)
     t_start = time.perf_counter()
     t_base = record["train_seconds"]
     bar = Progress(tcfg.steps, step)
@@ -561,7 +619,11 @@ def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float
         lr = tcfg.lr_at(step)
         for group in opt.param_groups:
             group["lr"] = lr
-        w = torch.from_numpy(batch_at(tr, tcfg.seed, step, tcfg.batch, tcfg.seq_len))
+        if pool is None:
+            w = torch.from_numpy(batch_at(tr, tcfg.seed, step, tcfg.batch, tcfg.seq_len))
+        else:  # windows of the trunk's own samples: a function of (seed, step) too
+            pick = np.random.default_rng([tcfg.seed, step]).integers(0, len(pool), tcfg.batch)
+            w = torch.from_numpy(pool[pick].astype(np.int64))
         terms = losses(torch, model, w, tcfg)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
@@ -639,6 +701,10 @@ def export(out: Path, path: Path, dtype: str = "f16", name: str = "graphir-tiny-
         stage = {"init_from": src.name, **{k: v for k, v in summary.items() if k not in ("corpus", "n_params")}}
         stage["configs"] = {"train": ck["configs"]["train"]}
         key = "mtp_head_distill" if ck["configs"]["train"].get("distill_mtp", 0) > 0 else "mtp_head_finetune"
+        base, n = key, 1
+        while key in (prev_summary or {}):  # a later stage of the same kind
+            n += 1
+            key = f"{base}_{n}"
         summary = {**prev_summary, key: stage} if prev_summary else {**summary, "init_from": src.name}
     path.with_suffix(".run.json").write_text(json.dumps(summary, indent=1))
     if (out / "tokenizer.hf.json").exists():
@@ -718,6 +784,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--distill-top-p", type=float, default=d.distill_top_p, help="... and on its top-p nucleus (default 1: no cut)"
     )
+    p.add_argument("--distill-data", choices=("text", "sampled"), default=d.distill_data,
+                   help="what the head is trained on: corpus windows, or windows the --init-from GGUF wrote "
+                        "itself with graphir under the default sampler (the text a head drafts on at run "
+                        f"time; made once, cached in --out) (default {d.distill_data})")  # fmt: skip
+    p.add_argument("--sampled-windows", type=int, default=d.sampled_windows,
+                   help=f"how many sampled windows (default {d.sampled_windows}), each opened by "
+                        f"{d.sampled_prompt} corpus tokens")  # fmt: skip
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (default: torch's)")
     p.add_argument("--no-resume", action="store_true", help="start over even if out/ has a checkpoint")
@@ -740,7 +813,8 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
                            warmup=args.warmup, mtp_weight=args.mtp_weight, mtp_chain_weight=args.mtp_chain_weight,
                            freeze_trunk=args.freeze_trunk, threads=args.threads, mtp_depth=args.mtp_depth,
                            distill_mtp=args.distill_mtp, distill_temp=args.distill_temp,
-                           distill_top_k=args.distill_top_k, distill_top_p=args.distill_top_p)  # fmt: skip
+                           distill_top_k=args.distill_top_k, distill_top_p=args.distill_top_p,
+                           distill_data=args.distill_data, sampled_windows=args.sampled_windows)  # fmt: skip
         rec = train(out, mcfg, tcfg, time_budget=args.time_budget, resume=not args.no_resume,
                     init_from=Path(args.init_from) if args.init_from else None)  # fmt: skip
         if rec["evals"]:

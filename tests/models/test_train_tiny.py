@@ -214,6 +214,29 @@ def test_distillation_from_a_gguf_trains_only_the_head_and_exports_the_trunk_ver
         tt.TrainConfig(distill_mtp=1.0)
 
 
+def test_distillation_on_the_models_own_samples(run_dir: Path, tmp_path: Path) -> None:
+    """--distill-data sampled: windows open with corpus tokens and go on as graphir's plain decoding
+    under the default sampler (the same tokens for the same seed), made once and cached."""
+    from graphir.models.sampling import Sampler, SamplerConfig
+    from graphir.models.speculative import Generator
+
+    src = tt.export(run_dir, tmp_path / "src.gguf", "f32")
+    cfg = tt.TrainConfig(**{**RUN.__dict__, "steps": 1, "freeze_trunk": True, "distill_mtp": 1.0,
+                            "distill_data": "sampled", "sampled_windows": 3, "sampled_prompt": 8})  # fmt: skip
+    out = tmp_path / "distill"
+    tt.train(out, SMALL, cfg, corpus_root=CORPUS, log=quiet, init_from=src)
+    pool = np.fromfile(out / "sampled.u16", np.uint16).reshape(3, RUN.seq_len + 1)
+    corpus = np.fromfile(out / "train.u16", np.uint16)
+    starts = np.random.default_rng([cfg.seed, 1 << 30]).integers(0, corpus.size - 8, 3)
+    prompt = corpus[starts[0] : starts[0] + 8].tolist()
+    assert pool[0, :8].tolist() == prompt
+    gen = Generator(Model.load(src), spec=None, n_ctx=64)
+    sampler = Sampler(SamplerConfig(seed=cfg.seed * 1_000_003))  # window 0: batch 0, sequence 0
+    assert pool[0, 8:].tolist() == gen.generate_batch([prompt], RUN.seq_len + 1 - 8, [sampler])[0]
+    again = tt.sampled_windows(out, src, corpus, cfg, quiet)  # cached: not generated again
+    assert np.array_equal(again, pool)
+
+
 def test_export_writes_ssm_a_and_keeps_1d_tensors_f32(run_dir: Path) -> None:
     from graphir.models.gguf import load_gguf
 
