@@ -134,9 +134,7 @@ class TrainConfig:
     distill_temp: float = 0.8  # the temperature both distributions are taken at (the default sampler's)
     distill_top_k: int = 0  # restrict the trunk's distribution to the sampler's candidates (0: all)
     distill_top_p: float = 1.0  # ... (1.0: no nucleus cut)
-    distill_data: str = (
-        "text"  # "text": corpus windows; "sampled": windows the trunk wrote itself (see `sampled_windows`)
-    )
+    distill_data: str = "text"  # "text": corpus windows; "sampled": the model's own text (`sampled_windows`)
     sampled_windows: int = 1536  # how many ("sampled")
     sampled_prompt: int = 32  # corpus tokens that open each sampled window
     chunk: int = 64  # delta-rule chunk length
@@ -258,18 +256,19 @@ def batch_at(tokens: np.ndarray, seed: int, step: int, batch: int, seq_len: int)
     return np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64)
 
 
-def trunk_digest(gguf: Path) -> str:
-    """sha256 (prefix) of a GGUF's tensors outside the MTP block: what plain decoding depends on."""
+def trunk_digest(gguf: Path, mcfg: ModelConfig) -> str:
+    """sha256 (prefix) of a GGUF's tensors outside the MTP block: all that plain decoding depends on."""
     from graphir.models.gguf import load_gguf
 
     f, h = load_gguf(gguf), hashlib.sha256()
     for name, t in f.tensors.items():
-        if ".nextn." not in name and not name.startswith(f"blk.{f.metadata.get('qwen35.block_count', 0) - 1}."):
+        if not is_head_tensor(name, mcfg):
             h.update(name.encode() + bytes(t.data))
     return h.hexdigest()[:16]
 
 
-def sampled_windows(out: Path, gguf: Path, tokens: np.ndarray, tcfg: TrainConfig, log: Any = print) -> np.ndarray:
+def sampled_windows(out: Path, gguf: Path, tokens: np.ndarray, mcfg: ModelConfig, tcfg: TrainConfig,
+                    log: Any = print) -> np.ndarray:  # fmt: skip
     """Windows (n, seq_len + 1) that the model in `gguf` wrote itself, cached in out/sampled.u16: each opens
     with `sampled_prompt` tokens of a corpus window and goes on with graphir's plain decoding under the
     default sampler (temperature 0.8, top-k 40, top-p 0.95: `graphir generate`'s), the text a head drafts
@@ -280,7 +279,7 @@ def sampled_windows(out: Path, gguf: Path, tokens: np.ndarray, tcfg: TrainConfig
 
     n, T, P = tcfg.sampled_windows, tcfg.seq_len + 1, tcfg.sampled_prompt
     path, meta = out / "sampled.u16", out / "sampled.json"
-    desc = {"trunk_sha256": trunk_digest(gguf), "windows": n, "len": T, "prompt": P, "seed": tcfg.seed,
+    desc = {"trunk_sha256": trunk_digest(gguf, mcfg), "windows": n, "len": T, "prompt": P, "seed": tcfg.seed,
             "sampler": dataclasses.asdict(SamplerConfig())}  # fmt: skip
     if path.exists() and meta.exists() and json.loads(meta.read_text()) == desc:
         return np.fromfile(path, np.uint16).reshape(n, T)
@@ -607,7 +606,7 @@ def train(out: Path, mcfg: ModelConfig, tcfg: TrainConfig, *, time_budget: float
             raise ValueError(
                 "[train-tiny] distill_data 'sampled' needs --init-from a GGUF (the model that writes them)"
             )
-        pool = sampled_windows(out, Path(init_from), tr, tcfg, log)
+        pool = sampled_windows(out, Path(init_from), tr, mcfg, tcfg, log)
     t_start = time.perf_counter()
     t_base = record["train_seconds"]
     bar = Progress(tcfg.steps, step)

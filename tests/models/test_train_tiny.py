@@ -233,7 +233,7 @@ def test_distillation_on_the_models_own_samples(run_dir: Path, tmp_path: Path) -
     gen = Generator(Model.load(src), spec=None, n_ctx=64)
     sampler = Sampler(SamplerConfig(seed=cfg.seed * 1_000_003))  # window 0: batch 0, sequence 0
     assert pool[0, 8:].tolist() == gen.generate_batch([prompt], RUN.seq_len + 1 - 8, [sampler])[0]
-    again = tt.sampled_windows(out, src, corpus, cfg, quiet)  # cached: not generated again
+    again = tt.sampled_windows(out, src, corpus, SMALL, cfg, quiet)  # cached: not generated again
     assert np.array_equal(again, pool)
 
 
