@@ -193,7 +193,13 @@ def test_svm_host_view_only_for_plain_types():
     if not be.svm:
         pytest.skip("the device has no fine-grained buffer SVM")
     buf = be.alloc_buffer(1024)
-    for type, view in ((DType.F32, True), (DType.I32, True), (DType.F16, True), (DType.BF16, False), (DType.Q8_0, False)):
+    for type, view in (
+        (DType.F32, True),
+        (DType.I32, True),
+        (DType.F16, True),
+        (DType.BF16, False),
+        (DType.Q8_0, False),
+    ):
         t = gr.new_tensor(type, (32, 2), "t")
         v = be.host_view(Place(buf, 64), t)
         assert (v is not None) == view, type
@@ -236,7 +242,6 @@ def test_get_rows_dequantizes_bit_exact(type):
 def test_state_row_copies_get_rows_set_rows(ne0, monkeypatch):
     """The recurrent state's row copies: get_rows then set_rows of F32 rows (ROW4: contiguous, ne0 % 4
     == 0, one work-item per 4 elements, copied as bits: a NaN payload survives), against numpy."""
-    from graphir.backends.opencl import kernels
 
     rng = np.random.default_rng(10)
     n_rows = 7
@@ -342,7 +347,9 @@ def test_mul_mat_few_tokens_bit_identical_to_one(type, item_rows, monkeypatch):
     kernel = be.programs.kernel
     monkeypatch.setattr(be.programs, "kernel", lambda f, n, d=None: used.append(n) or kernel(f, n, d))
     one = gr.new_input(DType.F32, (K, 1), "one")
-    alone = np.concatenate([_run_opencl(gr.mul_mat(w, one), {one: xv[i : i + 1]}).reshape(1, M) for i in range(len(xv))])
+    alone = np.concatenate(
+        [_run_opencl(gr.mul_mat(w, one), {one: xv[i : i + 1]}).reshape(1, M) for i in range(len(xv))]
+    )
     for n in (2, 3, kernels.MM_VEC_MAX_N, kernels.MM_VEC_MAX_N + 1):
         x = gr.new_input(DType.F32, (K, n), "x")
         used.clear()
@@ -449,10 +456,9 @@ def layout_mismatches(sources: dict[str, str], launched: list[tuple[str, str, st
 
 def _launches_of_every_case(monkeypatch) -> list[tuple[str, str, str, list[str]]]:
     """Lower every parity case's examples onto opencl with recording kernels."""
+    from graphir.backends.opencl import kernels
     from graphir.parity import CASES
     from graphir.parity.harness import examples
-
-    from graphir.backends.opencl import kernels
 
     be = get_backend("opencl")
     rec = _Recorder()
@@ -566,8 +572,10 @@ def test_flash_attn_ext_never_reads_masked_cells(item_rows, monkeypatch):
     q2 = gr.new_input(DType.F32, (D, 2, 4, 1), "q2")
     k2 = gr.new_input(DType.F16, (D, len(keep), 2, 1), "k2")
     v2 = gr.new_input(DType.F16, (D, len(keep), 2, 1), "v2")
-    want = _run_opencl(gr.flash_attn_ext(q2, k2, v2, None, D**-0.5),
-                       {q2: qv, k2: np.ascontiguousarray(kv[:, :, keep]), v2: np.ascontiguousarray(vv[:, :, keep])})
+    want = _run_opencl(
+        gr.flash_attn_ext(q2, k2, v2, None, D**-0.5),
+        {q2: qv, k2: np.ascontiguousarray(kv[:, :, keep]), v2: np.ascontiguousarray(vv[:, :, keep])},
+    )
     assert np.isfinite(got).all()
     assert nmse(got, want) < 1e-10
 

@@ -372,8 +372,10 @@ def test_flash_attn_ext_never_reads_masked_cells():
     q2 = gr.new_input(DType.F32, (D, 2, 4, 1), "q2")
     k2 = gr.new_input(DType.F16, (D, len(keep), 2, 1), "k2")
     v2 = gr.new_input(DType.F16, (D, len(keep), 2, 1), "v2")
-    want = run_on(gr.flash_attn_ext(q2, k2, v2, None, D**-0.5),
-                       {q2: qv, k2: np.ascontiguousarray(kv[:, :, keep]), v2: np.ascontiguousarray(vv[:, :, keep])})[0]
+    want = run_on(
+        gr.flash_attn_ext(q2, k2, v2, None, D**-0.5),
+        {q2: qv, k2: np.ascontiguousarray(kv[:, :, keep]), v2: np.ascontiguousarray(vv[:, :, keep])},
+    )[0]
     assert np.isfinite(got).all()
     assert nmse(got, want) < 1e-10
 
