@@ -35,7 +35,7 @@ import numpy as np
 import graphir as gr
 from graphir import debug
 from graphir.backends.base import default_threads
-from graphir.compile import PlanStats
+from graphir.compile import Plan, PlanStats
 from graphir.compile.schedule import resolve_backends
 from graphir.types import DType
 
@@ -247,11 +247,9 @@ class Context:
             plan.run(finder)
             self.stats.plan_runs += 1
             if res.logits is not None:
-                logits[rows] = plan.get(res.logits).reshape(len(rows), -1)
-                _check_finite(logits[rows], "logits", ubi.ubatch, finder)
+                _read_rows(plan, res.logits, logits, rows, "logits", ubi.ubatch, finder)
                 if h is not None:
-                    h[rows] = plan.get(res.h_nextn).reshape(len(rows), -1)
-                    _check_finite(h[rows], "h_nextn", ubi.ubatch, finder)
+                    _read_rows(plan, res.h_nextn, h, rows, "h_nextn", ubi.ubatch, finder)
         except BaseException as e:
             for s in ubi.ubatch.seqs:
                 self.memory.seq_rm(s, -1, -1)
@@ -371,9 +369,25 @@ class _FirstNonFinite:
             self.inf = f"{node.name or '?'} ({node.op.value})"
 
 
+def _read_rows(plan: Plan, t: gr.Tensor, out: np.ndarray, rows: np.ndarray, what: str, ub: UBatch,
+               finder: _FirstNonFinite | None) -> None:  # fmt: skip
+    """out[rows] = the output tensor t's rows, checked finite. The ubatch's rows are almost always
+    consecutive: then t is copied once, straight into them (a 248k-entry vocabulary makes each
+    extra pass ~0.1 ms per row)."""
+    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
+        dst = out[int(rows[0]) : int(rows[-1]) + 1]
+        plan.get(t, out=dst)
+    else:
+        dst = plan.get(t).reshape(len(rows), -1)
+        out[rows] = dst
+    _check_finite(dst, what, ub, finder)
+
+
 def _check_finite(rows: np.ndarray, what: str, ub: UBatch, finder: _FirstNonFinite | None) -> None:
     """NonFiniteError naming the first output row of `ub` with a NaN or an infinity in `rows`."""
-    if np.isfinite(rows).all():
+    # NOTE: a NaN or an infinity makes the sum non-finite, so a finite sum proves every entry
+    # finite in one pass without a temporary; a sum that overflowed falls through to the exact check
+    if np.isfinite(rows.sum()) or np.isfinite(rows).all():
         return
     bad = ~np.isfinite(rows).all(axis=1)
     r = int(np.flatnonzero(bad)[0])

@@ -37,11 +37,14 @@ class Spec:
     layers: int = 2  # the example graph's
     tokens: int = 1
     prompt: str | None = None
+    verify: int = 0  # > 0: after the ubatch, a speculative verify batch of this many drafts is the graph
 
     def describe(self) -> str:
         what = f"example graph ({self.layers} layers)" if self.example else (self.model or "the shipped model")
         batch = f"prompt {self.prompt!r}" if self.prompt else ("1-token decode" if self.tokens == 1 else
                                                               f"{self.tokens}-token ubatch")  # fmt: skip
+        if self.verify:
+            batch = f"verify of {self.verify} drafts ({self.verify + 1} rows, all outputs, {self.verify} snapshots) after a {batch}"
         return f"{what}, {batch}"
 
 
@@ -136,14 +139,23 @@ def _model(spec: Spec, setup: Setup) -> Subject:
 
     model = load_model(setup.model or spec.model)
     ids = ubatch_tokens(model, spec)
-    n = len(ids)
-    ctx = Context(model, n_ctx=max(256, n), n_batch=n, n_ubatch=n, backends=tuple(setup.backends),
-                  type_k=setup.kv_type, type_v=setup.kv_type, n_threads=setup.threads)  # fmt: skip
-    batch = Batch.simple(ids, 0)
+    if spec.verify < 0:
+        raise ValueError(f"[subject] --verify must be >= 0 drafts, got {spec.verify}")
+    # a verify batch: the last token and `verify` drafts after the ubatch, every row an output
+    # and rollback-able (n_rs_seq snapshots), as speculative decoding runs it
+    prefix, ids = (ids, np.random.default_rng(1).integers(0, model.n_vocab, spec.verify + 1).tolist()) \
+        if spec.verify else ([], ids)  # fmt: skip
+    n = max(len(ids), len(prefix))
+    ctx = Context(model, n_ctx=max(256, n + len(ids)), n_batch=n, n_ubatch=n, n_rs_seq=spec.verify,
+                  backends=tuple(setup.backends), type_k=setup.kv_type, type_v=setup.kv_type,
+                  n_threads=setup.threads)  # fmt: skip
+    batch = Batch.simple(ids, len(prefix), all_outputs=bool(spec.verify))
     notes: list[str] = []
 
     def decode() -> None:
         try:
+            if prefix:
+                ctx.decode(Batch.simple(prefix, 0))
             ctx.decode(batch)
         except FloatingPointError as e:  # NaN/inf logits: the run happened; the tools report it per node
             notes.append(str(e))
@@ -180,6 +192,9 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--tokens", type=int, default=1, help="tokens in the ubatch (default 1: a decode step)")
     g.add_argument("--prompt", help="decode this prompt as one ubatch instead")
+    p.add_argument("--verify", type=int, default=0, metavar="K",
+                   help="the graph of a speculative verify of K drafts (K+1 rows, all outputs, K snapshots) "
+                        "after the --tokens/--prompt ubatch")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -206,7 +221,10 @@ def spec_from(args: argparse.Namespace) -> Spec:
     prompt = getattr(args, "prompt", None)
     if args.example and prompt:
         raise ValueError("--prompt needs a model (the example graph has no tokenizer); use --tokens")
-    return Spec(args.model, args.example, args.layers, args.tokens, prompt)
+    verify = getattr(args, "verify", 0)
+    if args.example and verify:
+        raise ValueError("--verify needs a model (the example graph has no memory to roll back)")
+    return Spec(args.model, args.example, args.layers, args.tokens, prompt, verify)
 
 
 def setup_from(args: argparse.Namespace, prefix: str = "") -> Setup:

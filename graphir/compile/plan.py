@@ -172,12 +172,20 @@ class Plan:
                              f"got an array of shape {data.shape}")  # fmt: skip
         np.copyto(view, data.reshape(view.shape), casting="unsafe")  # as host_array/set_tensor convert
 
-    def get(self, t: Tensor | str) -> np.ndarray:
-        """A host copy of t after a run, numpy shape (ne3, ne2, ne1, ne0)."""
+    def get(self, t: Tensor | str, out: np.ndarray | None = None) -> np.ndarray:
+        """A host copy of t after a run, numpy shape (ne3, ne2, ne1, ne0); with `out` (an array of
+        t's element count and dtype, any shape), copied into it instead (one copy, no temporary)."""
         t = self._tensor(t)
         be, place, view = self._io(t, False)
         be.synchronize()
-        return be.get_tensor(place, t) if view is None else view.copy()
+        if out is None:
+            return be.get_tensor(place, t) if view is None else view.copy()
+        src = be.get_tensor(place, t) if view is None else view
+        if out.size != src.size or out.dtype != src.dtype:
+            raise ValueError(f"[plan] get {t.name or t.op.value}: out must hold {src.size} {src.dtype} elements "
+                             f"(ne={list(t.ne)}), got shape {out.shape} {out.dtype}")  # fmt: skip
+        np.copyto(out, src.reshape(out.shape))
+        return out
 
     # ---- run ----
     def run(self, callback: EvalCallback | None = None) -> None:

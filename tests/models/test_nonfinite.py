@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from graphir import debug
-from graphir.models.batch import Batch
-from graphir.models.context import Context, NonFiniteError
+from graphir.models.batch import Batch, split
+from graphir.models.context import Context, NonFiniteError, _check_finite
 from graphir.models.model import Model
 from graphir.tools import gguf_mutate as gm
 from graphir.tools.cli import main
@@ -52,6 +52,20 @@ def test_with_graphir_debug_the_first_nan_node_is_named(tmp_path: Path, monkeypa
     ctx = Context(Model.load(poisoned(tmp_path)), n_ctx=16, n_batch=8, n_ubatch=8)
     with pytest.raises(NonFiniteError, match=r"the first non-finite node: \S+-0 \(\w+\)"):
         ctx.decode(Batch.simple([1, 2, 3]))
+
+
+def test_the_finite_check_is_exact_where_a_sum_overflows() -> None:
+    """The guard's fast path (a finite sum) cannot pass a NaN or an infinity, and finite rows whose
+    float32 sum overflows still pass (the exact check decides)."""
+    ub = split(Batch.simple([1, 2], all_outputs=True), 8)[0]
+    huge = np.full((2, 64), 3e38, np.float32)
+    assert not np.isfinite(huge.sum())
+    _check_finite(huge, "logits", ub, None)  # finite: no error
+    for value, kind in ((math.inf, "inf"), (math.nan, "NaN")):
+        bad = huge.copy()
+        bad[1, 5] = value
+        with pytest.raises(NonFiniteError, match=rf"\({kind}\) for batch token 1 \(seq 0, pos 1\), 1 of 2"):
+            _check_finite(bad, "logits", ub, None)
 
 
 def test_finite_models_decode_as_before(tmp_path: Path) -> None:

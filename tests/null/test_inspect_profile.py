@@ -132,3 +132,19 @@ def test_cli_profile_on_the_shipped_model(capsys):
     assert main(["profile", "--example", "-b", "ref", "--runs", "1", "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert "per node (the 3 slowest):" in out
+
+
+def test_a_verify_subject_is_the_speculative_verify_graph(capsys):
+    """--verify K: the graph is a K+1-row batch after the ubatch, every row an output, and its
+    delta-net layers write K+1 state planes (the final state and K rollback snapshots)."""
+    subject = Subject.build(Spec(tokens=3, verify=2), Setup(("cpu",)))
+    nodes = list(subject.graph.tensors())
+    gdn = [n for n in nodes if n.op == Op.GATED_DELTA_NET]
+    assert gdn and all(n.params["snapshots"] == 3 for n in gdn)
+    logits = next(n for n in nodes if n.name == "result_output")
+    assert logits.ne[1] == 3, "every row of the verify batch produces logits"
+    subject.run()
+    assert np.isfinite(subject.plan.get(logits)).all()
+    assert "verify of 2 drafts" in subject.spec.describe()
+    assert main(["profile", "--example", "--verify", "2"]) != 0
+    assert "--verify needs a model" in capsys.readouterr().err

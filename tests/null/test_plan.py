@@ -165,6 +165,24 @@ def test_get_returns_a_copy() -> None:
 
 
 @pytest.mark.parametrize("backend", ["cpu", "ref"])
+def test_get_into_an_array(backend: str) -> None:
+    """get(out=) copies into the caller's array (any shape of the right size: a slice of a bigger
+    buffer), returns it, and refuses a wrong size or dtype by name, leaving it untouched."""
+    g = build()
+    plan = gr.compile(g, [backend], cache=False)
+    want = run(plan, g, seed=9)["out"]
+    buf = np.full((3, want.size), -1.0, np.float32)
+    row = buf[1]
+    assert plan.get("out", out=row) is row
+    close(buf[1].reshape(want.shape), want)
+    assert (buf[0] == -1).all() and (buf[2] == -1).all(), "only the given row was written"
+    for bad in (np.zeros(want.size + 1, np.float32), np.zeros(want.size, np.float64)):
+        with pytest.raises(ValueError, match="out must hold"):
+            plan.get("out", out=bad)
+        assert not bad.any()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "ref"])
 def test_inputs_through_the_host_view(backend: str) -> None:
     """Host-memory backends set inputs through a cached numpy view: the values land (flat or
     4-d, int64 converted as set_tensor converts), a later set overwrites them, and a wrong
