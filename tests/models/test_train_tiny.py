@@ -25,6 +25,7 @@ from graphir.models.context import Context  # noqa: E402
 from graphir.models.model import Model  # noqa: E402
 from graphir.models.mtp import MtpContext  # noqa: E402
 from graphir.tools import train_tiny as tt  # noqa: E402
+from graphir.tools import train_tiny_distill as ttd  # noqa: E402
 from graphir.tools import train_tiny_model as ttm  # noqa: E402
 
 SMALL = tt.ModelConfig(n_vocab=400, n_embd=64, n_layer=4, n_head=2, n_head_kv=1, head_dim=32, n_rot=8,
@@ -140,7 +141,7 @@ def test_chain_steps_equal_the_speculative_protocol(run_dir: Path) -> None:
     x = torch.from_numpy(toks)[None]
     with torch.no_grad():
         _, h = tm.trunk(x)
-        steps = tt.head_steps(torch, tm, x, h, 3)
+        steps = ttd.head_steps(torch, tm, x, h, 3)
         _, m_hidden = tm.mtp(x[:, 1:], h[:, :-1], torch.arange(1, len(toks)))
     assert [s.shape[1] for s in steps] == [23, 22, 21]
     h, m_hidden, want = h[0].numpy(), m_hidden[0].numpy(), steps[2][0].numpy()
@@ -159,22 +160,22 @@ def test_distill_kl_is_the_kl_of_the_samplers_distributions() -> None:
     g = torch.Generator().manual_seed(0)
     teacher = 3 * torch.randn(5, 64, generator=g, dtype=torch.float64)
     student = 3 * torch.randn(5, 64, generator=g, dtype=torch.float64)
-    assert tt.distill_kl(torch, teacher.clone(), teacher, 0.8).item() == pytest.approx(0.0, abs=1e-12)
-    assert tt.distill_kl(torch, teacher + 2.5, teacher, 0.8).item() == pytest.approx(0.0, abs=1e-12)  # shift-free
+    assert ttd.distill_kl(torch, teacher.clone(), teacher, 0.8).item() == pytest.approx(0.0, abs=1e-12)
+    assert ttd.distill_kl(torch, teacher + 2.5, teacher, 0.8).item() == pytest.approx(0.0, abs=1e-12)  # shift-free
     for top_k, top_p in ((0, 1.0), (10, 1.0), (40, 0.9), (0, 0.5)):
         cfg = SamplerConfig(temperature=0.8, top_k=top_k, top_p=top_p)
         want = 0.0
         for t, s in zip(teacher.numpy(), student.numpy()):
             ids, p = Sampler(cfg).probs(t)  # the sampler's chain: its candidates and their probabilities
-            mask = tt.chain_mask(torch, torch.from_numpy(t), top_k, top_p).numpy()
+            mask = ttd.chain_mask(torch, torch.from_numpy(t), top_k, top_p).numpy()
             assert set(np.flatnonzero(mask)) == set(ids.tolist())
             logq = s / 0.8 - np.log(np.exp(s / 0.8).sum())
             want += (p * (np.log(p) - logq[ids])).sum() / len(teacher)
-        got = tt.distill_kl(torch, student, teacher, 0.8, top_k, top_p).item()
+        got = ttd.distill_kl(torch, student, teacher, 0.8, top_k, top_p).item()
         assert got == pytest.approx(want, rel=1e-9) and got > 0.1
     s = student.clone().requires_grad_()
     t = teacher.clone().requires_grad_()
-    tt.distill_kl(torch, s, t, 0.8).backward()
+    ttd.distill_kl(torch, s, t, 0.8).backward()
     assert t.grad is None and s.grad.abs().sum() > 0  # the teacher is a target, never trained
 
 
@@ -233,7 +234,7 @@ def test_distillation_on_the_models_own_samples(run_dir: Path, tmp_path: Path) -
     gen = Generator(Model.load(src), spec=None, n_ctx=64)
     sampler = Sampler(SamplerConfig(seed=cfg.seed * 1_000_003))  # window 0: batch 0, sequence 0
     assert pool[0, 8:].tolist() == gen.generate_batch([prompt], RUN.seq_len + 1 - 8, [sampler])[0]
-    again = tt.sampled_windows(out, src, corpus, SMALL, cfg, quiet)  # cached: not generated again
+    again = ttd.sampled_windows(out, src, corpus, SMALL, cfg, quiet)  # cached: not generated again
     assert np.array_equal(again, pool)
 
 
