@@ -10,6 +10,14 @@ import re
 
 import numpy as np
 import pytest
+from device_support import (
+    check_masked_cells_skipped,
+    check_mul_mat_id_q4_k,
+    check_rollback_rows,
+    copy_between,
+    expect_copied,
+    nmse,
+)
 
 import graphir as gr
 from graphir.backends import availability, get_backend
@@ -23,10 +31,6 @@ from graphir.types import TYPE_INFO, DType
 
 AV = availability("opencl")
 needs_device = pytest.mark.skipif(not AV.ok, reason=f"opencl unavailable: {AV.reason}")
-
-
-def nmse(got: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.mean((got - ref) ** 2) / max(np.mean(ref**2), 1e-30))
 
 
 # ---- availability ---------------------------------------------------------------------
@@ -110,24 +114,6 @@ def test_mixed_graph_falls_back_to_cpu_with_copies(monkeypatch):
 # ---- copies between OpenCL buffers ---------------------------------------------------
 
 
-def _copy_between(dst_be, src_be) -> np.ndarray:
-    """Copy a [6, 5] F32 tensor from src_be (byte offset 64) to dst_be (offset 128); the
-    destination buffer's bytes as floats."""
-    t = gr.new_tensor(DType.F32, (6, 5), "t")
-    sbuf, dbuf = src_be.alloc_buffer(256), dst_be.alloc_buffer(256)
-    src_be.write_bytes(sbuf, 0, np.arange(64, dtype=np.float32))
-    dst_be.write_bytes(dbuf, 0, np.full(64, -1, dtype=np.float32))
-    dst_be.copy_from(Place(dbuf, 128), t, src_be, Place(sbuf, 64))()
-    dst_be.synchronize()
-    return dst_be.read_bytes(dbuf, 0, 256).view(np.float32)
-
-
-def _expect_copied(got: np.ndarray) -> None:
-    want = np.full(64, -1, dtype=np.float32)
-    want[32:62] = np.arange(16, 46)
-    np.testing.assert_array_equal(got, want)
-
-
 @needs_device
 @pytest.mark.parametrize("svm", [True, False], ids=["svm", "buffers"])
 def test_copy_between_opencl_buffers_stays_on_the_device(svm, monkeypatch):
@@ -137,16 +123,16 @@ def test_copy_between_opencl_buffers_stays_on_the_device(svm, monkeypatch):
     host_trips = []
     monkeypatch.setattr(be, "get_tensor", lambda *a: host_trips.append(a))
     monkeypatch.setattr(be, "set_tensor", lambda *a: host_trips.append(a))
-    _expect_copied(_copy_between(be, be))
+    expect_copied(copy_between(be, be))
     assert host_trips == []  # clEnqueueCopyBuffer, no read back
 
 
 @needs_device
 def test_copy_from_another_context_or_the_cpu_goes_through_the_host():
     be = get_backend("opencl")
-    _expect_copied(_copy_between(be, OpenCLBackend()))  # a second context: buffers do not mix
-    _expect_copied(_copy_between(be, get_backend("cpu")))
-    _expect_copied(_copy_between(get_backend("cpu"), be))
+    expect_copied(copy_between(be, OpenCLBackend()))  # a second context: buffers do not mix
+    expect_copied(copy_between(be, get_backend("cpu")))
+    expect_copied(copy_between(get_backend("cpu"), be))
 
 
 # ---- memory: SVM (host I/O without commands) and cl.Buffer objects -----------------------
@@ -363,18 +349,7 @@ def test_mul_mat_few_tokens_bit_identical_to_one(type, item_rows, monkeypatch):
 
 @needs_device
 def test_mul_mat_id_dequantizes_q4_k_per_expert():
-    rng = np.random.default_rng(3)
-    K, M, E = 256, 5, 4
-    raw = quantize_rows(rng.standard_normal((E * M, K)).astype(np.float32), DType.Q4_K)
-    w = gr.new_weight(DType.Q4_K, (K, M, E), raw, "experts")
-    x = gr.new_input(DType.F32, (K, 1, 2), "x")
-    ids = gr.new_input(DType.I32, (2, 2), "ids")
-    xv = rng.standard_normal((2, 1, K)).astype(np.float32)
-    iv = np.array([[3, 0], [1, 3]], dtype=np.int32)  # [token, slot]
-    got = _run_opencl(gr.mul_mat_id(w, x, ids), {x: xv, ids: iv}).reshape(2, 2, M)
-    we = dequantize_rows(raw.reshape(E * M, -1), DType.Q4_K).reshape(E, M, K).astype(np.float64)
-    want = np.stack([[we[iv[t, e]] @ xv[t, 0] for e in range(2)] for t in range(2)])
-    assert nmse(got, want) < 1e-10
+    check_mul_mat_id_q4_k(_run_opencl)
 
 
 # ---- kernel argument layouts: the .cl signatures against what the launchers set ---------
@@ -555,29 +530,7 @@ def test_flash_attn_ext_never_reads_masked_cells(item_rows, monkeypatch):
     """-inf mask entries: the cell's K and V are never read (NaN left in free cells of a padded cache
     does not leak as 0 * NaN) and the result equals attention over the unmasked cells alone."""
     monkeypatch.setattr(get_backend("opencl"), "item_rows", item_rows)
-    rng = np.random.default_rng(9)
-    D, n_kv, keep = 8, 40, [0, 3, 4, 9, 17]
-    q = gr.new_input(DType.F32, (D, 2, 4, 1), "q")
-    k = gr.new_input(DType.F16, (D, n_kv, 2, 1), "k")
-    v = gr.new_input(DType.F16, (D, n_kv, 2, 1), "v")
-    m = gr.new_input(DType.F16, (n_kv, 2), "m")
-    qv = rng.standard_normal((1, 4, 2, D)).astype(np.float32)
-    kv = rng.standard_normal((1, 2, n_kv, D)).astype(np.float16)
-    vv = rng.standard_normal((1, 2, n_kv, D)).astype(np.float16)
-    mv = np.full((2, n_kv), -np.inf, np.float16)
-    mv[:, keep] = 0
-    free = np.setdiff1d(np.arange(n_kv), keep)
-    kv[:, :, free], vv[:, :, free] = np.nan, np.nan
-    got = _run_opencl(gr.flash_attn_ext(q, k, v, m, D**-0.5), {q: qv, k: kv, v: vv, m: mv})
-    q2 = gr.new_input(DType.F32, (D, 2, 4, 1), "q2")
-    k2 = gr.new_input(DType.F16, (D, len(keep), 2, 1), "k2")
-    v2 = gr.new_input(DType.F16, (D, len(keep), 2, 1), "v2")
-    want = _run_opencl(
-        gr.flash_attn_ext(q2, k2, v2, None, D**-0.5),
-        {q2: qv, k2: np.ascontiguousarray(kv[:, :, keep]), v2: np.ascontiguousarray(vv[:, :, keep])},
-    )
-    assert np.isfinite(got).all()
-    assert nmse(got, want) < 1e-10
+    check_masked_cells_skipped(_run_opencl)
 
 
 @needs_device
@@ -603,36 +556,8 @@ def test_tiny_model_decodes_on_opencl(arch, disabled, monkeypatch):
     """Prompt, greedy steps, then a rollback round (3 drafts verified, 2 rolled back through the
     recurrent snapshots, another token decoded): every logit row matches the cpu backend. "mixed"
     disables the delta rule and attention on opencl, so they run on the cpu between opencl splits."""
-    from graphir.models.batch import Batch
-    from graphir.models.context import Context
     from graphir.models.model import Model
     from graphir.models.tiny import cached_tiny_path
 
-    model = Model.load(cached_tiny_path(arch))
     prompt = [1, 5, 9, 13, 2, 7, 11, 3]
-
-    def decode(backends: tuple[str, ...]) -> tuple[np.ndarray, object]:
-        ctx = Context(model, n_ctx=64, n_batch=16, n_ubatch=16, n_rs_seq=3, backends=backends)
-        rows = [ctx.decode(Batch.simple(prompt, 0, all_outputs=True)).logits]
-        tok, n = int(rows[0][-1].argmax()), len(prompt)
-        for _ in range(3):  # greedy decode steps
-            rows.append(ctx.decode(Batch.simple([tok], n)).logits)
-            tok, n = int(rows[-1][0].argmax()), n + 1
-        rows.append(ctx.decode(Batch.simple([tok, 4, 6], n, all_outputs=True)).logits)  # a verify batch
-        plan = ctx.last_graph()[1]
-        assert ctx.seq_rm(0, n + 1, -1)  # keep tok, drop the 2 rejected drafts
-        rows.append(ctx.decode(Batch.simple([8], n + 1)).logits)
-        return np.concatenate(rows), plan
-
-    ref, _ = decode(("cpu",))
-    for op in disabled:
-        monkeypatch.delitem(get_backend("opencl").KERNELS, op)
-    got, plan = decode(("opencl",))
-    assert got.shape == ref.shape == (len(prompt) + 3 + 3 + 1, model.hp.n_vocab)
-    assert max(nmse(g, r) for g, r in zip(got, ref)) <= 2e-3  # row by row: the rollback's row too
-    where = {plan.schedule.node_backend[n].name for n in plan.graph.nodes if n.op in disabled}
-    if disabled:  # the disabled ops ran on the cpu, between opencl splits, with copies across
-        assert where == {"cpu"} and plan.stats.n_splits > 2 and plan.stats.n_copies > 0
-    else:  # every op of the decode graph runs on opencl: one split, nothing copied from the cpu
-        assert all(plan.schedule.node_backend[n] is get_backend("opencl") for n in plan.graph.nodes)
-        assert plan.stats.n_splits == 1 and plan.stats.n_copies == 0
+    check_rollback_rows(Model.load(cached_tiny_path(arch)), prompt, "opencl", "cpu", disabled, monkeypatch, n_ubatch=16)
