@@ -500,6 +500,7 @@ def test_embeddings_input(dense) -> None:
         res.inputs.set(
             plan, pos=np.arange(4), embd=embd, kv_slots=np.arange(4), kq_mask=mask[:2], rs_src=[0], rs_dst=[[0]]
         )
+    np.testing.assert_array_equal(plan.get(res.inputs.kq_mask).reshape(mask.shape), mask)  # not half-written
 
 
 @pytest.mark.parametrize(
