@@ -148,8 +148,7 @@ class Batch:
         seq_id = int_arg("batch", "seq_id", seq_id, None, INT32_MAX, BatchError)
         if seq_id < 0:
             _fail(f"token 0 has seq_id {seq_id}; sequence ids must be >= 0")
-        out = np.ones(n, bool) if all_outputs else np.zeros(n, bool)
-        out[-1] = True
+        out = np.ones(n, bool) if all_outputs else np.arange(n) == n - 1
         batch = object.__new__(cls)
         # NOTE: built in place, every check done above (one sequence, consecutive positions)
         for name, val in (("tokens", tokens), ("embd", None), ("pos", np.arange(pos0, pos0 + n, dtype=np.int64)),
