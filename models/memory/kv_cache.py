@@ -40,13 +40,18 @@ def _round_up(n: int, to: int) -> int:
 class KVCache(MemoryComponent):
     """Cells with a position (-1: empty) and a set of sequences; slot finding and causal masks.
 
+    Two derived values are kept instead of recomputed over all cells on every decode: the bound
+    (one past the last used cell) and each sequence's largest position. A commit only fills
+    free cells, so it raises them in place; every other change of the cells (seq_rm/cp/keep/add,
+    clear) drops them, and they are computed again when next asked for.
+
     Args:
         layers: the attention layers (il) this cache serves.
         n_embd_k_gqa, n_embd_v_gqa: K and V row widths (head_dim * n_head_kv).
         n_ctx: cells.
         n_seq_max: sequence ids are 0..n_seq_max-1.
         type_k, type_v: F16 (default) or F32.
-        kv_pad: n_kv is the used-cell bound rounded up to this (at most n_ctx).
+        kv_pad: n_kv is this doubled until it covers the used-cell bound (at most n_ctx).
         mask_row_pad: mask rows are n_tokens rounded up to this (padding rows are -inf).
     """
 
@@ -82,6 +87,19 @@ class KVCache(MemoryComponent):
         empty = ~self.seqs.any(axis=1)
         self.pos[empty] = -1
         self.shift[empty] = 0
+        self._changed()
+
+    def _changed(self) -> None:
+        """Cells changed other than by a commit: the derived values are computed again when asked."""
+        self._bound: int | None = None
+        self._pos_max: dict[int, int] = {}
+
+    def _used_bound(self) -> int:
+        """One past the last used cell (0 when none is)."""
+        if self._bound is None:
+            used = self.pos >= 0
+            self._bound = used.shape[0] - int(used[::-1].argmax()) if used.any() else 0
+        return self._bound
 
     @staticmethod
     def _find_slot(free: np.ndarray, n: int) -> np.ndarray | None:
@@ -97,8 +115,15 @@ class KVCache(MemoryComponent):
         return idx[:n] if idx.shape[0] >= n else None
 
     def n_kv_for(self, bound: int) -> int:
-        """The padded attention span for a used-cell bound."""
-        return min(self.n_ctx, _round_up(max(bound, 1), self.kv_pad))
+        """The attention span for a used-cell bound: kv_pad cells doubled until it covers the
+        bound (at most n_ctx). Each span is a ubatch shape of its own (a graph build and compile,
+        ~10 ms on the tiny model), so spans that double keep their number logarithmic in the
+        context instead of one per kv_pad cells; the cells past the bound are masked, and the
+        attention kernels skip whole masked blocks."""
+        n = self.kv_pad
+        while n < bound:
+            n *= 2
+        return min(self.n_ctx, n)
 
     # ---- plan / commit --------------------------------------------------------------------
     def _plan(self, ubatches: Sequence[UBatch]) -> list[np.ndarray]:
@@ -116,17 +141,22 @@ class KVCache(MemoryComponent):
         return plan
 
     def _commit(self, ubatch: UBatch, slots: np.ndarray) -> KVInputs:
+        known = {s: self._pos_max[s] for s in ubatch.seqs if s in self._pos_max}
+        bound = max(self._used_bound(), int(slots.max()) + 1) if slots.size else self._used_bound()
         self.pos[slots] = ubatch.pos
         self.seqs[slots] = False
         self.seqs[slots, ubatch.seq_id] = True
+        # the slots were free: the bound and the sequences' largest positions can only grow
+        self._bound = bound
+        for g, s in enumerate(ubatch.seqs):
+            if s in known:
+                self._pos_max[s] = max(known[s], int(ubatch.seq_pos(g).max()))
         k_shift = None
         if self.has_shift:  # (without one, shift is all zero)
             self.shift[slots] = 0
             k_shift = self.shift.astype(np.int32)
             self.shift[:] = 0
             self.has_shift = False
-        used = self.pos >= 0
-        bound = used.shape[0] - int(used[::-1].argmax())  # one past the last used cell (slots are used)
         n_kv = self.n_kv_for(bound)
         return KVInputs(n_kv, slots, self.mask(ubatch, n_kv), k_shift)
 
@@ -169,6 +199,7 @@ class KVCache(MemoryComponent):
 
     def _seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
         self.seqs[self.seqs[:, src] & self._in_range(p0, p1), dst] = True
+        self._changed()
 
     def _seq_keep(self, seq: int) -> None:
         keep = self.seqs[:, seq].copy()
@@ -208,14 +239,18 @@ class KVCache(MemoryComponent):
         return int(p.min()) if p.size else -1
 
     def _seq_pos_max(self, seq: int) -> int:
-        p = self.pos[self.seqs[:, seq]]
-        return int(p.max()) if p.size else -1
+        got = self._pos_max.get(seq)
+        if got is None:
+            p = self.pos[self.seqs[:, seq]]
+            got = self._pos_max[seq] = int(p.max()) if p.size else -1
+        return got
 
     def _clear(self) -> None:
         self.pos = np.full(self.n_ctx, -1, np.int64)
         self.seqs = np.zeros((self.n_ctx, self.n_seq_max), bool)
         self.shift = np.zeros(self.n_ctx, np.int64)
         self.has_shift = False
+        self._changed()
 
     def _sizes(self) -> MemorySizes:
         return MemorySizes(kv_bytes=sum(t.nbytes for t in (*self.k_l.values(), *self.v_l.values())))

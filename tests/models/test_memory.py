@@ -4,6 +4,8 @@ reference. (The data reference that recomputes from scratch comes with the model
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import event, settings
@@ -135,7 +137,9 @@ def test_kv_masks_causal_per_sequence_and_padded() -> None:
             for row, c in enumerate(inp.kv.slots):
                 cells[int(c)] = (int(ub.pos[row]), int(ub.seq_id[row]))
             n_kv = inp.kv.n_kv
-            assert n_kv == min(20, -(-(max(cells) + 1) // 8) * 8), "used bound padded to kv_pad, at most n_ctx"
+            bound = max(cells) + 1
+            assert n_kv == min(20, 8 * 2 ** max(0, math.ceil(math.log2(bound / 8)))), \
+                "kv_pad doubled until it covers the used bound, at most n_ctx"  # fmt: skip
             n_rows = -(-ub.n_tokens // 4) * 4
             assert inp.kv.mask.shape == (n_rows, n_kv) and inp.kv.mask.dtype == np.float32
             np.testing.assert_array_equal(inp.kv.mask, ref_mask(cells, ub.seq_id, ub.pos, n_rows, n_kv))
@@ -665,6 +669,8 @@ class MemoryMachine(RuleBasedStateMachine):
             assert self.mem.rs.needs_zero(s) == (not ps)
         assert self.mem.kv.n_used == len(self.cells)
         assert list(self.mem.rs.pending_copies) == self.copies
+        used = np.flatnonzero(self.mem.kv.pos >= 0)  # the cache's kept bound (n_kv) as recomputed
+        assert self.mem.kv._used_bound() == (int(used[-1]) + 1 if used.size else 0)
 
 
 MemoryMachine.TestCase.settings = settings(max_examples=examples(60), stateful_step_count=30, deadline=None)
