@@ -128,11 +128,12 @@ class SpecPolicy:
     """
 
     def __init__(self, probe_every: int = 32, probe_len: int = 4, window: int = 9,
-                 probe_max: int = 1024) -> None:  # fmt: skip
-        if not 1 <= probe_every <= probe_max or probe_len < 1 or window < 1:
+                 probe_max: int = 1024, margin: float = 0.05) -> None:  # fmt: skip
+        if not 1 <= probe_every <= probe_max or probe_len < 1 or window < 1 or not 0 <= margin < 1:
             raise ValueError(f"[spec] bad policy settings probe_every={probe_every}, probe_len={probe_len}, "
-                             f"window={window}, probe_max={probe_max}")  # fmt: skip
+                             f"window={window}, probe_max={probe_max}, margin={margin}")  # fmt: skip
         self.probe_every, self.probe_len, self.probe_max = probe_every, probe_len, probe_max
+        self.margin = margin
         self.samples: dict[bool, deque[float]] = {True: deque(maxlen=window), False: deque(maxlen=window)}
         self.counted: dict[bool, int] = {True: 0, False: 0}  # rounds measured, per kind
         self._rounds = 0  # rounds decided
@@ -140,6 +141,7 @@ class SpecPolicy:
         self._interval = probe_every  # rounds between probes
         self._next_probe: int | None = None
         self._last_choice: bool | None = None
+        self._current: bool | None = None  # the kind run outside probes
 
     def cost(self, spec: bool) -> float | None:
         """The median seconds per emitted token of the kind's recent rounds (None: unmeasured)."""
@@ -148,9 +150,17 @@ class SpecPolicy:
 
     @property
     def preferred(self) -> bool:
-        """The kind of round that measured cheaper (spec while either is unmeasured)."""
+        """The kind of round that measured cheaper (spec while either is unmeasured). The kind being
+        run stays preferred unless the other is cheaper by more than `margin` (a fraction): with
+        near-equal costs noise would flip the choice back and forth, and a switch to spec rounds
+        first feeds the head the rows it missed."""
         spec, plain = self.cost(True), self.cost(False)
-        return spec is None or plain is None or spec <= plain
+        if spec is None or plain is None:
+            return True
+        if self._current is None:
+            return spec <= plain
+        keep, other = (spec, plain) if self._current else (plain, spec)
+        return self._current if other >= keep * (1 - self.margin) else not self._current
 
     def speculate(self) -> bool:
         """The kind of the next round: True = draft with the head, False = plain."""
@@ -169,7 +179,10 @@ class SpecPolicy:
                 self._last_choice = choice
                 self._probe = [not choice] * self.probe_len
                 self._next_probe = self._rounds + self.probe_len + self._interval
-        return self._probe.pop() if self._probe else self.preferred
+        if self._probe:
+            return self._probe.pop()
+        self._current = self.preferred
+        return self._current
 
     def record(self, spec: bool, seconds: float, tokens: int, counted: bool = True) -> None:
         """Report a round: its kind, wall seconds and emitted tokens."""
@@ -267,6 +280,10 @@ class Generator:
     of corrupting the first. Use one Generator per concurrent stream (several may share a Model), or
     `generate_batch` for several sequences in one.
     """
+
+    # the most rows a switch from plain to spec rounds feeds the head (see _feed_backlog); a power
+    # of two, so the feed is one of the backlog's chunk shapes
+    HEAD_WINDOW = 64
 
     def __init__(self, model: Model, spec: str | None = "mtp", draft_max: int = 1, p_min: float = 0.0,
                  sampler: Sampler | None = None, n_ctx: int = 512, n_ubatch: int = 128,
@@ -545,10 +562,21 @@ class Generator:
     def _feed_backlog(self, s: SeqState) -> None:
         """Feed the head the pending rows beyond the usual draft_max + 1 (those plain rounds left
         waiting), in chunks of power-of-two lengths without outputs: however long the backlog, its
-        decodes take a handful of ubatch shapes, whose plans are compiled once."""
+        decodes take a handful of ubatch shapes, whose plans are compiled once.
+
+        A backlog longer than HEAD_WINDOW rows is not fed whole: the head's cache of the sequence is
+        dropped and only the last HEAD_WINDOW rows are fed, so switching to spec rounds after a
+        long plain stretch costs one short head prefill, not one as long as the stretch. The head
+        then attends over those rows and the ones after them; drafts may be a little worse for a
+        while, the emitted tokens are the same (a draft is only ever checked against the target)."""
         extra = len(s.pend_tok) - (self.draft_max + 1)
         if extra <= 0:
             return
+        if extra > self.HEAD_WINDOW:
+            self.mtp.seq_rm(s.seq, -1, -1)
+            cut = extra - self.HEAD_WINDOW
+            s.pend_tok, s.pend_h, s.pend_pos0 = s.pend_tok[cut:], s.pend_h[cut:], s.pend_pos0 + cut
+            extra = self.HEAD_WINDOW
         cap = 1 << (self.mtp.n_ubatch.bit_length() - 1)
         i = 0
         while i < extra:

@@ -297,11 +297,22 @@ def test_policy_is_robust_to_a_preempted_round() -> None:
     assert p.preferred
 
 
+def test_policy_keeps_its_choice_unless_the_other_is_cheaper_by_the_margin() -> None:
+    p = SpecPolicy(probe_every=8, probe_len=2, margin=0.05)
+    got = run_policy(p, {True: 1.00e-3, False: 1.03e-3}, 60)
+    assert p.preferred and got[-20:].count(".") <= 2
+    got = run_policy(p, {True: 1.03e-3, False: 1.00e-3}, 200)  # plain now 3% cheaper: within the margin
+    assert p.preferred and got[-50:].count(".") <= 4
+    got = run_policy(p, {True: 1.30e-3, False: 1.00e-3}, 200)  # 23% cheaper: it switches
+    assert not p.preferred and got[-50:].count("S") <= 10
+
+
 def test_policy_ignores_uncounted_rounds_and_rejects_bad_settings() -> None:
     p = SpecPolicy()
     p.record(True, 10.0, 1, counted=False)
     assert p.cost(True) is None and p.counted[True] == 0
-    for bad in ({"probe_every": 0}, {"probe_len": 0}, {"window": 0}, {"probe_every": 8, "probe_max": 4}):
+    for bad in ({"probe_every": 0}, {"probe_len": 0}, {"window": 0}, {"probe_every": 8, "probe_max": 4},
+                {"margin": -0.1}, {"margin": 1.0}):  # fmt: skip
         with pytest.raises(ValueError, match="policy"):
             SpecPolicy(**bad)
 
@@ -331,6 +342,27 @@ def test_plain_rounds_between_spec_rounds_are_lossless_and_the_head_catches_up(m
     st = g.stats
     assert st.plain_rounds == script.count(".") and st.drafted > 0 and 0 < st.accepted < st.drafted
     assert_close(next_draft_logits(g), mtp_reference_logits(model, g.tokens), "next draft logits")
+
+
+def test_a_long_plain_stretch_refeeds_the_head_only_its_window(model, monkeypatch) -> None:
+    """After more plain rounds than HEAD_WINDOW the switch to spec rounds drops the head's cache
+    of the sequence and feeds only the last HEAD_WINDOW waiting rows: the head then holds exactly
+    the positions from there on (its next draft is that of a head fed those rows alone), and the
+    tokens are still plain greedy decoding's."""
+    n, k, window = 40, 3, 4
+    monkeypatch.setattr(Generator, "HEAD_WINDOW", window)
+    ref, _ = plain_greedy(model, n)
+    patch_drafts(monkeypatch, PROMPT + ref, 3)
+    g = generator(model, draft_max=k, adaptive=True)
+    g.policy = Scripted("S" + "." * 12 + "S" * 40)
+    assert list(g.generate(PROMPT, n)) == ref
+    start = g.mtp.seq_pos_min(0)
+    assert start > len(PROMPT), f"the head still holds position {start}: its cache was not dropped"
+    tgt = Context(model, n_ctx=320, n_batch=320, n_ubatch=64, embeddings_nextn=True)
+    h = tgt.decode(Batch.simple(g.tokens[:-1], all_outputs=True)).h_nextn
+    mtp = MtpContext(model, n_ctx=320, n_batch=320, n_ubatch=64)
+    want = mtp.decode(Batch(g.tokens[start:], embd=h[start - 1 :], pos=np.arange(start, len(g.tokens)))).logits[-1]
+    assert_close(next_draft_logits(g), want, "next draft logits of the windowed head")
 
 
 def test_adaptive_generator_is_lossless_and_reports_its_choice(model) -> None:
