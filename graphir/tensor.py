@@ -56,7 +56,7 @@ class Tensor:
 
     __slots__ = (
         "type", "ne", "nb", "op", "src", "params", "name", "flags",
-        "view_src", "view_offs", "data", "backend", "__weakref__",
+        "view_src", "view_offs", "data", "backend", "_nbytes", "__weakref__",
     )  # fmt: skip
 
     def __init__(
@@ -87,6 +87,7 @@ class Tensor:
         self.view_offs = view_offs
         self.data: np.ndarray | None = None
         self.backend: str | None = None  # where a weight's buffer lives, if pinned
+        self._nbytes: int | None = None  # nbytes, computed once (type, ne and nb never change)
 
     # ---- naming and flags (chainable, like ggml_set_name / ggml_set_input) ----
     def set_name(self, name: str) -> Tensor:
@@ -133,6 +134,11 @@ class Tensor:
     @property
     def nbytes(self) -> int:
         """Bytes spanned from the first element to one past the last (ggml_nbytes)."""
+        if self._nbytes is None:
+            self._nbytes = self._span()
+        return self._nbytes
+
+    def _span(self) -> int:
         if self.nelements == 0:
             return 0
         info = TYPE_INFO[self.type]

@@ -36,16 +36,22 @@ def isa_name() -> str:
     return "avx512-vnni" if isa & 4 else "avx512" if isa & 2 else "avx2" if isa & 1 else "portable"
 
 
-def _address(place: Place) -> int:
-    return place.buffer.handle.ctypes.data + place.offset
+def _address(place: Place, bases: dict[int, int] | None = None) -> int:
+    """The host address of a place; `bases` memoizes buffer addresses (numpy's .ctypes is slow)."""
+    handle = place.buffer.handle
+    if bases is None:
+        return handle.ctypes.data + place.offset
+    base = bases.get(id(handle))
+    if base is None:
+        base = bases[id(handle)] = handle.ctypes.data
+    return base + place.offset
 
 
-def _bind(rec_t, t: Tensor, place: Place) -> None:
-    rec_t.data = ffi.cast("char *", _address(place))
+def _bind(rec_t, t: Tensor, place: Place, bases: dict[int, int] | None = None) -> None:
+    rec_t.data = ffi.cast("char *", _address(place, bases))
     rec_t.type = int(t.type)
-    for i in range(4):
-        rec_t.ne[i] = t.ne[i]
-        rec_t.nb[i] = t.nb[i]
+    rec_t.ne = t.ne
+    rec_t.nb = t.nb
 
 
 class Program:
@@ -56,14 +62,15 @@ class Program:
         self.recs = ffi.new("gr_op[]", max(self.n, 1))
         self.keep: list = []  # host constants the records point at
         self.bytes_touched = 0
+        bases: dict[int, int] = {}  # the buffers live as long as the plan (it holds them)
         for rec, node in zip(self.recs, nodes):
             k: Kernel = KERNELS[node.op]
             rec.op = k.code
             rec.n_src = len(node.src)
-            _bind(rec.dst, node, place(node))
+            _bind(rec.dst, node, place(node), bases)
             for i, s in enumerate(node.src):
                 if s is not None:
-                    _bind(rec.src[i], s, place(s))
+                    _bind(rec.src[i], s, place(s), bases)
                     self.bytes_touched += s.nbytes
             self.bytes_touched += node.nbytes
             if k.pack is not None:
