@@ -141,7 +141,6 @@ class SpecPolicy:
         self._interval = probe_every  # rounds between probes
         self._next_probe: int | None = None
         self._last_choice: bool | None = None
-        self._current: bool | None = None  # the kind run outside probes
 
     def cost(self, spec: bool) -> float | None:
         """The median seconds per emitted token of the kind's recent rounds (None: unmeasured)."""
@@ -150,17 +149,15 @@ class SpecPolicy:
 
     @property
     def preferred(self) -> bool:
-        """The kind of round that measured cheaper (spec while either is unmeasured). The kind being
-        run stays preferred unless the other is cheaper by more than `margin` (a fraction): with
-        near-equal costs noise would flip the choice back and forth, and a switch to spec rounds
-        first feeds the head the rows it missed."""
+        """The kind of round that measured cheaper (spec while either is unmeasured). Spec rounds
+        must be cheaper than plain ones by more than `margin` (a fraction) to be chosen: what the
+        medians leave out costs spec more (a switch to spec rounds first feeds the head the rows
+        it missed, and drafting compiles more ubatch shapes), and inside that band noise would
+        flip the choice back and forth."""
         spec, plain = self.cost(True), self.cost(False)
         if spec is None or plain is None:
             return True
-        if self._current is None:
-            return spec <= plain
-        keep, other = (spec, plain) if self._current else (plain, spec)
-        return self._current if other >= keep * (1 - self.margin) else not self._current
+        return spec < plain * (1 - self.margin)
 
     def speculate(self) -> bool:
         """The kind of the next round: True = draft with the head, False = plain."""
@@ -179,10 +176,7 @@ class SpecPolicy:
                 self._last_choice = choice
                 self._probe = [not choice] * self.probe_len
                 self._next_probe = self._rounds + self.probe_len + self._interval
-        if self._probe:
-            return self._probe.pop()
-        self._current = self.preferred
-        return self._current
+        return self._probe.pop() if self._probe else self.preferred
 
     def record(self, spec: bool, seconds: float, tokens: int, counted: bool = True) -> None:
         """Report a round: its kind, wall seconds and emitted tokens."""
