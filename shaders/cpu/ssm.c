@@ -50,7 +50,7 @@ static inline v4f load4(const float *p) {
 }
 
 /* acc[t] = sum_k x[t+k] c[k] for t < nt, summed over k in order from 0 in registers (as the
- * reference: a float32 sum, never a reassociated dot), 8 tokens at a time */
+ * reference: a float32 sum, never a reassociated dot), 8 then 4 tokens at a time */
 static void conv_window(const float *x, const float *c, int64_t d_conv, int64_t nt, float *acc) {
     int64_t t = 0;
     for (; t + 8 <= nt; t += 8) {
@@ -61,6 +61,11 @@ static void conv_window(const float *x, const float *c, int64_t d_conv, int64_t 
         }
         memcpy(acc + t, &a0, sizeof a0);
         memcpy(acc + t + 4, &a1, sizeof a1);
+    }
+    for (; t + 4 <= nt; t += 4) { /* verify batches of 4..7 tokens */
+        v4f a0 = {0};
+        for (int64_t k = 0; k < d_conv; k++) a0 += load4(x + t + k) * c[k];
+        memcpy(acc + t, &a0, sizeof a0);
     }
     for (; t < nt; t++) {
         float a = 0.0f;
