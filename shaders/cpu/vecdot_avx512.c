@@ -257,6 +257,56 @@ INLINE void q8_row_tile(int type, int NC, int64_t K, const char *w, const char *
     }
 }
 
+/* The same one-row tile on 512 bits, for Q8_0 weights: a register holds a block pair, blocks
+ * 2p and 2p + 1 in lanes 0..7 and 8..15, which are the canonical lanes of their parities (the
+ * 256-bit tile's acc[c][0], acc[c][1] side by side). Per token and pair: one load, one vpdpbusd
+ * (from the pair's base lanes), one convert, one permute that spreads the pair's two scale
+ * products over their halves, one fma. Measured here (Zen 4, 1 thread, 1024 x 1024 in L2, ns
+ * per block): 1 token 1.13 -> 0.90, 2: 1.40 -> 1.27, 4: 2.22 -> 2.06, 6: 3.58 -> 2.92, 8: 3.61 ->
+ * 3.74; a 512-bit vpdpbusd or fma issues as one op and runs in two halves on the two pipes
+ * they share (vpdpbusd and fma: one 256-bit half per pipe and cycle, the converts elsewhere), so
+ * the pair form has the 256-bit throughput with half the instructions. */
+INLINE void q8_pair_step(int NC, __m512 acc[8], const char *w, const char *const *act, const __m512 *P, int64_t p,
+                         int pp, int two) {
+    const __m512i wv = q8_0_pair(w + 68 * p, two), base = q8_base(wv);
+    const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * pp), _mm256_set1_epi32(2 * pp + 1), 1);
+    UNROLL
+    for (int c = 0; c < NC; c++) {
+        __m512i s = _mm512_dpbusd_epi32(base, _mm512_load_si512((const __m512i *)(act[c] + 64 * p)), wv);
+        acc[c] = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx, P[c]), _mm512_cvtepi32_ps(s), acc[c]);
+    }
+}
+
+INLINE void q8_pair_row_tile(int NC, int64_t K, const char *w, const char *const *act, float *const *out, int64_t r0) {
+    const int64_t nblk = K / 32;
+    __m512 acc[8];
+    const float *da[8];
+    UNROLL
+    for (int c = 0; c < NC; c++) {
+        acc[c] = _mm512_setzero_ps();
+        da[c] = gr_q8_scales(act[c], K);
+    }
+    for (int64_t j0 = 0; j0 < nblk; j0 += 8) {
+        const int n = nblk - j0 < 8 ? (int)(nblk - j0) : 8;
+        const __m256 dw = q8_row_scales(w + 34 * j0, 34, n);
+        for (int l = 0; l < 8 * 34; l += 64) _mm_prefetch(w + 34 * j0 + PF_AHEAD + l, _MM_HINT_T0);
+        __m512 P[8]; /* the scale products of the 8 blocks, in the low lanes (0 past n) */
+        UNROLL
+        for (int c = 0; c < NC; c++)
+            P[c] = _mm512_castps256_ps512(_mm256_mul_ps(dw, _mm256_maskz_loadu_ps((__mmask8)((1u << n) - 1), da[c] + j0)));
+        if (n == 8) {
+            UNROLL
+            for (int pp = 0; pp < 4; pp++) q8_pair_step(NC, acc, w, act, P, j0 / 2 + pp, pp, 1);
+            continue;
+        }
+        int pp = 0;
+        for (; 2 * pp + 2 <= n; pp++) q8_pair_step(NC, acc, w, act, P, j0 / 2 + pp, pp, 1);
+        if (2 * pp < n) q8_pair_step(NC, acc, w, act, P, j0 / 2 + pp, pp, 0); /* a lone last block: its top half adds 0 */
+    }
+    UNROLL
+    for (int c = 0; c < NC; c++) out[c][r0] = tree(acc[c]);
+}
+
 /* ================= K-quants, Q8K super-blocks ================= */
 
 /* One super-block of one weight row decoded: quants of chunk c (64 unsigned bytes in element
@@ -416,11 +466,14 @@ INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t w
 KERNEL2(f32_tile, float_tile, GR_F32)
 KERNEL2(f16_tile, float_tile, GR_F16)
 KERNEL2(bf16_tile, float_tile, GR_BF16)
-/* one-row tiles through q8_row_tile, the others through q8_tile */
+/* one-row tiles through q8_pair_row_tile (Q8_0) or q8_row_tile (Q4_0), the others through q8_tile */
 #define ROW_SHAPE(name, type, NC)                                                                        \
     static void name##_1x##NC(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act,  \
                               float *const *out, int64_t r0) {                                           \
-        for (int64_t r = 0; r < nrows; r++) q8_row_tile(type, NC, K, w + r * ws, act, out, r0 + r);       \
+        for (int64_t r = 0; r < nrows; r++) {                                                            \
+            if (type == GR_Q8_0) q8_pair_row_tile(NC, K, w + r * ws, act, out, r0 + r);                  \
+            else q8_row_tile(type, NC, K, w + r * ws, act, out, r0 + r);                                 \
+        }                                                                                                \
     }
 #define KERNEL4_ROW(name, gen, type)                                                                     \
     ROW_SHAPE(name, type, 1) ROW_SHAPE(name, type, 2) ROW_SHAPE(name, type, 3) ROW_SHAPE(name, type, 4)  \

@@ -38,7 +38,7 @@ Q8_0, Q4_0, Q4_K, Q5_K, Q6_K = DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q5_K, D
 WEIGHTS = (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)
 ISAS = {"portable": 0, "avx2": 1, "avx512": 3, "avx512-vnni": 7}
 # row lengths per block size: odd block counts (a lone last Q8 pair half), vector tails
-K_OF = {1: (1, 15, 16, 37, 100), 32: (32, 96, 224), 256: (256, 768)}
+K_OF = {1: (1, 15, 16, 37, 100), 32: (32, 96, 224, 608), 256: (256, 768)}  # 608: two whole 8-block groups, 3 left
 
 
 # ---- data and runs ---------------------------------------------------------------------
