@@ -119,7 +119,9 @@ class SpecPolicy:
     measures both kinds first (`probe_len` rounds each, spec first), then runs the cheaper and
     re-measures the other for `probe_len` rounds every `probe_every` rounds or more: probes grow
     rarer while they confirm the choice (the interval doubles up to `probe_max` rounds) and frequent
-    again when one changes it. Rounds whose cost is not their kind's are not counted
+    again when one changes it. A probe also waits until the time since the last one is at least
+    its extra cost over the preferred kind divided by `budget` (0.05: probing costs at most ~5%
+    of the run, however expensive the probed kind). Rounds whose cost is not their kind's are not counted
     (`record(..., counted=False)`): one that compiles a plan, or a spec round that first feeds the
     head the rows it missed during plain rounds (that grows with the plain stretch before it).
 
@@ -128,13 +130,17 @@ class SpecPolicy:
     """
 
     def __init__(self, probe_every: int = 32, probe_len: int = 4, window: int = 9,
-                 probe_max: int = 1024, margin: float = 0.05) -> None:  # fmt: skip
-        if not 1 <= probe_every <= probe_max or probe_len < 1 or window < 1 or not 0 <= margin < 1:
+                 probe_max: int = 1024, margin: float = 0.05, budget: float = 0.05) -> None:  # fmt: skip
+        if not 1 <= probe_every <= probe_max or probe_len < 1 or window < 1 or not 0 <= margin < 1 \
+                or not 0 < budget <= 1:  # fmt: skip
             raise ValueError(f"[spec] bad policy settings probe_every={probe_every}, probe_len={probe_len}, "
-                             f"window={window}, probe_max={probe_max}, margin={margin}")  # fmt: skip
+                             f"window={window}, probe_max={probe_max}, margin={margin}, budget={budget}")  # fmt: skip
         self.probe_every, self.probe_len, self.probe_max = probe_every, probe_len, probe_max
-        self.margin = margin
+        self.margin, self.budget = margin, budget
+        self._t_since = 0.0  # seconds of every round since the last probe began
+        self._extra = 0.0  # what rounds of the kind not preferred cost beyond the preferred kind, since then
         self.samples: dict[bool, deque[float]] = {True: deque(maxlen=window), False: deque(maxlen=window)}
+        self._tokens: dict[bool, deque[int]] = {True: deque(maxlen=window), False: deque(maxlen=window)}
         self.counted: dict[bool, int] = {True: 0, False: 0}  # rounds measured, per kind
         self._rounds = 0  # rounds decided
         self._probe: list[bool] = []  # the kinds of the next rounds, when probing
@@ -169,20 +175,29 @@ class SpecPolicy:
             choice = self.preferred
             if self._next_probe is None:
                 self._next_probe, self._last_choice = self._rounds + self._interval, choice
-            elif self._rounds >= self._next_probe:
+                # the first measurement of the other kind was a probe too (its rounds preceded the choice)
+                other, tok = self.cost(not choice), statistics.median(self._tokens[not choice])
+                self._t_since, self._extra = 0.0, self.probe_len * tok * max(0.0, other - self.cost(choice))
+            elif self._rounds >= self._next_probe and self._t_since * self.budget >= self._extra:
                 # the last probe confirmed the choice: probe less often; it changed it: probe soon again
                 same = choice == self._last_choice
                 self._interval = min(self._interval * 2, self.probe_max) if same else self.probe_every
                 self._last_choice = choice
                 self._probe = [not choice] * self.probe_len
                 self._next_probe = self._rounds + self.probe_len + self._interval
+                self._t_since = self._extra = 0.0
         return self._probe.pop() if self._probe else self.preferred
 
     def record(self, spec: bool, seconds: float, tokens: int, counted: bool = True) -> None:
         """Report a round: its kind, wall seconds and emitted tokens."""
+        self._t_since += seconds
+        preferred = self.preferred
+        if spec != preferred and self.cost(preferred) is not None:  # a probe (or what a switch costs)
+            self._extra += seconds - max(tokens, 0) * self.cost(preferred)
         if not counted or tokens <= 0:
             return
         self.samples[spec].append(seconds / tokens)
+        self._tokens[spec].append(tokens)
         self.counted[spec] += 1
 
     def summary(self) -> str:

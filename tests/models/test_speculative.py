@@ -307,12 +307,25 @@ def test_policy_speculates_only_when_cheaper_by_the_margin() -> None:
     assert not p.preferred and got[-50:].count("S") <= 10
 
 
+@pytest.mark.parametrize("budget", [0.05, 0.02])
+def test_policy_spends_at_most_its_budget_on_probes(budget: float) -> None:
+    """A spec round 10x a plain one: doubling intervals alone would spend ~30% of the first few
+    hundred rounds' time in probes; the time budget keeps it near `budget` from the start."""
+    cost = {True: 10e-3, False: 1e-3}
+    p = SpecPolicy(probe_every=8, probe_len=4, budget=budget)
+    got = run_policy(p, cost, 2000)[8:]  # after measuring both kinds once
+    extra = got.count("S") * (cost[True] - cost[False])
+    total = sum(cost[k == "S"] for k in got)
+    assert got.count("S") >= 4, "it still probes"
+    assert extra <= 1.2 * budget * total, f"probes cost {extra / total:.1%} of the run"
+
+
 def test_policy_ignores_uncounted_rounds_and_rejects_bad_settings() -> None:
     p = SpecPolicy()
     p.record(True, 10.0, 1, counted=False)
     assert p.cost(True) is None and p.counted[True] == 0
     for bad in ({"probe_every": 0}, {"probe_len": 0}, {"window": 0}, {"probe_every": 8, "probe_max": 4},
-                {"margin": -0.1}, {"margin": 1.0}):  # fmt: skip
+                {"margin": -0.1}, {"margin": 1.0}, {"budget": 0.0}, {"budget": 1.5}):  # fmt: skip
         with pytest.raises(ValueError, match="policy"):
             SpecPolicy(**bad)
 
