@@ -6,10 +6,11 @@
  * Integer dot products: vpdpbusd (unsigned x signed bytes) for Q8_0/Q4_0: the activations
  * offset by +128 (matmul.h) times the signed weights (Q4_0: nibble - 8), each lane starting at
  * -128 * (its 4 weights' sum), computed once per row and block for all the tokens of a tile.
- * One-row tiles (decode, verify batches: up to 8 tokens) run on 256-bit halves with the scale
- * products of 8 blocks formed at once (q8_row_tile); measured here (Zen 4), a 512-bit vpdpbusd
- * costs 1.6 cycles against 0.5 for a 256-bit one, and one (token, block) step costs ~1.3 cycles
- * there against ~2.3 through the 512-bit tile.
+ * One-row tiles (decode, verify batches: up to 8 tokens) form the scale products of 8 blocks at
+ * once; Q8_0 takes a block pair per 512-bit register (q8_pair_row_tile), Q4_0 256-bit halves
+ * (q8_row_tile). On Zen 4 a 512-bit vpdpbusd or fma issues as one op and runs as two 256-bit
+ * halves (8 independent zmm vpdpbusd: 0.72 TSC cycles each, ymm 0.38; vpdpbusd and fma share
+ * two pipes, converts run beside them).
  * K-quants: vpmaddubsw on the unsigned quants, then vpdpwssd with the sub-block scales.
  *
  * Only called when gr_has_vnni (gr_mm_kernel_for); the whole file is compiled for that target.
