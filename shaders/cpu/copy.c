@@ -15,10 +15,6 @@
  * or an elementwise conversion: results never depend on the batch or the thread count.
  */
 #include "graphir_cpu.h"
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define GR_X86 1
-#endif
 
 enum { TILE = 1024 }; /* floats per conversion tile (a multiple of every block size) */
 
@@ -389,37 +385,6 @@ void gr_k_get_rows(const gr_op *op, const gr_thread *th) {
  * set_rows: a[:, c[i, i2 % c.ne1, i3 % c.ne2], i2, i3] = b[:, i, i2, i3], converted to a's type
  * ====================================================================================== */
 
-/* Rows of at least this many bytes are stored past the caches (set_rows into a recurrent
- * cache: 1 MiB state rows, read again only at the next step): no read for ownership of the
- * destination, no eviction of the planes still to be copied. Measured (0.8B shape, verify of 3
- * drafts, 2 threads): set_rows 3.0 -> see the commit. */
-#define STREAM_BYTES (64 << 10)
-
-/* n bytes from s to d with non-temporal stores for the 64-byte lines of d */
-static void copy_stream(char *d, const char *s, int64_t n) {
-#ifdef GR_X86
-    if (d < s + n && s < d + n) { /* overlapping: no streaming */
-        memmove(d, s, (size_t)n);
-        return;
-    }
-    const int64_t head = (int64_t)((64 - ((uintptr_t)d & 63)) & 63);
-    memcpy(d, s, (size_t)head);
-    int64_t i = head;
-    for (; i + 64 <= n; i += 64) {
-        const __m128i a = _mm_loadu_si128((const __m128i *)(s + i)), b = _mm_loadu_si128((const __m128i *)(s + i + 16));
-        const __m128i c = _mm_loadu_si128((const __m128i *)(s + i + 32)), e = _mm_loadu_si128((const __m128i *)(s + i + 48));
-        _mm_stream_si128((__m128i *)(d + i), a);
-        _mm_stream_si128((__m128i *)(d + i + 16), b);
-        _mm_stream_si128((__m128i *)(d + i + 32), c);
-        _mm_stream_si128((__m128i *)(d + i + 48), e);
-    }
-    memcpy(d + i, s + i, (size_t)(n - i));
-    _mm_sfence(); /* the streamed lines are visible before the op's barrier */
-#else
-    memcpy(d, s, (size_t)n);
-#endif
-}
-
 /* columns [c0, c1) of every row of planes [p0, p1), rows in order: where an index repeats
  * within a plane the last row wins, as in ggml's sequential loop */
 static void set_rows_part(const gr_op *op, int64_t p0, int64_t p1, int64_t c0, int64_t c1) {
@@ -432,9 +397,7 @@ static void set_rows_part(const gr_op *op, int64_t p0, int64_t p1, int64_t c0, i
             if (r < 0 || r >= d->ne[1]) continue; /* NOTE: the reference raises; never write outside */
             char *drow = gr_row(d, r, i2, i3) + c0 * d->nb[0];
             const char *brow = gr_row(b, i, i2, i3) + c0 * b->nb[0];
-            if (d->type == GR_F32 && b->nb[0] == 4 && d->nb[0] == 4 && (c1 - c0) * 4 >= STREAM_BYTES) {
-                copy_stream(drow, brow, (c1 - c0) * 4);
-            } else if (b->nb[0] == 4 && d->nb[0] == es) {
+            if (b->nb[0] == 4 && d->nb[0] == es) {
                 gr_row_from_f32((const float *)brow, d->type, drow, c1 - c0);
             } else {
                 for (int64_t j = 0; j < c1 - c0; j++)

@@ -333,24 +333,6 @@ def test_set_rows_kv_cache_rows(native, type: DType, n_tokens: int) -> None:
     _same_bits(lambda: build({"seed": n_tokens}))
 
 
-@pytest.mark.parametrize("n_threads", [1, 2, 3])
-@pytest.mark.parametrize("planes", [1, 4], ids=["column-split", "plane-split"])
-def test_set_rows_streamed_rows(native, n_threads: int, planes: int) -> None:
-    """F32 rows of >= 64 KB (recurrent state rows) are streamed past the caches (copy.c
-    copy_stream): same bits, the last of repeated indices wins, a row length that is no multiple
-    of 16 floats (unaligned rows: head and tail copied plainly)."""
-    native.n_threads = n_threads
-
-    def build(p: dict) -> Built:
-        mk = Inputs(p["seed"])
-        dst = mk.leaf(F32, (16411, 5, planes), name="dst")
-        b = mk.leaf(F32, (16411, 4, planes), mk.uniform(-4, 4), "b")
-        c = mk.leaf(I32, (4,), lambda shape: np.array([3, 1, 3, 0], np.int32), "c")
-        return mk.done(gr.set_rows(dst, b, c))
-
-    _same_bits(lambda: build({"seed": n_threads}))
-
-
 def test_get_rows_out_of_range_reads_nan(native) -> None:
     """The reference raises; the kernel never reads outside a: that row reads as NaN."""
     native.n_threads = 2
