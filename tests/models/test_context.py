@@ -233,6 +233,20 @@ def test_embedding_rows_decode_like_tokens(dense) -> None:
     assert_close(out.logits, one_shot(dense, PROMPT[:6]), "embd")
 
 
+def test_copied_and_fresh_sequences_update_host_state_in_place(dense) -> None:
+    """On a host-memory backend the state rows of seq_cp copies and fresh sequences are written in
+    place (no state-update graph); the logits are those of the copied / fresh sequence."""
+    ctx = context(dense, n_seq_max=2, n_ubatch=4)
+    ctx.decode(Batch.simple(PROMPT[:5], seq_id=0))
+    ctx.seq_cp(0, 1)
+    copied = ctx.decode(Batch.simple([9], 5, seq_id=1)).logits[0]
+    ctx.seq_rm(0, -1, -1)  # seq 0's rows hold its state: a fresh seq 0 must start from zeros
+    fresh = ctx.decode(Batch.simple(OTHER[:3], seq_id=0, all_outputs=True)).logits
+    assert ctx.stats.state_updates == 0, "no update graph on a host-memory backend"
+    assert_close(copied, one_shot(dense, PROMPT[:5] + [9])[5], "copied sequence")
+    assert_close(fresh, one_shot(dense, OTHER[:3]), "fresh sequence in a used row")
+
+
 def test_seq_add_and_seq_keep(dense) -> None:
     """seq_add shifts positions (K re-rotated by the state-update graph): relative positions are
     what attention sees, so the next logits equal a sequence that started at the shifted pos."""
