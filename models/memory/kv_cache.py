@@ -104,9 +104,11 @@ class KVCache(MemoryComponent):
     @staticmethod
     def _find_slot(free: np.ndarray, n: int) -> np.ndarray | None:
         """n free cells: the first contiguous run if there is one, else the lowest free cells."""
+        i = int(free.argmax())  # the first free cell: when a run of n starts there, it is the first run
         if n == 1:
-            i = int(free.argmax())
             return np.array([i]) if free[i] else None
+        if free[i : i + n].all() and i + n <= free.shape[0]:
+            return np.arange(i, i + n)
         c = np.concatenate([[0], np.cumsum(free)])
         runs = np.flatnonzero(c[n:] - c[:-n] == n) if n <= free.shape[0] else []
         if len(runs):
@@ -150,7 +152,7 @@ class KVCache(MemoryComponent):
         self._bound = bound
         for g, s in enumerate(ubatch.seqs):
             if s in known:
-                self._pos_max[s] = max(known[s], int(ubatch.seq_pos(g).max()))
+                self._pos_max[s] = max(known[s], int(ubatch.seq_pos(g)[-1]))  # consecutive: the last is the largest
         k_shift = None
         if self.has_shift:  # (without one, shift is all zero)
             self.shift[slots] = 0
