@@ -135,10 +135,16 @@ class Batch:
         self._check_order(single)
 
     @classmethod
-    def simple(cls, tokens: Sequence[int], pos0: int = 0, seq_id: int = 0, all_outputs: bool = False) -> Batch:
-        """One sequence of tokens at positions pos0, pos0+1, ...; outputs for the last (or all)."""
+    def simple(cls, tokens: Sequence[int], pos0: int = 0, seq_id: int = 0, all_outputs: bool = False,
+               embd=None) -> Batch:  # fmt: skip
+        """One sequence of tokens at positions pos0, pos0+1, ...; outputs for the last (or all).
+        embd: input rows (n, n_embd) with the tokens (the MTP head's rows), or None."""
         tokens = _int_array("tokens", tokens, None)
         n = len(tokens)
+        if embd is not None:
+            embd = _embd_array(embd)
+            if embd.shape[0] != n:
+                _fail(f"embd has {embd.shape[0]} rows, tokens has {n}")
         pos0 = int_arg("batch", "pos0", pos0, None, INT32_MAX - max(n - 1, 0), BatchError)
         all_outputs = bool_arg("batch", "all_outputs", all_outputs, BatchError)
         if n == 0:
@@ -151,7 +157,7 @@ class Batch:
         out = np.ones(n, bool) if all_outputs else np.arange(n) == n - 1
         batch = object.__new__(cls)
         # NOTE: built in place, every check done above (one sequence, consecutive positions)
-        for name, val in (("tokens", tokens), ("embd", None), ("pos", np.arange(pos0, pos0 + n, dtype=np.int64)),
+        for name, val in (("tokens", tokens), ("embd", embd), ("pos", np.arange(pos0, pos0 + n, dtype=np.int64)),
                           ("seq_id", np.full(n, seq_id, np.int64)), ("output", out), ("seqs", (seq_id,))):  # fmt: skip
             object.__setattr__(batch, name, val)
         return batch

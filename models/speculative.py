@@ -563,8 +563,13 @@ class Generator:
                     step.append((i, tok, hid, p + 1))
             if not step:
                 break
-            res = self.mtp.decode(Batch([x[1] for x in step], embd=np.stack([x[2] for x in step]),
-                                        pos=[x[3] for x in step], seq_id=[states[x[0]].seq for x in step]))  # fmt: skip
+            if len(step) == 1:  # one sequence drafting: the cheaper constructor
+                (i, tok, hid, p), *_ = step
+                batch = Batch.simple([tok], p, states[i].seq, embd=hid[None])
+            else:
+                batch = Batch([x[1] for x in step], embd=np.stack([x[2] for x in step]), pos=[x[3] for x in step],
+                              seq_id=[states[x[0]].seq for x in step])  # fmt: skip
+            res = self.mtp.decode(batch)
             cur = [(i, res.logits[j], res.hidden[j], p) for j, (i, _, _, p) in enumerate(step)]
         return drafts
 
@@ -607,4 +612,6 @@ class Generator:
             pos += range(s.pend_pos0, s.pend_pos0 + n)
             seq += [s.seq] * n
             outp += [False] * (n - 1) + [k >= 1]
+        if len(states) == 1 and outp[-1]:  # one sequence, its last row drafting: the cheaper constructor
+            return Batch.simple(toks, states[0].pend_pos0, states[0].seq, embd=np.stack(embd))
         return Batch(toks, embd=np.stack(embd), pos=pos, seq_id=seq, output=outp)

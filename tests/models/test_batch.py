@@ -125,6 +125,20 @@ def test_batch_defaults() -> None:
     assert s.pos.tolist() == [7, 8, 9] and s.output.all() and (s.seq_id == 2).all()
 
 
+def test_simple_with_embd_rows_equals_the_general_batch() -> None:
+    rows = np.arange(24, dtype=np.float64).reshape(3, 8)
+    s = Batch.simple([1, 2, 3], pos0=4, seq_id=1, embd=rows)
+    g = Batch([1, 2, 3], embd=rows, pos=[4, 5, 6], seq_id=1)
+    for name in ("tokens", "embd", "pos", "seq_id", "output"):
+        a, b = getattr(s, name), getattr(g, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert s.seqs == g.seqs == (1,)
+    with pytest.raises(BatchError, match="embd has 2 rows, tokens has 3"):
+        Batch.simple([1, 2, 3], embd=rows[:2])
+    with pytest.raises(BatchError, match="NaN or an infinity"):
+        Batch.simple([1, 2, 3], embd=np.full((3, 8), np.nan))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
