@@ -266,6 +266,8 @@ class Context:
         ~0.8 ms per prompt on the tiny model, a third of a one-token generate."""
         rs, kv = ubi.rs, ubi.kv
         shift = kv is not None and kv.k_shift is not None and np.any(kv.k_shift)
+        if not shift and (rs is None or not (rs.copies or rs.zero_rows)):
+            return  # the usual case: nothing pending
         if self._host_state and rs is not None and not shift:
             for leaf in (*self.state.r_l.values(), *self.state.s_l.values()):
                 rows = leaf.data  # (n_rows, n_embd): the bytes every plan reads and writes
