@@ -533,7 +533,10 @@ class Generator:
     def _pick_draft(self, s: SeqState, logits: np.ndarray, pos: int) -> tuple[int, float]:
         """The head's draft for position pos + 1 of sequence s from its logits at pos: the sequence's
         sampler drawing with the noise of (seq, pos + 1), as the target's draw there will (greedy: the
-        argmax), and the draft's probability under the sampler's chain."""
+        argmax), and the draft's probability under the sampler's chain (1.0 without p_min: the
+        probability only gates drafting, and computing it is a softmax over the vocabulary)."""
+        if self.p_min <= 0:
+            return s.sampler.sample(logits, pos + 1, s.seq), 1.0
         return s.sampler.sample_p(logits, pos + 1, s.seq)
 
     def _draft(self, states: list[SeqState]) -> list[list[int]]:
