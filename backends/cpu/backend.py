@@ -4,10 +4,16 @@ ONE call into the compiled module, which walks the records with a persistent thr
 
 The GIL is released during the call (cffi API mode). Threads: `n_threads` (default: the CPUs
 this process may use); a split whose work is small runs on one thread, where waking the pool
-would cost more than it saves.
+would cost more than it saves; the others run with `n_threads` or with one thread, whichever
+measured faster lately (`ThreadChoice`: a barrier per op makes a pool of threads that share their
+cores with another busy process 10-20x slower, one thread only loses the second core).
 """
 
 from __future__ import annotations
+
+import os
+import time
+from collections import deque
 
 from graphir.tensor import Tensor, is_empty_op
 
@@ -22,6 +28,55 @@ from . import native
 SMALL_OP_BYTES = 256 << 10
 
 
+class ThreadChoice:
+    """For one program: the thread count of its next run, `n` (the backend's) or 1, whichever took
+    less time in its recent runs (median of the last WINDOW of each). Both are measured first (the
+    first run is not counted: it touches its buffers for the first time), then the slower one is
+    re-measured for PROBE_LEN runs every `interval` runs (its older samples dropped: they are
+    stale), the interval doubling from PROBE_MIN to PROBE_MAX while the choice holds and back to
+    PROBE_MIN when a probe changes it. The kernels
+    give the same bits with any thread count, so the choice changes time only."""
+
+    WINDOW, PROBE_LEN, PROBE_MIN, PROBE_MAX = 5, 2, 32, 512
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.best = 1
+
+    def _reset(self, n: int) -> None:
+        self.n, self.best, self.runs, self.interval = n, n, 0, self.PROBE_MIN
+        self.samples: dict[int, deque[float]] = {n: deque(maxlen=self.WINDOW), 1: deque(maxlen=self.WINDOW)}
+        self.probe: list[int] = []
+        self.next_probe = 0
+        self._last = n
+
+    def pick(self, n: int) -> int:
+        if n != self.n:
+            self._reset(n)
+        self.runs += 1
+        if self.runs == 1:
+            return n
+        for k in (n, 1):  # measure both first
+            if len(self.samples[k]) < 2:
+                return k
+        if not self.probe and self.runs >= self.next_probe:
+            if self.next_probe:  # a probe ran since: it confirmed the choice (wait longer) or changed it
+                self.interval = min(self.interval * 2, self.PROBE_MAX) if self.best == self._last else self.PROBE_MIN
+            self._last, other = self.best, 1 if self.best == n else n
+            self.samples[other].clear()
+            self.probe = [other] * self.PROBE_LEN
+            self.next_probe = self.runs + self.PROBE_LEN + self.interval
+        return self.probe.pop() if self.probe else self.best
+
+    def record(self, k: int, seconds: float) -> None:
+        if self.runs <= 1:
+            return
+        self.samples[k].append(seconds)
+        med = {t: sorted(xs)[len(xs) // 2] for t, xs in self.samples.items() if xs}
+        if len(med) == 2:
+            self.best = min(med, key=lambda t: (med[t], t != self.n))
+
+
 class CPUBackend(HostMemoryBackend):
     name = "cpu"
     KERNELS = native.KERNELS
@@ -34,6 +89,8 @@ class CPUBackend(HostMemoryBackend):
 
     def __init__(self) -> None:
         self.n_threads = default_threads()
+        # GRAPHIR_FIXED_THREADS=1: always n_threads (no ThreadChoice), e.g. to measure a thread count
+        self.adaptive_threads = os.environ.get("GRAPHIR_FIXED_THREADS", "") in ("", "0")
 
     def describe(self) -> str:
         return f"cpu (native, {self.n_threads} threads, isa {native.isa_name()})"
@@ -48,11 +105,20 @@ class CPUBackend(HostMemoryBackend):
         work = [n for n in nodes if not is_empty_op(n)]
         program = native.Program(work, place, max_threads=default_threads())
         small = program.bytes_touched < SMALL_OP_BYTES * max(program.n, 1)
-        run, backend = program.run, self
+        run, backend, choice = program.run, self, ThreadChoice()
 
         def call() -> None:
-            run(1 if small else backend.n_threads)
+            n = backend.n_threads
+            if small or n <= 1:
+                run(1)
+            elif not backend.adaptive_threads:
+                run(n)
+            else:
+                k = choice.pick(n)
+                t0 = time.perf_counter()
+                run(k)
+                choice.record(k, time.perf_counter() - t0)
 
         call.program = program  # for inspection (graphir profile) and to keep it alive
+        call.threads = choice
         return call
-

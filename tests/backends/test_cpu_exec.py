@@ -68,6 +68,44 @@ def test_dependent_ops_meet_at_barriers(threaded, n_threads: int) -> None:
         np.testing.assert_allclose(plan.get(out)[0, 0], _expected(xv, bv, 24), rtol=1e-5)
 
 
+def _drive(choice, n: int, cost: dict[int, float], runs: int) -> str:
+    """`runs` picks of a ThreadChoice with fixed seconds per thread count: the counts as a string."""
+    out = []
+    for _ in range(runs):
+        k = choice.pick(n)
+        choice.record(k, cost[k])
+        out.append(str(k))
+    return "".join(out)
+
+
+def test_thread_choice_follows_the_faster_count_and_recovers() -> None:
+    """Quiet: n threads win and one thread only runs in rare probes; another process takes a core
+    (n threads 5x slower at their barriers): the next probe moves to one thread; the load goes:
+    a later probe moves back. The first run of a program is never counted."""
+    from graphir.backends.cpu.backend import ThreadChoice
+
+    c = ThreadChoice()
+    quiet = _drive(c, 2, {2: 1.0, 1: 1.6}, 400)
+    assert c.best == 2 and quiet[20:].count("1") <= 0.05 * len(quiet)
+    busy = _drive(c, 2, {2: 5.0, 1: 1.7}, 600)
+    assert c.best == 1 and busy[-100:].count("2") <= 4, "one thread under load"
+    back = _drive(c, 2, {2: 1.0, 1: 1.6}, 600)
+    assert c.best == 2 and back[-100:].count("1") <= 4, "back to n threads once the load is gone"
+    c2 = ThreadChoice()
+    c2.pick(2)
+    c2.record(2, 100.0)  # the first run (buffers touched for the first time) is not a sample
+    assert not c2.samples[2]
+
+
+def test_fixed_threads_env_turns_the_choice_off(monkeypatch) -> None:
+    from graphir.backends.cpu.backend import CPUBackend
+
+    monkeypatch.setenv("GRAPHIR_FIXED_THREADS", "1")
+    assert not CPUBackend().adaptive_threads
+    monkeypatch.setenv("GRAPHIR_FIXED_THREADS", "0")
+    assert CPUBackend().adaptive_threads
+
+
 def test_callback_run_goes_node_by_node(threaded) -> None:
     threaded.n_threads = 2
     x, b, out = _chain(4)
