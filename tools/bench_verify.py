@@ -69,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="threads of both sides (default 2)")
     ap.add_argument("--no-llama", action="store_true")
     args = ap.parse_args(argv)
+    from graphir.backends.cpu.backend import fixed_threads
+
+    with fixed_threads():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.model is None:
         from graphir.models.tiny import default_model_path
 

@@ -95,11 +95,19 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return make_tiny_main(args)
 
 
+def _fixed_threads():
+    """The measurement commands time the thread count asked for (no per-program thread choice)."""
+    from graphir.backends.cpu.backend import fixed_threads
+
+    return fixed_threads()
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Prefill/decode tokens per second and memory, with llama.cpp side by side when installed."""
     from .bench import run_bench
 
-    return run_bench(args)
+    with _fixed_threads():
+        return run_bench(args)
 
 
 def cmd_train_tiny(args: argparse.Namespace) -> int:
@@ -120,7 +128,8 @@ def cmd_bench_ops(args: argparse.Namespace) -> int:
     """Time every op's perf shapes on the chosen backends, side by side (us, GB/s, GFLOP/s)."""
     from .bench_ops import run
 
-    return run(args)
+    with _fixed_threads():
+        return run(args)
 
 
 def cmd_fuzz_gguf(args: argparse.Namespace) -> int:
@@ -150,7 +159,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     """Per-node and per-op time of a plan run, bytes and FLOPs, the time outside kernels."""
     from .profile import run
 
-    return run(args)
+    with _fixed_threads():
+        return run(args)
 
 
 def cmd_view(args: argparse.Namespace) -> int:

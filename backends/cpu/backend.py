@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from graphir.tensor import Tensor, is_empty_op
 
@@ -122,3 +124,20 @@ class CPUBackend(HostMemoryBackend):
         call.program = program  # for inspection (graphir profile) and to keep it alive
         call.threads = choice
         return call
+
+
+@contextmanager
+def fixed_threads() -> Iterator[None]:
+    """Every run of the cpu backend with its n_threads, no ThreadChoice, inside the block: the
+    measurement tools (bench, profile, bench-ops, bench_verify) time a given thread count."""
+    from graphir.backends import availability, get_backend
+
+    if not availability("cpu").ok:
+        yield
+        return
+    be = get_backend("cpu")
+    saved, be.adaptive_threads = be.adaptive_threads, False
+    try:
+        yield
+    finally:
+        be.adaptive_threads = saved

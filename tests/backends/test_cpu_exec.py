@@ -106,6 +106,16 @@ def test_fixed_threads_env_turns_the_choice_off(monkeypatch) -> None:
     assert CPUBackend().adaptive_threads
 
 
+def test_measurement_tools_fix_the_thread_count() -> None:
+    from graphir.backends.cpu.backend import fixed_threads
+
+    be = get_backend(NATIVE)
+    assert be.adaptive_threads
+    with fixed_threads():
+        assert not be.adaptive_threads
+    assert be.adaptive_threads
+
+
 def test_callback_run_goes_node_by_node(threaded) -> None:
     threaded.n_threads = 2
     x, b, out = _chain(4)
