@@ -141,6 +141,7 @@ class SpecPolicy:
         self._extra = 0.0  # what rounds of the kind not preferred cost beyond the preferred kind, since then
         self.samples: dict[bool, deque[float]] = {True: deque(maxlen=window), False: deque(maxlen=window)}
         self._tokens: dict[bool, deque[int]] = {True: deque(maxlen=window), False: deque(maxlen=window)}
+        self._costs: dict[bool, float | None] = {True: None, False: None}
         self.counted: dict[bool, int] = {True: 0, False: 0}  # rounds measured, per kind
         self._rounds = 0  # rounds decided
         self._probe: list[bool] = []  # the kinds of the next rounds, when probing
@@ -150,8 +151,7 @@ class SpecPolicy:
 
     def cost(self, spec: bool) -> float | None:
         """The median seconds per emitted token of the kind's recent rounds (None: unmeasured)."""
-        xs = self.samples[spec]
-        return statistics.median(xs) if xs else None
+        return self._costs[spec]
 
     @property
     def preferred(self) -> bool:
@@ -198,6 +198,7 @@ class SpecPolicy:
         if not counted or tokens <= 0:
             return
         self.samples[spec].append(seconds / tokens)
+        self._costs[spec] = statistics.median(self.samples[spec])  # once per round, not per question
         self._tokens[spec].append(tokens)
         self.counted[spec] += 1
 
