@@ -32,18 +32,18 @@ SMALL_OP_BYTES = 256 << 10
 
 class ThreadChoice:
     """For one program: the thread count of its next run, `n` (the backend's) or 1, whichever took
-    less time in its recent runs (median of the last WINDOW of each). Both are measured first (the
-    first run is not counted: it touches its buffers for the first time), then the slower one is
-    re-measured for PROBE_LEN runs every `interval` runs (its older samples dropped: they are
-    stale), the interval doubling from PROBE_MIN to PROBE_MAX while the choice holds and back to
-    PROBE_MIN when a probe changes it. The kernels
-    give the same bits with any thread count, so the choice changes time only."""
+    less time in its recent runs (median of the last WINDOW of each). The first WARMUP runs use n
+    (a program run only a few times, as a prompt's ubatches, is never slowed by a measurement; the
+    first run is not counted: it touches its buffers for the first time); then the kind not
+    chosen is re-measured for PROBE_LEN runs every `interval` runs (its older samples dropped: they
+    are stale), the interval doubling from PROBE_MIN to PROBE_MAX while the choice holds and back
+    to PROBE_MIN when a probe changes it. The kernels give the same bits with any thread count,
+    so the choice changes time only."""
 
-    WINDOW, PROBE_LEN, PROBE_MIN, PROBE_MAX = 5, 2, 32, 512
+    WARMUP, WINDOW, PROBE_LEN, PROBE_MIN, PROBE_MAX = 8, 5, 2, 32, 512
 
     def __init__(self) -> None:
-        self.n = 0
-        self.best = 1
+        self.n = 0  # the thread count the measurements are for (0: none yet)
 
     def _reset(self, n: int) -> None:
         self.n, self.best, self.runs, self.interval = n, n, 0, self.PROBE_MIN
@@ -56,11 +56,8 @@ class ThreadChoice:
         if n != self.n:
             self._reset(n)
         self.runs += 1
-        if self.runs == 1:
+        if self.runs <= self.WARMUP:
             return n
-        for k in (n, 1):  # measure both first
-            if len(self.samples[k]) < 2:
-                return k
         if not self.probe and self.runs >= self.next_probe:
             if self.next_probe:  # a probe ran since: it confirmed the choice (wait longer) or changed it
                 self.interval = min(self.interval * 2, self.PROBE_MAX) if self.best == self._last else self.PROBE_MIN

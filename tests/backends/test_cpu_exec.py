@@ -95,6 +95,8 @@ def test_thread_choice_follows_the_faster_count_and_recovers() -> None:
     c2.pick(2)
     c2.record(2, 100.0)  # the first run (buffers touched for the first time) is not a sample
     assert not c2.samples[2]
+    # a program run a few times (a prompt's ubatches) always gets the n threads asked for
+    assert _drive(ThreadChoice(), 2, {2: 9.0, 1: 1.0}, ThreadChoice.WARMUP) == "2" * ThreadChoice.WARMUP
 
 
 def test_fixed_threads_env_turns_the_choice_off(monkeypatch) -> None:
