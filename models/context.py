@@ -388,9 +388,10 @@ class _FirstNonFinite:
 def _read_rows(plan: Plan, t: gr.Tensor, out: np.ndarray, rows: np.ndarray, what: str, ub: UBatch,
                finder: _FirstNonFinite | None) -> None:  # fmt: skip
     """out[rows] = the output tensor t's rows, checked finite. The ubatch's rows are almost always
-    consecutive: then t is copied once, straight into them (a 248k-entry vocabulary makes each
-    extra pass ~0.1 ms per row)."""
-    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
+    consecutive and in order: then t is copied once, straight into them (a 248k-entry vocabulary
+    makes each extra pass ~0.1 ms per row). Not when sequences interleave in the batch: the ubatch
+    holds its rows sequence by sequence, so its outputs can be a permutation of the batch's."""
+    if len(rows) == 1 or (len(rows) and bool((np.diff(rows) == 1).all())):
         dst = out[int(rows[0]) : int(rows[-1]) + 1]
         plan.get(t, out=dst)
     else:

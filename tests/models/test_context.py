@@ -233,6 +233,17 @@ def test_embedding_rows_decode_like_tokens(dense) -> None:
     assert_close(out.logits, one_shot(dense, PROMPT[:6]), "embd")
 
 
+def test_interleaved_sequences_get_their_own_output_rows(dense) -> None:
+    """Outputs of two sequences interleaved in the batch (s0, s1, s0, s1): the ubatch runs them
+    sequence by sequence, and each batch row still gets its own logits."""
+    ctx = context(dense, n_seq_max=2)
+    b = Batch(PROMPT[:1] + OTHER[:1] + PROMPT[1:2] + OTHER[1:2], pos=[0, 0, 1, 1], seq_id=[0, 1, 0, 1],
+              output=np.ones(4, bool))  # fmt: skip
+    got = ctx.decode(b).logits
+    assert_close(got[[0, 2]], one_shot(dense, PROMPT[:2]), "seq 0 rows")
+    assert_close(got[[1, 3]], one_shot(dense, OTHER[:2]), "seq 1 rows")
+
+
 def test_copied_and_fresh_sequences_update_host_state_in_place(dense) -> None:
     """On a host-memory backend the state rows of seq_cp copies and fresh sequences are written in
     place (no state-update graph); the logits are those of the copied / fresh sequence."""
