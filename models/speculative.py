@@ -569,7 +569,7 @@ class Generator:
             if not step:
                 break
             if len(step) == 1:  # one sequence drafting: the cheaper constructor
-                (i, tok, hid, p), *_ = step
+                ((i, tok, hid, p),) = step
                 batch = Batch.simple([tok], p, states[i].seq, embd=hid[None])
             else:
                 batch = Batch([x[1] for x in step], embd=np.stack([x[2] for x in step]), pos=[x[3] for x in step],
