@@ -36,18 +36,16 @@ def isa_name() -> str:
     return "avx512-vnni" if isa & 4 else "avx512" if isa & 2 else "avx2" if isa & 1 else "portable"
 
 
-def _address(place: Place, bases: dict[int, int] | None = None) -> int:
+def _address(place: Place, bases: dict[int, int]) -> int:
     """The host address of a place; `bases` memoizes buffer addresses (numpy's .ctypes is slow)."""
     handle = place.buffer.handle
-    if bases is None:
-        return handle.ctypes.data + place.offset
     base = bases.get(id(handle))
     if base is None:
         base = bases[id(handle)] = handle.ctypes.data
     return base + place.offset
 
 
-def _bind(rec_t, t: Tensor, place: Place, bases: dict[int, int] | None = None) -> None:
+def _bind(rec_t, t: Tensor, place: Place, bases: dict[int, int]) -> None:
     rec_t.data = ffi.cast("char *", _address(place, bases))
     rec_t.type = int(t.type)
     rec_t.ne = t.ne
