@@ -119,7 +119,7 @@ class SpecPolicy:
     measures both kinds first (`probe_len` rounds each, spec first), then runs the cheaper and
     re-measures the other for `probe_len` rounds every `probe_every` rounds or more: probes grow
     rarer while they confirm the choice (the interval doubles up to `probe_max` rounds) and frequent
-    again when one changes it. A probe also waits until the time since the last one is at least
+    again when one changes it; a probe's rounds replace the probed kind's older samples. A probe also waits until the time since the last one is at least
     its extra cost over the preferred kind divided by `budget` (0.05: probing costs at most ~5%
     of the run, however expensive the probed kind). Rounds whose cost is not their kind's are not counted
     (`record(..., counted=False)`): one that compiles a plan, or a spec round that first feeds the
@@ -185,6 +185,9 @@ class SpecPolicy:
                 self._interval = min(self._interval * 2, self.probe_max) if same else self.probe_every
                 self._last_choice = choice
                 self._probe = [not choice] * self.probe_len
+                # the probed kind's older samples are stale (another context length, another load):
+                # the probe's rounds alone measure it (its cost stays the old one until they arrive)
+                self.samples[not choice].clear()
                 self._next_probe = self._rounds + self.probe_len + self._interval
                 self._t_since = self._extra = 0.0
         return self._probe.pop() if self._probe else self.preferred

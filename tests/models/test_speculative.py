@@ -287,6 +287,17 @@ def test_policy_prefers_spec_per_emitted_token_and_follows_a_change() -> None:
     assert not p.preferred and got[-50:].count("S") <= 10
 
 
+def test_one_probe_is_enough_to_notice_a_change() -> None:
+    """A probe replaces the probed kind's samples: spec rounds measured expensive long ago do not
+    outvote a probe that finds them cheap now (window 9, probes of 3 rounds)."""
+    p = SpecPolicy(probe_every=8, probe_len=3, window=9)
+    run_policy(p, {True: 3e-3, False: 1e-3}, 300)
+    assert not p.preferred
+    got = run_policy(p, {True: 0.5e-3, False: 1e-3}, 600)
+    first = got.index("SSS")  # the first probe after the change
+    assert p.preferred and got[first + 3 :].count(".") <= 0.1 * len(got), got
+
+
 def test_policy_is_robust_to_a_preempted_round() -> None:
     """Medians: a few rounds slowed 100x by another process do not flip the choice."""
     p = SpecPolicy(probe_every=8, probe_len=3)
