@@ -107,7 +107,7 @@ class KVCache(MemoryComponent):
         i = int(free.argmax())  # the first free cell: when a run of n starts there, it is the first run
         if n == 1:
             return np.array([i]) if free[i] else None
-        if free[i : i + n].all() and i + n <= free.shape[0]:
+        if i + n <= free.shape[0] and free[i : i + n].all():
             return np.arange(i, i + n)
         c = np.concatenate([[0], np.cumsum(free)])
         runs = np.flatnonzero(c[n:] - c[:-n] == n) if n <= free.shape[0] else []
