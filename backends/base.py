@@ -11,7 +11,8 @@ Lowering happens at two grains:
   - `lower_split(nodes, place) -> Call`: the whole split, what `Plan.run()` executes. A native
     backend turns it into one C call over an array of op records, a Vulkan backend into one
     recorded command buffer, a CUDA backend into one graph launch. The default loops over
-    `lower`.
+    `lower`. `live_out` names what is read after the split; the rest may be fused away (the
+    cpu backend lets gated_delta_net read and write the recurrent-state cache itself).
   - `lower(node, dst, srcs) -> Call`: one node; used by the default `lower_split` and by runs
     with an eval callback, which go node by node.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 import os
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -165,12 +166,16 @@ class Backend(ABC):
         return Place(buf, 0)
 
     # ---- execution ----
-    def lower_split(self, nodes: list[Tensor], place: Callable[[Tensor], Place]) -> Call:
+    def lower_split(self, nodes: list[Tensor], place: Callable[[Tensor], Place],
+                    live_out: Collection[Tensor] | None = None) -> Call:  # fmt: skip
         """ONE prepared call that computes every node of a split, in order.
 
         Args:
             nodes: the split's nodes in execution order, views included (they compute nothing).
             place: where a tensor's bytes are on this backend (`place(node)`, `place(src)`).
+            live_out: storage owners that something after the split reads (other splits, the
+                caller); a node of the split not in it is read only inside the split, so a
+                backend may fuse it away (never write it). None: every node must be computed.
 
         Default: the per-node calls of `lower`, run one after another.
         """

@@ -22,6 +22,7 @@ from graphir.tensor import Tensor, is_empty_op
 from ..base import Availability, Call, Place, default_threads
 from ..host import HostMemoryBackend
 from . import native
+from .fuse import find_state_io
 
 # NOTE: a split whose ops touch fewer bytes than this on average runs on one thread: waking the
 # pool and a barrier per op cost more than the work saves (the tiny model's decode averages
@@ -99,10 +100,13 @@ class CPUBackend(HostMemoryBackend):
         places = {id(node): dst, **{id(s): p for s, p in zip(node.src, srcs) if s is not None}}
         return self.lower_split([node], lambda t: places[id(t)])
 
-    def lower_split(self, nodes: list[Tensor], place) -> Call:
-        """One C call over the split's op records (views and leafs compute nothing)."""
-        work = [n for n in nodes if not is_empty_op(n)]
-        program = native.Program(work, place, max_threads=default_threads())
+    def lower_split(self, nodes: list[Tensor], place, live_out=None) -> Call:
+        """One C call over the split's op records (views and leafs compute nothing; the
+        fusions of backends/cpu/fuse.py drop some)."""
+        state_io = find_state_io(nodes, live_out)
+        dropped = {t for io in state_io for t in io.dropped}
+        work = [n for n in nodes if not is_empty_op(n) and n not in dropped]
+        program = native.Program(work, place, max_threads=default_threads(), state_io=state_io)
         small = program.bytes_touched < SMALL_OP_BYTES * max(program.n, 1)
         run, backend, choice = program.run, self, ThreadChoice()
 

@@ -41,6 +41,11 @@ typedef struct gr_op {
     char *wdata;
     int64_t wsize;
 } gr_op;
+typedef struct gr_state_io {
+    gr_tensor cache;
+    gr_tensor src_ids;
+    gr_tensor dst_ids;
+} gr_state_io;
 enum gr_opcode {
     GR_OP_NONE, GR_OP_CONT, GR_OP_CPY, GR_OP_DUP,
     GR_OP_ADD, GR_OP_SUB, GR_OP_MUL, GR_OP_DIV, GR_OP_SCALE,

@@ -7,13 +7,14 @@ is one call to `gr_run`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from graphir.backends.base import Place
 from graphir.tensor import Tensor
 
+from .fuse import StateIO
 from .ops import Kernel, build_table
 
 try:
@@ -53,9 +54,12 @@ def _bind(rec_t, t: Tensor, place: Place, bases: dict[int, int]) -> None:
 
 
 class Program:
-    """Op records for `nodes` (each computing something), bound to their places."""
+    """Op records for `nodes` (each computing something), bound to their places; `state_io`:
+    gated_delta_net nodes of `nodes` that read and write their state cache themselves (their
+    dropped get_rows/set_rows must not be in `nodes`)."""
 
-    def __init__(self, nodes: list[Tensor], place: Callable[[Tensor], Place], max_threads: int) -> None:
+    def __init__(self, nodes: list[Tensor], place: Callable[[Tensor], Place], max_threads: int,
+                 state_io: Sequence[StateIO] = ()) -> None:  # fmt: skip
         self.n = len(nodes)
         self.recs = ffi.new("gr_op[]", max(self.n, 1))
         self.keep: list = []  # host constants the records point at
@@ -73,6 +77,11 @@ class Program:
             self.bytes_touched += node.nbytes
             if k.pack is not None:
                 k.pack(node, rec, self.keep)
+        index = {n: i for i, n in enumerate(nodes)}
+        self.state_io = tuple(state_io)
+        for io in state_io:
+            self.bytes_touched -= sum(t.nbytes for t in io.dropped)  # roughly: their traffic is gone
+            self._bind_state_io(self.recs[index[io.node]], io, place, bases)
         wsize = max((lib.gr_op_wsize(self.recs + i, max_threads) for i in range(self.n)), default=0)
         self.max_threads = max_threads
         self.scratch = np.zeros(max(int(wsize), 1) + 64, dtype=np.uint8)
@@ -80,6 +89,15 @@ class Program:
         for rec in self.recs[0 : self.n]:
             rec.wdata = ffi.cast("char *", base)
             rec.wsize = wsize
+
+    def _bind_state_io(self, rec, io: StateIO, place: Callable[[Tensor], Place], bases: dict[int, int]) -> None:
+        """gated_delta_net record `rec` reads/writes io.cache itself (shaders/cpu/ssm.c)."""
+        sio = ffi.new("gr_state_io *")
+        for field, t in (("cache", io.cache), ("src_ids", io.src_ids), ("dst_ids", io.dst_ids)):
+            _bind(getattr(sio, field), t, place(t), bases)
+        self.keep.append(sio)
+        rec.aux = sio
+        rec.ip[1] = 1
 
     def run(self, n_threads: int) -> None:
         err = lib.gr_run(self.recs, self.n, min(n_threads, self.max_threads))

@@ -17,7 +17,7 @@ Record parameter layout per op (read by the C kernel of the same name):
                     fp[0] freq_base, fp[1] freq_scale, fp[2] ext_factor, fp[3] attn_factor,
                     fp[4] beta_fast, fp[5] beta_slow, fp[6] corr_dims low, fp[7] corr_dims high
     flash_attn_ext  fp[0] scale, fp[1] max_bias, fp[2] logit_softcap, aux: ALiBi slopes [n_head]
-    gated_delta_net ip[0] snapshots
+    gated_delta_net ip[0] snapshots, ip[1] 1 when aux is a gr_state_io (its state cache fused in: fuse.py)
 """
 
 from __future__ import annotations

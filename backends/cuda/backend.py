@@ -110,7 +110,7 @@ class CUDABackend(Backend):
     def lower(self, node: Tensor, dst: Place, srcs: list[Place | None]) -> Call:
         return self.replay(self.launches(node, dst, srcs))
 
-    def lower_split(self, nodes: list[Tensor], place) -> Call:
+    def lower_split(self, nodes: list[Tensor], place, live_out=None) -> Call:
         launches = [la for n in nodes if not is_empty_op(n)
                     for la in self.launches(n, place(n), [None if s is None else place(s) for s in n.src])]  # fmt: skip
         return self.replay(launches)

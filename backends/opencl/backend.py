@@ -160,7 +160,7 @@ class OpenCLBackend(Backend):
     def lower(self, node: Tensor, dst: Place, srcs: list[Place | None]) -> Call:
         return self.KERNELS[node.op](self, node, dst, srcs)
 
-    def lower_split(self, nodes: list[Tensor], place) -> Call:
+    def lower_split(self, nodes: list[Tensor], place, live_out=None) -> Call:
         """ONE call enqueueing every kernel of the split from a single loop (no finish: `Plan.run`
         synchronizes once at its end, and host access waits for the queue first)."""
         calls = [self.lower(n, place(n), [None if s is None else place(s) for s in n.src])

@@ -135,7 +135,7 @@ class VulkanBackend(Backend):
         places = {id(node): dst, **{id(s): p for s, p in zip(node.src, srcs) if s is not None}}
         return self.lower_split([node], lambda t: places[id(t)])
 
-    def lower_split(self, nodes: list[Tensor], place) -> Call:
+    def lower_split(self, nodes: list[Tensor], place, live_out=None) -> Call:
         """ONE recorded command buffer for every node of the split."""
         commands = []
         for n in nodes:

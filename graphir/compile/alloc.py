@@ -75,13 +75,14 @@ class Allocation:
     naive: dict[str, int]  # backend name -> bytes with no reuse at all
     inplace: int = 0  # nodes that took their parent's memory
     refused: list[str] = field(default_factory=list)  # why in-place reuse was refused
+    reuse: bool = True  # False: every tensor has its own bytes (each readable after a run)
 
 
 def allocate(graph: Graph, sched: Schedule, reuse: bool = True) -> Allocation:
     """Offsets for every tensor that needs compute memory. reuse=False gives every tensor
     its own bytes (the naive layout, for checking that reuse changes no result)."""
     allocators = {b.name: BestFit(b.alignment) for b in sched.backends}
-    res = Allocation({}, {}, {}, {b.name: 0 for b in sched.backends})
+    res = Allocation({}, {}, {}, {b.name: 0 for b in sched.backends}, reuse=reuse)
 
     def needs_memory(t: Tensor) -> bool:
         return t.view_src is None and not is_static(t)

@@ -61,10 +61,12 @@ class Plan:
         self._rev: dict[Tensor, Tensor] = {}
         self.buffers = {b.name: b.alloc_buffer(alloc.sizes[b.name]) for b in sched.backends if alloc.sizes[b.name]}
         self._steps: list[tuple[Backend, Call]] = []  # copies and whole splits, in order
+        live_out = self._live_out() if alloc.reuse else None
         for split in sched.splits:
             be = split.backend
             self._steps.extend((be, call) for call in self._copies(split))
-            self._steps.append((be, be.lower_split(split.nodes, lambda t, be=be: self.place(t, be))))
+            place = lambda t, be=be: self.place(t, be)  # noqa: E731
+            self._steps.append((be, be.lower_split(split.nodes, place, live_out=live_out)))
         self._calls = [c for _, c in self._steps]
         self._node_steps: list[tuple[Tensor | None, Backend, Call]] | None = None  # built by run(callback)
         self._io_cache: dict[tuple[Tensor, bool], tuple[Backend, Place]] = {}
@@ -81,6 +83,19 @@ class Plan:
             inplace=alloc.inplace,
             refused=list(alloc.refused),
         )
+
+    def _live_out(self) -> frozenset[Tensor]:
+        """Storage owners read after the split that computes them: by another split, or by the
+        caller (outputs). Everything else a split computes is its own business (a backend may
+        fuse it away). A plan without memory reuse passes None: every tensor stays readable."""
+        split_of = {n: i for i, s in enumerate(self.schedule.splits) for n in s.nodes if n.view_src is None}
+        live = {storage_of(t) for t in self.graph.tensors() if t.is_output}
+        for i, split in enumerate(self.schedule.splits):
+            for n in split.nodes:
+                for s in n.src:
+                    if s is not None and split_of.get(storage_of(s), i) != i:
+                        live.add(storage_of(s))
+        return frozenset(live)
 
     def _copies(self, split) -> list[Call]:
         """Prepared calls copying the split's inputs from the backends that hold them."""

@@ -150,7 +150,11 @@ def check_continuity(name: str, ubatches: Sequence[UBatch], pos_max: Callable[[i
 
 def state_leaf(type: DType, ne: tuple[int, int], name: str) -> gr.Tensor:
     """A zeroed leaf with host data that graphs may write (set_rows/cpy): state, not a weight."""
-    t = gr.new_weight(type, ne, np.zeros((ne[1], ne[0]), STATE_TYPES[type]), name)
+    dtype = np.dtype(STATE_TYPES[type])
+    nbytes = ne[0] * ne[1] * dtype.itemsize
+    buf = np.zeros(nbytes + 64, np.uint8)  # 64-byte aligned: kernels stream rows into it
+    off = -buf.ctypes.data % 64
+    t = gr.new_weight(type, ne, buf[off : off + nbytes].view(dtype).reshape(ne[1], ne[0]), name)
     t.flags &= ~gr.Flag.PARAM
     return t
 

@@ -63,6 +63,16 @@ typedef struct gr_op {
     int64_t wsize;
 } gr_op;
 
+/* gated_delta_net reading and writing the recurrent-state cache itself (ip[1] = 1, aux points
+ * here): the get_rows that gathers each sequence's state into src[5] and the set_rows that
+ * stores dst's snapshot rows into the cache are fused away (backends/cpu/fuse.py). src[5] and
+ * dst's snapshot rows keep their places: the kernel goes through them when indices alias. */
+typedef struct gr_state_io {
+    gr_tensor cache;    /* F32 [n_embd_s, n_cells], rows contiguous */
+    gr_tensor src_ids;  /* I32 [n_seqs]: the row each sequence's state is read from */
+    gr_tensor dst_ids;  /* I32 [snapshots n_seqs]: slot j of seq s goes to row dst_ids[j n_seqs + s] */
+} gr_state_io;
+
 struct gr_pool;
 
 /* What a kernel knows about the thread running it. */

@@ -129,6 +129,16 @@ void gr_k_ssm_conv(const gr_op *op, const gr_thread *th) {
  * a token that owes a snapshot writes straight into its slot of dst, the others into the
  * thread's scratch M; the next token reads what this one wrote. So the state is read once
  * and every snapshot written once, in the same pass (no copy, no second pass).
+ *
+ * With a gr_state_io (the state cache fused in, graphir_cpu.h) the state is read from the
+ * cache row of each sequence, every token's rows go to M, and a snapshot's rows are streamed
+ * from M into their cache row (non-temporal stores): no gather before, no scatter after, and
+ * no cache line read only to be overwritten. That is exact as long as no unit can overwrite
+ * what another one still reads: every index in range, no two snapshots to one row, no snapshot
+ * onto another sequence's source row. A unit overwriting its own source is fine: row j of a
+ * state is read by token 0 before any token writes row j anywhere. Otherwise (never in a
+ * model's graphs) the kernel does what the fused ops did: gather into src[5], run, scatter
+ * dst's snapshot rows in order (the last one wins).
  * ====================================================================================== */
 
 #define GDN_NR 4
@@ -304,6 +314,7 @@ typedef struct gdn_ctx {
     float scale;
     int per_channel;
     gdn_rows_fn rows;
+    const gr_state_io *io; /* non-NULL: state rows read from / snapshots written to io->cache */
 } gdn_ctx;
 
 /* per thread scratch (floats): M [S_v S_v]; the chunk's q, k, v, exp(g), o [GDN_TT S_v] each and
@@ -338,9 +349,67 @@ int64_t gr_w_gated_delta_net(const gr_op *op, int nth) {
     return (int64_t)nth * gdn_thread_floats(op->src[2].ne[0]) * (int64_t)sizeof(float);
 }
 
+static int32_t gdn_index(const gr_tensor *ids, int64_t i) {
+    int32_t v;
+    memcpy(&v, gr_ptr(ids, i, 0, 0, 0), sizeof v);
+    return v;
+}
+
+/* whether the fused state I/O is exact for these indices (see the top of this section) */
+static int gdn_io_direct(const gr_state_io *io, int64_t n_seqs, int64_t snapshots) {
+    const int64_t rows = io->cache.ne[1], n_dst = snapshots * n_seqs;
+    for (int64_t s = 0; s < n_seqs; s++) {
+        const int32_t r = gdn_index(&io->src_ids, s);
+        if (r < 0 || r >= rows) return 0;
+    }
+    for (int64_t a = 0; a < n_dst; a++) {
+        const int32_t r = gdn_index(&io->dst_ids, a);
+        if (r < 0 || r >= rows) return 0;
+        for (int64_t b = 0; b < a; b++)
+            if (gdn_index(&io->dst_ids, b) == r) return 0;
+        for (int64_t s = 0; s < n_seqs; s++)
+            if (s != a % n_seqs && gdn_index(&io->src_ids, s) == r) return 0;
+    }
+    return 1;
+}
+
+/* the fused get_rows: cache row src_ids[s] (NaN where out of range) into src[5]'s seq s */
+static void gdn_io_gather(const gr_op *op, const gr_state_io *io, const gr_thread *th) {
+    const gr_tensor *state = &op->src[5];
+    const int64_t n_seqs = state->ne[3], n = io->cache.ne[0];
+    int64_t b, e;
+    gr_chunk(n_seqs, th->ith, th->nth, &b, &e);
+    for (int64_t s = b; s < e; s++) {
+        const int32_t r = gdn_index(&io->src_ids, s);
+        float *out = (float *)(state->data + s * state->nb[3]);
+        if (r >= 0 && r < io->cache.ne[1]) {
+            memcpy(out, gr_row(&io->cache, r, 0, 0), (size_t)n * sizeof(float));
+        } else {
+            for (int64_t i = 0; i < n; i++) out[i] = NAN;
+        }
+    }
+}
+
+/* the fused set_rows: dst's snapshot rows (slot j of seq s at j n_seqs + s) into their cache
+ * rows, in order (an index repeated: the last row wins; out of range: skipped) */
+static void gdn_io_scatter(const gr_op *op, const gr_state_io *io, int64_t n_tokens, int64_t n_seqs) {
+    const gr_tensor *dst = &op->dst;
+    const int64_t n = io->cache.ne[0], n_dst = op->ip[0] * n_seqs;
+    const char *first = dst->data + n_tokens * n_seqs * dst->nb[1];
+    for (int64_t a = 0; a < n_dst; a++) {
+        const int32_t r = gdn_index(&io->dst_ids, a);
+        if (r >= 0 && r < io->cache.ne[1])
+            memcpy(gr_row(&io->cache, r, 0, 0), first + a * n * (int64_t)sizeof(float), (size_t)n * sizeof(float));
+    }
+}
+
 /* Row j of the state in snapshot slot `slot` for (h, s): segment seg = (s H_v + h) S_v + j of
  * the slot's flat [S_v n_seqs, S_v H_v] region, i.e. dst row seg / H_v, column (seg % H_v) S_v. */
 static char *gdn_slot_row(const gdn_ctx *c, int64_t slot, int64_t h, int64_t s, int64_t j) {
+    if (c->io) { /* cache row dst_ids[slot n_seqs + s], segment (h, j) */
+        const int32_t r = gdn_index(&c->io->dst_ids, slot * c->n_seqs + s);
+        return gr_ptr(&c->io->cache, (h * c->S_v + j) * c->S_v, r, 0, 0);
+    }
     const int64_t seg = (s * c->H_v + h) * c->S_v + j;
     const int64_t row = c->n_tokens * c->n_seqs + slot * c->S_v * c->n_seqs + seg / c->H_v;
     return gr_ptr(&c->op->dst, (seg % c->H_v) * c->S_v, row, 0, 0);
@@ -366,6 +435,42 @@ static void gdn_gather(const gdn_ctx *c, const gdn_scratch *sc, int64_t h, int64
     }
 }
 
+/* A snapshot row from M into the cache, past the caches where it can: non-temporal stores
+ * (nothing reads the row before the next graph run, by when the weights have streamed through
+ * every cache; a plain store would first read the line it overwrites). Model state rows are
+ * 64-byte aligned (models/memory/base.py state_leaf); others take plain stores. Measured, 0.8B
+ * shape, one layer from cold caches, 1 thread: decode 439 us unfused -> 331 fused with plain
+ * stores -> 271 streamed; a verify of 3 drafts 1100 -> 736 -> 493. */
+#ifdef GR_X86
+T_512 static void stream_row_512(float *p, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) _mm512_stream_ps(p + i, _mm512_loadu_ps(x + i));
+}
+T_AVX2 static void stream_row_avx2(float *p, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i += 8) _mm256_stream_ps(p + i, _mm256_loadu_ps(x + i));
+}
+#endif
+
+static void stream_row(float *p, const float *x, int64_t n) {
+#ifdef GR_X86
+    if (gr_has_avx512 && ((uintptr_t)p & 63) == 0 && (n & 15) == 0) {
+        stream_row_512(p, x, n);
+        return;
+    }
+    if (gr_has_avx2 && ((uintptr_t)p & 31) == 0 && (n & 7) == 0) {
+        stream_row_avx2(p, x, n);
+        return;
+    }
+#endif
+    memcpy(p, x, (size_t)n * sizeof(float));
+}
+
+/* streamed stores become visible in order with the barrier that ends the op */
+static void stream_fence(void) {
+#ifdef GR_X86
+    _mm_sfence();
+#endif
+}
+
 /* rows [j0, j0 + nj) through tokens [t0, t0 + nt): each token reads the rows at cur[] and
  * writes them to its snapshot slot (when it owes one) or to M */
 static void gdn_rows_chunk(const gdn_ctx *c, const gdn_scratch *sc, int64_t h, int64_t s, int64_t j0, int64_t nj,
@@ -374,7 +479,7 @@ static void gdn_rows_chunk(const gdn_ctx *c, const gdn_scratch *sc, int64_t h, i
     const int64_t S_v = c->S_v;
     for (int64_t i = 0; i < nt; i++) {
         const int64_t slot = c->n_tokens - 1 - (t0 + i);
-        const int snap = slot < c->snapshots, direct = snap && dst->nb[0] == sizeof(float);
+        const int snap = slot < c->snapshots, direct = snap && !c->io && dst->nb[0] == sizeof(float);
         for (int64_t j = j0; j < j0 + nj; j++) sc->next[j] = direct ? (float *)gdn_slot_row(c, slot, h, s, j) : sc->M + j * S_v;
         const float *gv = c->per_channel ? sc->g + i * S_v : NULL;
         for (int64_t j = j0; j < j0 + nj; j += GDN_NR) {
@@ -383,7 +488,9 @@ static void gdn_rows_chunk(const gdn_ctx *c, const gdn_scratch *sc, int64_t h, i
                     sc->q + i * S_v, sc->v + i * S_v + j, sc->beta[i], S_v, sc->o + i * S_v + j);
         }
         for (int64_t j = j0; j < j0 + nj; j++) {
-            if (snap && !direct) { /* a strided dst: copy the snapshot rows out */
+            if (snap && c->io) {
+                stream_row((float *)gdn_slot_row(c, slot, h, s, j), sc->next[j], S_v);
+            } else if (snap && !direct) { /* a strided dst: copy the snapshot rows out */
                 char *p = gdn_slot_row(c, slot, h, s, j);
                 for (int64_t x = 0; x < S_v; x++) *(float *)(p + x * dst->nb[0]) = sc->next[j][x];
             }
@@ -396,8 +503,11 @@ static void gdn_rows_chunk(const gdn_ctx *c, const gdn_scratch *sc, int64_t h, i
 static void gdn_unit(const gdn_ctx *c, const gdn_scratch *sc, int64_t h, int64_t s) {
     const gr_tensor *state = &c->op->src[5], *dst = &c->op->dst;
     const int64_t S_v = c->S_v;
+    const float *cached = c->io ? (const float *)gr_row(&c->io->cache, gdn_index(&c->io->src_ids, s), 0, 0) : NULL;
     for (int64_t j = 0; j < S_v; j++) {
-        if (state->nb[0] == sizeof(float)) {
+        if (cached) {
+            sc->cur[j] = (float *)cached + (h * S_v + j) * S_v; /* overwritten (if at all) after it is read */
+        } else if (state->nb[0] == sizeof(float)) {
             sc->cur[j] = (float *)gr_row(state, j, h, s); /* read in place, never written */
         } else {
             gather_f32(sc->M + j * S_v, gr_row(state, j, h, s), state->nb[0], S_v);
@@ -424,7 +534,19 @@ void gr_k_gated_delta_net(const gr_op *op, const gr_thread *th) {
         .per_channel = op->src[3].ne[0] != 1, .rows = gdn_rows_pick(),
     };
     const gdn_scratch sc = gdn_scratch_at((float *)op->wdata + (int64_t)th->ith * gdn_thread_floats(c.S_v), c.S_v);
+    const gr_state_io *io = op->ip[1] ? (const gr_state_io *)op->aux : NULL;
+    const int direct = io && gdn_io_direct(io, c.n_seqs, c.snapshots); /* the same answer in every thread */
+    if (io && !direct) {
+        gdn_io_gather(op, io, th);
+        gr_barrier(th);
+    }
+    c.io = direct ? io : NULL;
     int64_t b, e;
     gr_chunk(c.H_v * c.n_seqs, th->ith, th->nth, &b, &e);
     for (int64_t u = b; u < e; u++) gdn_unit(&c, &sc, u % c.H_v, u / c.H_v);
+    if (direct) stream_fence();
+    if (io && !direct) {
+        gr_barrier(th);
+        if (th->ith == 0) gdn_io_scatter(op, io, c.n_tokens, c.n_seqs);
+    }
 }
