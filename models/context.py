@@ -61,7 +61,8 @@ class DecodeResult:
     Attributes:
         logits: float32 (n_outputs, n_vocab).
         h_nextn: float32 (n_outputs, n_embd), the post-output-norm hidden state the MTP head reads;
-            only when the context was created with `embeddings_nextn=True`, else None.
+            only when the context was created with `embeddings_nextn=True` (and decode's h_nextn
+            was not False), else None.
         out_idx: int64 (n_outputs,) the batch index of each row.
     """
 
@@ -188,9 +189,11 @@ class Context:
         if batch.n_tokens > self.n_batch:
             raise BatchError(f"[context] batch has {batch.n_tokens} tokens, more than n_batch={self.n_batch}")
 
-    def decode(self, batch: Batch) -> DecodeResult:
+    def decode(self, batch: Batch, *, h_nextn: bool = True) -> DecodeResult:
         """Decode `batch`: tokens (or embedding rows) with positions, one sequence id each and
-        output flags. Returns the outputs of the flagged tokens in batch order.
+        output flags. Returns the outputs of the flagged tokens in batch order. h_nextn=False: do
+        not read the h_nextn rows of a context made with `embeddings_nextn` (DecodeResult.h_nextn
+        None): a caller that will not use them saves their copy and check.
 
         Raises (memory unchanged): TypeError / BatchError for a bad batch (token id, sequence
         id, n_embd, more than n_batch tokens, positions that do not continue a sequence),
@@ -209,7 +212,8 @@ class Context:
                 mctx = self.memory.init_batch(ubatches)  # raises before any change
                 out_idx = np.flatnonzero(batch.output)
                 logits = np.empty((out_idx.shape[0], self.hp.n_vocab), np.float32)
-                h = np.empty((out_idx.shape[0], self.hp.n_embd), np.float32) if self.embeddings_nextn else None
+                want_h = self.embeddings_nextn and h_nextn
+                h = np.empty((out_idx.shape[0], self.hp.n_embd), np.float32) if want_h else None
                 for _ in ubatches:
                     ubi = mctx.apply()
                     self._run_ubatch(ubi, np.searchsorted(out_idx, ubi.ubatch.out_idx), logits, h)

@@ -29,13 +29,15 @@ one-sequence case of `generate_batch`:
      hidden states, are fed to the MTP head together with the next round's first draft step.
 
 MTP cache invariant: its entry at position p is computed from the target's h_{p-1} and token x_p
-(positions 1 .. n_past once the next round's first draft step has run). Every round speculates;
-a round whose first draft falls below p_min verifies [last] alone.
+(positions 1 .. n_past once the next round's first draft step has run). A round whose first draft
+falls below p_min verifies [last] alone. With the adaptive policy (`SpecPolicy`) a round may also
+be plain: the target decodes [last] alone and the head does not run; the rows wait for the next
+spec round, and where none is coming soon they are not even read (the head's cache of the
+sequence is dropped, and it restarts from the rows of the plain rounds just before the switch).
 """
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from collections import deque
@@ -125,7 +127,8 @@ class SpecPolicy:
     (`record(..., counted=False)`): one that compiles a plan, or a spec round that first feeds the
     head the rows it missed during plain rounds (that grows with the plain stretch before it).
 
-    `speculate()` decides the next round; `record()` reports the round that ran. A policy lives as
+    `speculate()` decides the next round; `record()` reports the round that ran; `spec_within(n)` tells
+    whether a spec round may come soon (the generator keeps the head's rows only then). A policy lives as
     long as its Generator, so a later `generate` call starts from the measurements of earlier ones.
     """
 
@@ -177,7 +180,7 @@ class SpecPolicy:
             if self._next_probe is None:
                 self._next_probe, self._last_choice = self._rounds + self._interval, choice
                 # the first measurement of the other kind was a probe too (its rounds preceded the choice)
-                other, tok = self.cost(not choice), statistics.median(self._tokens[not choice])
+                other, tok = self.cost(not choice), _median(self._tokens[not choice])
                 self._t_since, self._extra = 0.0, self.probe_len * tok * max(0.0, other - self.cost(choice))
             elif self._rounds >= self._next_probe and self._t_since * self.budget >= self._extra:
                 # the last probe confirmed the choice: probe less often; it changed it: probe soon again
@@ -192,6 +195,21 @@ class SpecPolicy:
                 self._t_since = self._extra = 0.0
         return self._probe.pop() if self._probe else self.preferred
 
+    def spec_within(self, n: int) -> bool:
+        """Whether a spec round may come in the next n rounds (after the one just decided): while
+        measuring or probing, when spec is preferred, when spec is cheaper than plain but not by the
+        margin (a few plain rounds dearer would flip the choice), or when a probe of spec is due by
+        then (its interval and its budget). False means plain rounds for a while: the generator then
+        lets the head's rows go. A flip it did not foresee (noise moving the plain median far) only
+        costs the head some context."""
+        if self._probe or self.preferred or self._costs[True] < self._costs[False]:
+            return True
+        if self._next_probe is None or self._rounds + n < self._next_probe:
+            return False
+        # the rounds until then cost about what plain rounds cost now (one more: rounding)
+        t_round = self._costs[False] * _median(self._tokens[False])
+        return (self._t_since + (n + 1) * t_round) * self.budget >= self._extra
+
     def record(self, spec: bool, seconds: float, tokens: int, counted: bool = True) -> None:
         """Report a round: its kind, wall seconds and emitted tokens."""
         self._t_since += seconds
@@ -201,7 +219,7 @@ class SpecPolicy:
         if not counted or tokens <= 0:
             return
         self.samples[spec].append(seconds / tokens)
-        self._costs[spec] = statistics.median(self.samples[spec])  # once per round, not per question
+        self._costs[spec] = _median(self.samples[spec])  # once per round, not per question
         self._tokens[spec].append(tokens)
         self.counted[spec] += 1
 
@@ -213,13 +231,21 @@ class SpecPolicy:
                 f"ms/token ({self.counted[False]} rounds): {'spec' if self.preferred else 'plain'} preferred")  # fmt: skip
 
 
+def _median(xs: Sequence[float]) -> float:
+    """The median of a few numbers (statistics.median costs ~1 us more per round)."""
+    s, n = sorted(xs), len(xs)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
 @dataclass
 class SeqState:
     """One sequence being generated: where it stands and the MTP rows it still has to feed.
 
     The target holds positions 0 .. n_past-1; `last` (the newest sampled token) sits at n_past and
     is not decoded yet. The pending rows are true MTP entries (token x_p with the target's h_{p-1})
-    at positions pend_pos0 ..; the last of them is the next round's first draft step.
+    at positions pend_pos0 ..; the last of them is the next round's first draft step. None pending:
+    plain rounds let them go (the head's cache of the sequence went with them) until the policy
+    may speculate again; the rows start again there.
     """
 
     seq: int  # the sequence id in both contexts
@@ -244,20 +270,25 @@ class SeqState:
         """Queue true MTP rows: toks[i] at pos0 + i with the target's hidden state h[i]."""
         self.pend_tok, self.pend_h, self.pend_pos0 = list(toks), list(h[: len(toks)]), pos0
 
-    def extend(self, toks: Sequence[int], h: np.ndarray, pos0: int) -> None:
-        """Append true MTP rows after a plain round (the head did not run: its rows wait)."""
+    def extend(self, tok: int, h: np.ndarray, pos: int, keep: int) -> None:
+        """Append one true MTP row after a plain round (the head did not run: its rows wait). Only
+        the newest `keep` rows can reach the head (`Generator._feed_backlog`): a longer wait drops
+        the older ones, every `keep` rows at once."""
         if not self.pend_tok:
-            self.queue(toks, h, pos0)
+            self.pend_tok, self.pend_h, self.pend_pos0 = [tok], [h], pos
             return
-        assert pos0 == self.pend_pos0 + len(self.pend_tok), "pending MTP rows must stay consecutive"
-        self.pend_tok += toks
-        self.pend_h += list(h[: len(toks)])
+        assert pos == self.pend_pos0 + len(self.pend_tok), "pending MTP rows must stay consecutive"
+        self.pend_tok.append(tok)
+        self.pend_h.append(h)
+        if len(self.pend_tok) >= 2 * keep:
+            cut = len(self.pend_tok) - keep
+            self.pend_tok, self.pend_h, self.pend_pos0 = self.pend_tok[cut:], self.pend_h[cut:], pos + 1 - keep
 
 
 def _seq_batch(rows: Sequence[Sequence[int]], pos0: Sequence[int], seq: Sequence[int]) -> Batch:
     """One target batch of several sequences' rows (rows[i] at pos0[i].. of sequence seq[i]), all outputs."""
-    if len(rows) == 1:
-        return Batch.simple(rows[0], pos0[0], seq[0], all_outputs=True)
+    if len(rows) == 1:  # NOTE: one row is the last one: all_outputs would only cost time
+        return Batch.simple(rows[0], pos0[0], seq[0], all_outputs=len(rows[0]) > 1)
     n = sum(map(len, rows))
     return Batch(np.concatenate([np.asarray(r, np.int64) for r in rows]),
                  pos=np.concatenate([np.arange(p, p + len(r)) for r, p in zip(rows, pos0)]),
@@ -394,9 +425,7 @@ class Generator:
             t_gen0 = time.perf_counter()
             self.stats.t_prompt = t_gen0 - t0
             try:
-                yield from self._emit(states, first)
-                while active := [s for s in states if not s.done]:
-                    yield from self._emit(active, self._round(active))
+                yield from self._rounds(states, first)
             finally:
                 self.stats.t_generate = time.perf_counter() - t_gen0
         finally:
@@ -446,54 +475,92 @@ class Generator:
             row0 += n
         return [[s.last] for s in states]
 
-    def _emit(self, states: list[SeqState], emitted: list[list[int]]) -> Iterator[tuple[int, int]]:
-        """Append each sequence's emitted tokens and yield them; a sequence is done at n_predict tokens
-        or (stop_at_eog) after an end-of-generation token."""
-        is_eog = self.model.tokenizer.is_eog
-        for s, toks in zip(states, emitted):
-            for tok in toks:
-                s.out.append(tok)
-                self.stats.n_generated += 1
-                yield s.seq, tok
-                if len(s.out) >= s.n_predict or (s.stop_at_eog and is_eog(tok)):
-                    s.done = True
-                    break
+    def _rounds(self, states: list[SeqState], emitted: list[list[int]]) -> Iterator[tuple[int, int]]:
+        """Append each sequence's emitted tokens and yield them, then run a round over the sequences not
+        done, until none is left. A sequence is done at n_predict tokens or (stop_at_eog) after an
+        end-of-generation token. NOTE: one loop, not a generator per round: a plain round of the tiny
+        model costs ~0.3 ms, and every microsecond shows."""
+        is_eog, active = self.model.tokenizer.is_eog, states
+        while True:
+            for s, toks in zip(active, emitted):
+                for tok in toks:
+                    s.out.append(tok)
+                    self.stats.n_generated += 1
+                    yield s.seq, tok
+                    if len(s.out) >= s.n_predict or (s.stop_at_eog and is_eog(tok)):
+                        s.done = True
+                        break
+            active = [s for s in active if not s.done]
+            if not active:
+                return
+            emitted = self._round(active)
 
     # ---- one round --------------------------------------------------------------------------
     def _round(self, states: list[SeqState]) -> list[list[int]]:
-        """One speculative round over the given sequences (the module docstring's steps 1-4); returns
-        each sequence's emitted tokens (its accepted drafts, then its next `last`)."""
+        """One round over the given sequences, speculative (`_spec_round`) or plain (`_plain_round`) as
+        the policy chooses; returns each sequence's emitted tokens. Times it for the stats and the policy."""
         st = self.stats
-        t = t_round = time.perf_counter()
+        t_round, t_verify = time.perf_counter(), st.t_verify
         adaptive = self.policy is not None and self.accept == "coupled"
         spec = self.mtp is not None and (not adaptive or self.policy.speculate())
         # not typical: a round that feeds the head rows it missed (plain rounds before it), or that
         # compiles a plan (a new ubatch shape); their costs are not the kind of round's
         typical = not spec or all(len(s.pend_tok) <= self.draft_max + 1 for s in states)
+        keep_h = self.mtp is not None
+        if spec and not all(s.pend_tok for s in states):
+            # a switch the policy did not foresee (`SpecPolicy.spec_within`): plain rounds let the head's
+            # rows go, and its first draft step needs the target's hidden state of this round
+            spec = typical = False
+        elif not spec and adaptive:
+            keep_h = self.policy.spec_within(self.HEAD_WINDOW + self.draft_max + 1)
         compiles = self._compiles()
-        drafts = self._draft(states) if spec else [[] for _ in states]
-        st.plain_rounds += int(self.mtp is not None and not spec)
-        t_verify = time.perf_counter()
-        st.t_draft += t_verify - t
+        emitted = self._spec_round(states) if spec else self._plain_round(states, keep_h)
+        st.rounds += 1
+        t_end = time.perf_counter()
+        st.t_draft += t_end - t_round - (st.t_verify - t_verify)
+        if adaptive:
+            typical = typical and self._compiles() == compiles
+            self.policy.record(spec, t_end - t_round, sum(map(len, emitted)), typical)
+        return emitted
+
+    def _spec_round(self, states: list[SeqState]) -> list[list[int]]:
+        """The module docstring's steps 1-4: each sequence's accepted drafts, then its next `last`."""
+        drafts = self._draft(states)
+        t = time.perf_counter()
         res = self.target.decode(_seq_batch([[s.last, *d] for s, d in zip(states, drafts)],
                                             [s.n_past for s in states], [s.seq for s in states]))  # fmt: skip
-        t = time.perf_counter()
-        st.t_verify += t - t_verify
-        st.rounds += 1
+        self.stats.t_verify += time.perf_counter() - t
         emitted, row0 = [], 0
         for s, ds in zip(states, drafts):
             n = len(ds) + 1
             toks, n_acc = self._accept(s, res.logits[row0 : row0 + n], ds)
-            st.count(len(ds), n_acc)
-            self._advance(s, len(ds), toks, n_acc, res.h_nextn[row0 : row0 + n] if self.mtp is not None else None,
-                          spec)  # fmt: skip
+            self.stats.count(len(ds), n_acc)
+            self._advance(s, len(ds), toks, n_acc, res.h_nextn[row0 : row0 + n])
             emitted.append(toks)
             row0 += n
-        t_end = time.perf_counter()
-        st.t_draft += t_end - t
-        if adaptive:
-            typical = typical and self._compiles() == compiles
-            self.policy.record(spec, t_end - t_round, sum(map(len, emitted)), typical)
+        return emitted
+
+    def _plain_round(self, states: list[SeqState], keep_h: bool) -> list[list[int]]:
+        """Decode each sequence's `last` alone and sample its next token. keep_h: queue the rows for
+        the head (with the target's hidden state); otherwise the hidden states are not even read,
+        and a sequence's waiting rows go, with the head's cache of it (they would no longer be
+        consecutive): a plain stretch then costs what plain decoding does."""
+        t = time.perf_counter()
+        res = self.target.decode(_seq_batch([[s.last] for s in states], [s.n_past for s in states],
+                                            [s.seq for s in states]), h_nextn=keep_h)  # fmt: skip
+        self.stats.t_verify += time.perf_counter() - t
+        self.stats.plain_rounds += int(self.mtp is not None)
+        emitted = []
+        for i, s in enumerate(states):
+            pos = s.n_past + 1
+            tok = s.sampler.sample(res.logits[i], pos, s.seq)
+            if keep_h:  # NOTE: one row more than a switch feeds, so the feed still sees a cut backlog
+                s.extend(tok, res.h_nextn[i], pos, self.HEAD_WINDOW + self.draft_max + 2)
+            elif s.pend_tok:
+                self.mtp.seq_rm(s.seq, -1, -1)
+                s.pend_tok, s.pend_h = [], []
+            s.n_past, s.last = pos, tok
+            emitted.append([tok])
         return emitted
 
     def _compiles(self) -> int:
@@ -518,19 +585,14 @@ class Generator:
                 return emitted, i + int(accepted)
         raise AssertionError("unreachable: the bonus row is never accepted")
 
-    def _advance(self, s: SeqState, k: int, emitted: list[int], n_acc: int, h: np.ndarray | None,
-                 spec: bool = True) -> None:  # fmt: skip
+    def _advance(self, s: SeqState, k: int, emitted: list[int], n_acc: int, h: np.ndarray) -> None:
         """Roll back the rejected drafts of the target, drop the MTP head's draft-time entries (chained
-        hidden states) and queue the true rows; `last` becomes the newest emitted token. After a plain
-        round (spec False: the head did not run) the true rows are appended to the waiting ones."""
+        hidden states) and queue the true rows; `last` becomes the newest emitted token."""
         keep = s.n_past + n_acc + 1  # target positions kept: .. last, d1..d_nacc
         if n_acc < k and not self.target.seq_rm(s.seq, keep, -1):
             raise RuntimeError(f"[spec] the target refused to roll back {k - n_acc} tokens of seq {s.seq}")
-        if self.mtp is not None and spec:
-            self.mtp.seq_rm(s.seq, s.n_past + 1, -1)
-            s.queue(emitted, h, s.n_past + 1)
-        elif self.mtp is not None:
-            s.extend(emitted, h, s.n_past + 1)
+        self.mtp.seq_rm(s.seq, s.n_past + 1, -1)
+        s.queue(emitted, h, s.n_past + 1)
         s.n_past, s.last = keep, emitted[-1]
 
     # ---- drafting ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from graphir.models.batch import Batch
 from graphir.models.context import Context
 from graphir.models.model import Model
 from graphir.models.sampling import Sampler, SamplerConfig
-from graphir.models.speculative import Generator
+from graphir.models.speculative import Generator, SpecPolicy
 
 BACKENDS = ["ref", "cpu", *(["opencl"] if availability("opencl").ok else [])]
 SAMPLERS = {
@@ -140,3 +140,34 @@ def test_textbook_acceptance_is_reproducible_and_greedy_lossless(model, name) ->
         assert runs[0] == plain(model, "ref", cfg, PROMPT)
     with pytest.raises(ValueError, match="acceptance rule"):
         Generator(model, accept="typical")
+
+
+class Script(SpecPolicy):
+    """Rounds of the given kinds in order (then spec), each spec round foreseen `ahead` rounds early."""
+
+    def __init__(self, script: str, ahead: int) -> None:
+        super().__init__()
+        self.script, self.ahead = list(script), ahead
+
+    def speculate(self) -> bool:
+        return self.script.pop(0) == "S" if self.script else True
+
+    def spec_within(self, n: int) -> bool:
+        return "S" in self.script[: min(n, self.ahead)]
+
+
+@pytest.mark.parametrize("ahead", [0, 2, 100])
+def test_plain_stretches_with_and_without_the_head_rows_keep_every_sequences_tokens(model, ahead,
+                                                                                   monkeypatch) -> None:  # fmt: skip
+    """Adaptive rounds over several sampled sequences: plain stretches that keep the head's rows
+    (ahead=100), that let them go until just before a spec round (2), or that let them go and meet an
+    unforeseen spec round (0, which then decodes plainly): each sequence's plain tokens."""
+    cfg = SAMPLERS["default"]
+    prompts = [PROMPT, *OTHERS]
+    refs = [plain(model, "cpu", cfg, p, seq=s) for s, p in enumerate(prompts)]
+    force_drafts(monkeypatch, [p + r for p, r in zip(prompts, refs)])
+    monkeypatch.setattr(Generator, "HEAD_WINDOW", 2)
+    g = Generator(model, draft_max=2, n_ctx=N_CTX, n_ubatch=N_UBATCH, n_seq=3)
+    g.policy = Script("S" + "." * 8 + "SS" + "." * 6 + "S" * 40, ahead)
+    assert g.generate_batch(prompts, N, [Sampler(cfg)] * 3) == refs
+    assert g.stats.plain_rounds == 14 + 2 * (ahead == 0) and 0 < g.stats.accepted < g.stats.drafted

@@ -331,6 +331,27 @@ def test_policy_spends_at_most_its_budget_on_probes(budget: float) -> None:
     assert extra <= 1.2 * budget * total, f"probes cost {extra / total:.1%} of the run"
 
 
+def test_policy_foresees_its_spec_rounds() -> None:
+    """spec_within(n) is True in the n rounds before every spec round (probes included), so the
+    generator keeps the head's rows for them; False in a plain stretch far from any."""
+    p = SpecPolicy(probe_every=16, probe_len=3)
+    kinds, within = [], []
+    for _ in range(600):
+        kinds.append(p.speculate())
+        within.append(p.spec_within(5))
+        p.record(kinds[-1], 3e-3 if kinds[-1] else 1e-3, 1)
+    spec = [i for i, k in enumerate(kinds) if k]
+    assert len(spec) > 6, "it probes"
+    assert all(all(within[max(0, i - 5) : i]) for i in spec), "a spec round came unforeseen"
+    # and not much earlier (the rows would be read for nothing), even while a due probe waits for its budget
+    early = [i for i, w in enumerate(within) if w and not any(kinds[i + 1 : i + 7])]
+    assert len(early) <= len(spec) // 3, f"rounds keeping the rows for no spec round: {early}"
+    # spec cheaper than plain, though not by the margin: a little noise would flip the choice
+    p = SpecPolicy(probe_every=16, probe_len=3)
+    run_policy(p, {True: 0.95e-3, False: 1e-3}, 200)
+    assert not p.preferred and p.spec_within(1)
+
+
 def test_policy_ignores_uncounted_rounds_and_rejects_bad_settings() -> None:
     p = SpecPolicy()
     p.record(True, 10.0, 1, counted=False)
@@ -368,18 +389,73 @@ def test_plain_rounds_between_spec_rounds_are_lossless_and_the_head_catches_up(m
     assert_close(next_draft_logits(g), mtp_reference_logits(model, g.tokens), "next draft logits")
 
 
-def test_a_long_plain_stretch_refeeds_the_head_only_its_window(model, monkeypatch) -> None:
+@pytest.mark.parametrize("n_plain", [12, 40])
+def test_a_long_plain_stretch_refeeds_the_head_only_its_window(model, monkeypatch, n_plain) -> None:
     """After more plain rounds than HEAD_WINDOW the switch to spec rounds drops the head's cache
     of the sequence and feeds only the last HEAD_WINDOW waiting rows: the head then holds exactly
     the positions from there on (its next draft is that of a head fed those rows alone), and the
-    tokens are still plain greedy decoding's."""
-    n, k, window = 40, 3, 4
+    tokens are still plain greedy decoding's. 40 plain rounds: the waiting rows were cut meanwhile."""
+    n, k, window = 60, 3, 4
     monkeypatch.setattr(Generator, "HEAD_WINDOW", window)
     ref, _ = plain_greedy(model, n)
     patch_drafts(monkeypatch, PROMPT + ref, 3)
     g = generator(model, draft_max=k, adaptive=True)
-    g.policy = Scripted("S" + "." * 12 + "S" * 40)
+    g.policy = Scripted("S" + "." * n_plain + "S" * 40)
+    waiting, plain_round = [], g._plain_round
+
+    def counted_plain_round(*args):
+        emitted = plain_round(*args)
+        waiting.append(len(g._pend_tok))
+        return emitted
+
+    monkeypatch.setattr(g, "_plain_round", counted_plain_round)
     assert list(g.generate(PROMPT, n)) == ref
+    assert len(waiting) == n_plain and max(waiting) < 2 * (window + k + 2), "the waiting rows must stay bounded"
+    assert_head_holds_true_rows_from_a_cut(model, g)
+
+
+class Foreseen(Scripted):
+    """A script that foresees its spec rounds `ahead` rounds early (SpecPolicy.spec_within)."""
+
+    def __init__(self, script: str, ahead: int) -> None:
+        super().__init__(script)
+        self.ahead = ahead
+
+    def spec_within(self, n: int) -> bool:
+        return "S" in self.script[: min(n, self.ahead)]
+
+
+@pytest.mark.parametrize("ahead", [100, 0])
+def test_plain_rounds_far_from_spec_skip_the_head_rows_and_stay_lossless(model, monkeypatch, ahead) -> None:
+    """Plain rounds the policy says are far from a spec round do not read the target's hidden
+    states and let the head's rows (and cache) go; those before a foreseen spec round keep them.
+    Unforeseen (ahead=0), the spec round asked for right after such rounds decodes plainly, keeping
+    the rows its first draft step needs. Either way: plain greedy tokens, and a head consistent from
+    where its rows start again."""
+    n, k, window, stretch = 50, 3, 4, 20
+    monkeypatch.setattr(Generator, "HEAD_WINDOW", window)
+    ref, _ = plain_greedy(model, n)
+    patch_drafts(monkeypatch, PROMPT + ref, 3)
+    g = generator(model, draft_max=k, adaptive=True)
+    g.policy = Foreseen("S" + "." * stretch + "S" * 40, ahead)
+    asked, decode = [], g.target.decode
+
+    def noting_decode(batch, **kw):
+        asked.append(kw.get("h_nextn", True))
+        return decode(batch, **kw)
+
+    monkeypatch.setattr(g.target, "decode", noting_decode)
+    assert list(g.generate(PROMPT, n)) == ref
+    horizon = window + k + 1  # the rows a switch can feed the head
+    skipped = stretch - horizon if ahead else stretch
+    assert asked.count(False) == skipped, f"plain rounds without the hidden states: {asked}"
+    assert g.stats.plain_rounds == stretch + (ahead == 0) and g.stats.accepted > 0
+    assert_head_holds_true_rows_from_a_cut(model, g)
+
+
+def assert_head_holds_true_rows_from_a_cut(model: Model, g: Generator) -> None:
+    """The head's cache of sequence 0 was dropped and starts again at some position `start`: its next
+    draft is that of a fresh head fed x_p with the target's h_{p-1} for p = start .. (true rows alone)."""
     start = g.mtp.seq_pos_min(0)
     assert start > len(PROMPT), f"the head still holds position {start}: its cache was not dropped"
     tgt = Context(model, n_ctx=320, n_batch=320, n_ubatch=64, embeddings_nextn=True)
