@@ -307,6 +307,10 @@ static gdn_rows_fn gdn_rows_pick(void) {
  * only the same row of token t), so the state is streamed once per chunk, not once per token. */
 #define GDN_TT 32
 #define GDN_RB 32
+/* Token 0 reads the state rows from memory GDN_PF_ROWS rows ahead of use (software prefetch into
+ * L2): one layer of the 0.8B shape from cold caches, decode, 1 thread 259 -> 212 us, 2 threads
+ * 147 -> 128 us (4 tokens: no change). */
+#define GDN_PF_ROWS 32
 
 typedef struct gdn_ctx {
     const gr_op *op;
@@ -481,9 +485,13 @@ static void gdn_rows_chunk(const gdn_ctx *c, const gdn_scratch *sc, int64_t h, i
         const int64_t slot = c->n_tokens - 1 - (t0 + i);
         const int snap = slot < c->snapshots, direct = snap && !c->io && dst->nb[0] == sizeof(float);
         for (int64_t j = j0; j < j0 + nj; j++) sc->next[j] = direct ? (float *)gdn_slot_row(c, slot, h, s, j) : sc->M + j * S_v;
+
         const float *gv = c->per_channel ? sc->g + i * S_v : NULL;
+        const int first = t0 + i == 0; /* reads the state input: from memory, rows the prefetcher misses */
         for (int64_t j = j0; j < j0 + nj; j += GDN_NR) {
             const int nr = (int)(j0 + nj - j < GDN_NR ? j0 + nj - j : GDN_NR);
+            for (int64_t r = j + GDN_PF_ROWS; first && r < j + GDN_PF_ROWS + nr && r < S_v; r++)
+                for (int64_t x = 0; x < S_v; x += 16) __builtin_prefetch(sc->cur[r] + x, 0, 1);
             c->rows(sc->next + j, (const float *const *)sc->cur + j, nr, gv, sc->gs[i], sc->k + i * S_v,
                     sc->q + i * S_v, sc->v + i * S_v + j, sc->beta[i], S_v, sc->o + i * S_v + j);
         }
