@@ -317,6 +317,7 @@ typedef struct gdn_ctx {
     int64_t S_v, H_v, H_k, n_tokens, n_seqs, snapshots;
     float scale;
     int per_channel;
+    int stream; /* io: snapshot rows go out with non-temporal stores (see stream_row) */
     gdn_rows_fn rows;
     const gr_state_io *io; /* non-NULL: state rows read from / snapshots written to io->cache */
 } gdn_ctx;
@@ -440,11 +441,15 @@ static void gdn_gather(const gdn_ctx *c, const gdn_scratch *sc, int64_t h, int64
 }
 
 /* A snapshot row from M into the cache, past the caches where it can: non-temporal stores
- * (nothing reads the row before the next graph run, by when the weights have streamed through
- * every cache; a plain store would first read the line it overwrites). Model state rows are
- * 64-byte aligned (models/memory/base.py state_leaf); others take plain stores. Measured, 0.8B
- * shape, one layer from cold caches, 1 thread: decode 439 us unfused -> 331 fused with plain
- * stores -> 271 streamed; a verify of 3 drafts 1100 -> 736 -> 493. */
+ * when the op writes at least GDN_STREAM_BYTES of snapshots (nothing reads the rows before the
+ * next graph run, by when a model that large has streamed its weights through every cache; a
+ * plain store would first read the line it overwrites). Model state rows are 64-byte aligned
+ * (models/memory/base.py state_leaf); others take plain stores. Measured, 0.8B shape, one layer
+ * from cold caches, 1 thread: decode 439 us unfused -> 331 fused with plain stores -> 271
+ * streamed; a verify of 3 drafts 1100 -> 736 -> 493. Below the bar (the shipped tiny model, 20 KB
+ * a layer, all in cache) streaming made decode 4% slower: the next token read its state from
+ * memory. */
+#define GDN_STREAM_BYTES (256 << 10)
 #ifdef GR_X86
 T_512 static void stream_row_512(float *p, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i += 16) _mm512_stream_ps(p + i, _mm512_loadu_ps(x + i));
@@ -497,7 +502,12 @@ static void gdn_rows_chunk(const gdn_ctx *c, const gdn_scratch *sc, int64_t h, i
         }
         for (int64_t j = j0; j < j0 + nj; j++) {
             if (snap && c->io) {
-                stream_row((float *)gdn_slot_row(c, slot, h, s, j), sc->next[j], S_v);
+                float *p = (float *)gdn_slot_row(c, slot, h, s, j);
+                if (c->stream) {
+                    stream_row(p, sc->next[j], S_v);
+                } else {
+                    memcpy(p, sc->next[j], (size_t)S_v * sizeof(float));
+                }
             } else if (snap && !direct) { /* a strided dst: copy the snapshot rows out */
                 char *p = gdn_slot_row(c, slot, h, s, j);
                 for (int64_t x = 0; x < S_v; x++) *(float *)(p + x * dst->nb[0]) = sc->next[j][x];
@@ -549,10 +559,11 @@ void gr_k_gated_delta_net(const gr_op *op, const gr_thread *th) {
         gr_barrier(th);
     }
     c.io = direct ? io : NULL;
+    c.stream = c.snapshots * c.n_seqs * c.S_v * c.S_v * c.H_v * (int64_t)sizeof(float) >= GDN_STREAM_BYTES;
     int64_t b, e;
     gr_chunk(c.H_v * c.n_seqs, th->ith, th->nth, &b, &e);
     for (int64_t u = b; u < e; u++) gdn_unit(&c, &sc, u % c.H_v, u / c.H_v);
-    if (direct) stream_fence();
+    if (direct && c.stream) stream_fence();
     if (io && !direct) {
         gr_barrier(th);
         if (th->ith == 0) gdn_io_scatter(op, io, c.n_tokens, c.n_seqs);

@@ -15,11 +15,12 @@ from graphir.models.memory.base import state_leaf
 
 pytestmark = pytest.mark.skipif(not availability("cpu").ok, reason=f"native cpu: {availability('cpu').reason}")
 
-S, H_K, H_V, N_CELLS = 16, 2, 4, 8
-N_EMBD_S = S * S * H_V
+N_CELLS = 8
+# (S, H_k, H_v): small states (plain stores) and states of 256 KB (streamed: GDN_STREAM_BYTES in ssm.c)
+SIZES = {"small": (16, 2, 4), "streamed": (64, 4, 16)}
 
 
-def _inputs(rng, n_tok: int, n_seqs: int) -> dict[str, np.ndarray]:
+def _inputs(rng, n_tok: int, n_seqs: int, S: int, H_K: int, H_V: int) -> dict[str, np.ndarray]:
     unit = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)  # noqa: E731
     return {
         "q": unit(rng.standard_normal((n_seqs, n_tok, H_K, S))),
@@ -36,15 +37,16 @@ def _run(a: dict, cache0: np.ndarray, src: list[int], dst: list[int], P: int, ba
     """The model's pattern: state = get_rows(cache, src) -> gated_delta_net -> set_rows(cache,
     snapshot rows, dst). -> (the outputs o, the cache after the run, fused records).
     aligned: cache rows 64-byte aligned as the models' (streamed stores) or not (plain ones)."""
-    n_seqs, n_tok = a["v"].shape[:2]
+    n_seqs, n_tok, H_V, S = a["v"].shape
+    n_embd_s = S * S * H_V
     if aligned:
-        cache = state_leaf(gr.F32, (N_EMBD_S, N_CELLS), "cache")
+        cache = state_leaf(gr.F32, (n_embd_s, N_CELLS), "cache")
         cache.data[...] = cache0
         assert cache.data.ctypes.data % 64 == 0
     else:
         data = np.empty(cache0.size + 1, np.float32)[1:].reshape(cache0.shape)  # 4 bytes off
         data[...] = cache0
-        cache = gr.new_weight(gr.F32, [N_EMBD_S, N_CELLS], data, "cache")
+        cache = gr.new_weight(gr.F32, [n_embd_s, N_CELLS], data, "cache")
         cache.flags &= ~gr.Flag.PARAM  # state, not a weight
     ts = {n: gr.new_input(gr.F32, list(reversed(x.shape)), n) for n, x in a.items()}
     t_src = gr.new_input(gr.I32, [n_seqs], "src")
@@ -52,7 +54,7 @@ def _run(a: dict, cache0: np.ndarray, src: list[int], dst: list[int], P: int, ba
     state = gr.reshape(gr.get_rows(cache, t_src), S, S, H_V, n_seqs)
     out = gr.gated_delta_net(ts["q"], ts["k"], ts["v"], ts["g"], ts["beta"], state, P)
     o = gr.cont(gr.view_2d(out, S * H_V, n_tok * n_seqs, out.nb[1], 0))
-    snaps = gr.view_2d(out, N_EMBD_S, P * n_seqs, N_EMBD_S * 4, n_tok * n_seqs * out.nb[1])
+    snaps = gr.view_2d(out, n_embd_s, P * n_seqs, n_embd_s * 4, n_tok * n_seqs * out.nb[1])
     graph = gr.build_graph(o.set_output())
     if snaps_output:  # someone reads the snapshot rows: nothing may be fused away
         gr.build_forward_expand(graph, gr.cont(snaps).set_output())
@@ -86,11 +88,13 @@ ALIASED = {  # the kernel must fall back to gather / run / scatter
 @pytest.mark.parametrize("isa", [0, 1, 7])
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 @pytest.mark.parametrize("case", sorted(MODEL_INDICES) + sorted(ALIASED))
-def test_state_io_fused_equals_unfused(native, case: str, n_threads: int, isa: int, aligned: bool) -> None:
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_state_io_fused_equals_unfused(native, case: str, n_threads: int, isa: int, aligned: bool, size: str) -> None:
     n_tok, n_seqs, P, src, dst = {**MODEL_INDICES, **ALIASED}[case]
+    S, H_K, H_V = SIZES[size]
     rng = np.random.default_rng(len(case))
-    a = _inputs(rng, n_tok, n_seqs)
-    cache0 = rng.uniform(-0.5, 0.5, (N_CELLS, N_EMBD_S)).astype(np.float32)
+    a = _inputs(rng, n_tok, n_seqs, S, H_K, H_V)
+    cache0 = rng.uniform(-0.5, 0.5, (N_CELLS, S * S * H_V)).astype(np.float32)
     native.n_threads = n_threads
     set_isa(isa)
     o, cache, fused = _run(a, cache0, src, dst, P, aligned=aligned)
@@ -107,9 +111,10 @@ def test_state_io_fused_equals_unfused(native, case: str, n_threads: int, isa: i
 
 def test_state_io_not_fused_when_snapshots_are_read(native) -> None:
     n_tok, n_seqs, P, src, dst = MODEL_INDICES["seqs_planes"]
+    S, H_K, H_V = SIZES["small"]
     rng = np.random.default_rng(3)
-    a = _inputs(rng, n_tok, n_seqs)
-    cache0 = rng.uniform(-0.5, 0.5, (N_CELLS, N_EMBD_S)).astype(np.float32)
+    a = _inputs(rng, n_tok, n_seqs, S, H_K, H_V)
+    cache0 = rng.uniform(-0.5, 0.5, (N_CELLS, S * S * H_V)).astype(np.float32)
     o, cache, fused = _run(a, cache0, src, dst, P, snaps_output=True)
     o_ref, cache_ref, _ = _run(a, cache0, src, dst, P, fuse=False)
     assert fused == 0
