@@ -53,15 +53,18 @@ def find_state_io(nodes: list[Tensor], live_out: Collection[Tensor] | None) -> l
     """The gated_delta_net state I/O patterns of a split (its nodes, views included, in order)."""
     if live_out is None:
         return []
-    users: dict[Tensor, list[Tensor]] = {}
+    users: dict[Tensor, list[Tensor]] = {}  # direct readers
+    views: dict[Tensor, list[Tensor]] = {}  # the views of a storage owner, at any depth
     for n in nodes:
         for s in n.src:
             if s is not None:
                 users.setdefault(s, []).append(n)
+        if n.view_src is not None:
+            views.setdefault(n.view_src, []).append(n)
     found = []
     for n in nodes:
         if n.op is Op.GATED_DELTA_NET:
-            io = _match(n, users, live_out)
+            io = _match(n, users, views.get(n, []), live_out)
             if io is not None:
                 found.append(io)
     return found
@@ -77,7 +80,8 @@ def _end(t: Tensor) -> int:
     return t.view_offs + sum((n - 1) * b for n, b in zip(t.ne, t.nb)) + t.nb[0]
 
 
-def _match(gdn: Tensor, users: dict[Tensor, list[Tensor]], live_out: Collection[Tensor]) -> StateIO | None:
+def _match(gdn: Tensor, users: dict[Tensor, list[Tensor]], views: list[Tensor], live_out: Collection[Tensor]
+           ) -> StateIO | None:  # fmt: skip
     S_v, H_v, n_tokens, n_seqs = gdn.src[2].ne
     P = gdn.params["snapshots"]
     n_embd_s, first = S_v * S_v * H_v, n_tokens * n_seqs * gdn.nb[1]  # first: the snapshot rows' offset
@@ -93,17 +97,20 @@ def _match(gdn: Tensor, users: dict[Tensor, list[Tensor]], live_out: Collection[
     cache, src_ids = gather.src
     if not (cache.op is Op.NONE and _rows_f32(cache) and cache.ne[0] == n_embd_s and _index_vector(src_ids, n_seqs)):
         return None
-    # the snapshot rows: one view of them, read only by set_rows(cache, view, dst_ids); gdn's
-    # other readers are views that end before them (the outputs)
-    snaps = [u for u in users.get(gdn, []) if u.op is Op.VIEW and u.view_offs == first]
-    if len(snaps) != 1 or any(u.op not in VIEW_OPS or (u is not snaps[0] and _end(u) > first)
-                              for u in users[gdn]):  # fmt: skip
+    # the snapshot rows: one view of them, read only by set_rows(cache, view, dst_ids); gdn is
+    # read only through views, and the others (at any depth) end before them (the outputs)
+    snaps = [v for v in views if v.op is Op.VIEW and v.view_offs == first]
+    if len(snaps) != 1 or any(u.op not in VIEW_OPS for u in users.get(gdn, [])):
         return None
     snaps = snaps[0]
+    if any(v is not snaps and _end(v) > first for v in views):
+        return None
     if snaps.ne != (n_embd_s, P * n_seqs, 1, 1) or snaps.nb[:2] != (4, 4 * n_embd_s):
         return None
     store = _only_user(snaps, users, ())
-    if store is None or store.op is not Op.SET_ROWS or store.src[0] is not cache or store.src[1] is not snaps or users.get(store):
+    if store is None or store.op is not Op.SET_ROWS or store.src[0] is not cache or store.src[1] is not snaps:
+        return None
+    if users.get(store):
         return None
     dst_ids = store.src[2]
     if not _index_vector(dst_ids, P * n_seqs):

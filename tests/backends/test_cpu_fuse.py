@@ -32,7 +32,7 @@ def _inputs(rng, n_tok: int, n_seqs: int, S: int, H_K: int, H_V: int) -> dict[st
 
 
 def _run(a: dict, cache0: np.ndarray, src: list[int], dst: list[int], P: int, backend: str = "cpu",
-         fuse: bool = True, snaps_output: bool = False, aligned: bool = True
+         fuse: bool = True, snaps_output: bool = False, overlap_output: bool = False, aligned: bool = True
          ) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
     """The model's pattern: state = get_rows(cache, src) -> gated_delta_net -> set_rows(cache,
     snapshot rows, dst). -> (the outputs o, the cache after the run, fused records).
@@ -58,6 +58,10 @@ def _run(a: dict, cache0: np.ndarray, src: list[int], dst: list[int], P: int, ba
     graph = gr.build_graph(o.set_output())
     if snaps_output:  # someone reads the snapshot rows: nothing may be fused away
         gr.build_forward_expand(graph, gr.cont(snaps).set_output())
+    if overlap_output:  # a view of views: the last output row and the first snapshot row
+        rows = gr.view_2d(out, S * H_V, n_tok * n_seqs + 1, out.nb[1], 0)
+        last = gr.view_2d(rows, S * H_V, 2, out.nb[1], (n_tok * n_seqs - 1) * out.nb[1])
+        gr.build_forward_expand(graph, gr.sum_rows(last).set_output())
     gr.build_forward_expand(graph, gr.set_rows(cache, snaps, t_dst))
     plan = gr.compile(graph, [backend], cache=False, reuse=fuse)  # no reuse: every tensor kept, no fusion
     for t, x in a.items():
@@ -109,13 +113,14 @@ def test_state_io_fused_equals_unfused(native, case: str, n_threads: int, isa: i
         assert not np.array_equal(cache, cache0)  # the snapshots landed
 
 
-def test_state_io_not_fused_when_snapshots_are_read(native) -> None:
+@pytest.mark.parametrize("reader", ["snaps_output", "overlap_output"])
+def test_state_io_not_fused_when_snapshots_are_read(native, reader: str) -> None:
     n_tok, n_seqs, P, src, dst = MODEL_INDICES["seqs_planes"]
     S, H_K, H_V = SIZES["small"]
     rng = np.random.default_rng(3)
     a = _inputs(rng, n_tok, n_seqs, S, H_K, H_V)
     cache0 = rng.uniform(-0.5, 0.5, (N_CELLS, S * S * H_V)).astype(np.float32)
-    o, cache, fused = _run(a, cache0, src, dst, P, snaps_output=True)
+    o, cache, fused = _run(a, cache0, src, dst, P, **{reader: True})
     o_ref, cache_ref, _ = _run(a, cache0, src, dst, P, fuse=False)
     assert fused == 0
     np.testing.assert_array_equal(cache, cache_ref)
