@@ -131,9 +131,9 @@ void gr_k_ssm_conv(const gr_op *op, const gr_thread *th) {
  * and every snapshot written once, in the same pass (no copy, no second pass).
  *
  * With a gr_state_io (the state cache fused in, graphir_cpu.h) the state is read from the
- * cache row of each sequence, every token's rows go to M, and a snapshot's rows are streamed
- * from M into their cache row (non-temporal stores): no gather before, no scatter after, and
- * no cache line read only to be overwritten. That is exact as long as no unit can overwrite
+ * cache row of each sequence, every token's rows go to M, and a snapshot's rows are copied
+ * from M into their cache row (streamed past the caches for large states, see stream_row): no
+ * gather before, no scatter after. That is exact as long as no unit can overwrite
  * what another one still reads: every index in range, no two snapshots to one row, no snapshot
  * onto another sequence's source row. A unit overwriting its own source is fine: row j of a
  * state is read by token 0 before any token writes row j anywhere. Otherwise (never in a
