@@ -79,8 +79,7 @@ class Program:
                 k.pack(node, rec, self.keep)
         index = {n: i for i, n in enumerate(nodes)}
         self.state_io = tuple(state_io)
-        for io in state_io:
-            self.bytes_touched -= sum(t.nbytes for t in io.dropped)  # roughly: their traffic is gone
+        for io in state_io:  # (the dropped records are not in nodes: their bytes were never counted)
             self._bind_state_io(self.recs[index[io.node]], io, place, bases)
         wsize = max((lib.gr_op_wsize(self.recs + i, max_threads) for i in range(self.n)), default=0)
         self.max_threads = max_threads
