@@ -21,7 +21,7 @@ from graphir.tensor import Tensor, is_empty_op
 
 from ..base import Availability, Call, Place, default_threads
 from ..host import HostMemoryBackend
-from . import native
+from . import native, repack
 from .fuse import find_state_io
 
 # NOTE: a split whose ops touch fewer bytes than this on average runs on one thread: waking the
@@ -91,6 +91,9 @@ class CPUBackend(HostMemoryBackend):
         self.n_threads = default_threads()
         # GRAPHIR_FIXED_THREADS=1: always n_threads (no ThreadChoice), e.g. to measure a thread count
         self.adaptive_threads = os.environ.get("GRAPHIR_FIXED_THREADS", "") in ("", "0")
+        # Q8_0 weights of matrix products repacked once (backends/cpu/repack.py); read at lower time
+        self.repack = repack.enabled_by_env()
+        self.repacked = repack.Repacked(native.lib, native.ffi) if native.lib is not None else None
 
     def describe(self) -> str:
         return f"cpu (native, {self.n_threads} threads, isa {native.isa_name()})"
@@ -106,7 +109,8 @@ class CPUBackend(HostMemoryBackend):
         state_io = find_state_io(nodes, live_out)
         dropped = {t for io in state_io for t in io.dropped}
         work = [n for n in nodes if not is_empty_op(n) and n not in dropped]
-        program = native.Program(work, place, max_threads=default_threads(), state_io=state_io)
+        program = native.Program(work, place, max_threads=default_threads(), state_io=state_io,
+                                 repacked=self.repacked if self.repack else None)  # fmt: skip
         small = program.bytes_touched < SMALL_OP_BYTES * max(program.n, 1)
         run, backend, choice = program.run, self, ThreadChoice()
 

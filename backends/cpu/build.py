@@ -66,6 +66,9 @@ int64_t gr_op_wsize(const gr_op *op, int n_threads);
 void gr_init(void);
 int gr_isa(void);
 int gr_set_isa(int mask);
+#define GR_Q8_0_R16 ...
+int gr_drop_pages(const void *p, int64_t n);
+void gr_repack_q8_0_r16(const char *src, int64_t K, int64_t M, int64_t nmat, int64_t snb1, int64_t snb2, char *dst);
 """
 
 
@@ -84,7 +87,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "graphir.backends.cpu._native",
-    '#include "graphir_cpu.h"',
+    '#include "graphir_cpu.h"\n#include "matmul.h"',
     sources=sources(),
     include_dirs=[str(SRC)],
     extra_compile_args=compile_args(),

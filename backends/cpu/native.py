@@ -14,6 +14,9 @@ import numpy as np
 from graphir.backends.base import Place
 from graphir.tensor import Tensor
 
+from graphir.ops import Op
+
+from . import repack
 from .fuse import StateIO
 from .ops import Kernel, build_table
 
@@ -53,13 +56,22 @@ def _bind(rec_t, t: Tensor, place: Place, bases: dict[int, int]) -> None:
     rec_t.nb = t.nb
 
 
+def _bind_repacked(rec_t, t: Tensor, address: int) -> None:
+    """Bind weight t as its repacked copy at `address` (backends/cpu/repack.py)."""
+    rec_t.data = ffi.cast("char *", address)
+    rec_t.type = lib.GR_Q8_0_R16
+    rec_t.ne = t.ne
+    rec_t.nb = repack.strides(t)
+
+
 class Program:
     """Op records for `nodes` (each computing something), bound to their places; `state_io`:
     gated_delta_net nodes of `nodes` that read and write their state cache themselves (their
-    dropped get_rows/set_rows must not be in `nodes`)."""
+    dropped get_rows/set_rows must not be in `nodes`); `repacked`: where the matrix products
+    read their Q8_0 weights repacked (None: in their GGUF layout)."""
 
     def __init__(self, nodes: list[Tensor], place: Callable[[Tensor], Place], max_threads: int,
-                 state_io: Sequence[StateIO] = ()) -> None:  # fmt: skip
+                 state_io: Sequence[StateIO] = (), repacked: repack.Repacked | None = None) -> None:  # fmt: skip
         self.n = len(nodes)
         self.recs = ffi.new("gr_op[]", max(self.n, 1))
         self.keep: list = []  # host constants the records point at
@@ -71,9 +83,13 @@ class Program:
             rec.n_src = len(node.src)
             _bind(rec.dst, node, place(node), bases)
             for i, s in enumerate(node.src):
-                if s is not None:
+                if s is None:
+                    continue
+                if i == 0 and repacked is not None and node.op in (Op.MUL_MAT, Op.MUL_MAT_ID) and repack.eligible(s):
+                    _bind_repacked(rec.src[0], s, repacked.address(s))
+                else:
                     _bind(rec.src[i], s, place(s), bases)
-                    self.bytes_touched += s.nbytes
+                self.bytes_touched += s.nbytes
             self.bytes_touched += node.nbytes
             if k.pack is not None:
                 k.pack(node, rec, self.keep)

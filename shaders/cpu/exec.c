@@ -14,6 +14,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -34,6 +35,17 @@ int gr_op_supported(int opcode) {
 int64_t gr_op_wsize(const gr_op *op, int n_threads) {
     gr_wsize_fn f = WSIZE[op->op];
     return f ? f(op, n_threads) : 0;
+}
+
+/* The whole pages inside [p, p + n) leave this process's resident memory (madvise
+ * MADV_DONTNEED). Only for read-only file mappings (the caller checks): their pages come back
+ * from the file on the next touch. Returns 0, or errno. */
+int gr_drop_pages(const void *p, int64_t n) {
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
+    uintptr_t b = ((uintptr_t)p + (uintptr_t)n) / (uintptr_t)page * (uintptr_t)page;
+    if (n <= 0 || page <= 0 || b <= a) return 0;
+    return madvise((void *)a, b - a, MADV_DONTNEED) ? errno : 0;
 }
 
 /* ---- instruction-set selection ---- */

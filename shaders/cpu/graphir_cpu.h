@@ -24,6 +24,8 @@
 enum gr_type {
     GR_F32 = 0, GR_F16 = 1, GR_Q4_0 = 2, GR_Q8_0 = 8, GR_Q4_K = 12, GR_Q5_K = 13, GR_Q6_K = 14,
     GR_I32 = 26, GR_BF16 = 30,
+    /* not a GGUF type: Q8_0 weights repacked by the cpu backend into groups of 16 rows (matmul.h) */
+    GR_Q8_0_R16 = 1008,
 };
 
 /* op codes: one per graphir Op (graphir/ops.py), same names */
@@ -93,6 +95,7 @@ void gr_init(void);
 void gr_init_tables(void);             /* convert.c: the f16 table */
 int gr_set_isa(int mask);              /* cap the instruction sets used (tests); returns gr_isa() */
 int gr_isa(void);                      /* bit 0 avx2+fma, bit 1 avx512f/bw/vl, bit 2 avx512vnni */
+int gr_drop_pages(const void *p, int64_t n); /* exec.c: madvise(MADV_DONTNEED) the whole pages inside */
 extern int gr_has_avx2, gr_has_avx512, gr_has_vnni;
 
 /* [begin, end) of n items for thread ith of nth (contiguous chunks). */

@@ -19,6 +19,9 @@
  *     K-quants: per super-block, the lanes' scale-weighted integer sums over its 4 chunks are
  *     converted once: acc[L] = fma(da * d, (float)IL[L], acc[L]) (then the mins, see vecdot.c);
  *   - the result is the tree sum: for h = n/2, ..., 2, 1: acc[i] += acc[i + h] (i < h); acc[0].
+ *   - Q8_0 weights repacked in groups of 16 rows (GR_Q8_0_R16, below), one float per dot product:
+ *     acc = 0; for each block j ascending: acc = fma(dw_j * da_j, (float)I_j, acc), where I_j is
+ *     the exact integer dot product of block j; the result is acc.
  */
 #ifndef GRAPHIR_MATMUL_H
 #define GRAPHIR_MATMUL_H
@@ -26,7 +29,7 @@
 #include "graphir_cpu.h"
 
 /* ---- activation formats (one row of b converted for one weight type) ---- */
-enum gr_act_kind { GR_ACT_F32, GR_ACT_Q8, GR_ACT_Q8K };
+enum gr_act_kind { GR_ACT_F32, GR_ACT_Q8, GR_ACT_Q8K, GR_ACT_Q8R };
 
 /* Q8_0 / Q4_0 weights: ggml's block_q8_0 numerics (fp16 scale d = amax/127, q = round-half-
  * even(x * 127/amax)) in a row laid out for SIMD: the quants of whole block pairs stored offset
@@ -35,6 +38,38 @@ enum gr_act_kind { GR_ACT_F32, GR_ACT_Q8, GR_ACT_Q8K };
  * and the signed weights as they are; sum(u * w) - 128 * sum(w) = sum(q * w). */
 static inline int64_t gr_q8_pairs(int64_t K) { return (K + 63) / 64; }
 static inline const float *gr_q8_scales(const char *row, int64_t K) { return (const float *)(row + 64 * gr_q8_pairs(K)); }
+
+/* Repacked Q8_0 weights (GR_Q8_0_R16; K a multiple of 32, nblk = K / 32 blocks a row): rows in
+ * groups of 16 (the last group padded with rows of zero scale and zero quants), each group
+ * 16 * 34 * nblk bytes, as many as its 16 rows take in GGUF, so a row's offset m * nb[1] still
+ * lands on its group when m is a multiple of 16 (matmul.c's units are). A group is its blocks
+ * in pairs, one stream read in address order: a pair is 64 bytes of scales (16 fp16 of block
+ * 2p, row r's at 2r, then block 2p + 1's) and the two blocks' quants, 512 bytes each (a lone
+ * last block: 32 bytes of scales, then its quants). A block's quants are 8 chunks of 64 bytes:
+ * chunk c holds elements 4c .. 4c + 3 of the block, row r's at 4r, each stored offset by 128
+ * (w ^ 0x80, unsigned).
+ * A dot product reads 4 bytes of the activation block against 16 rows at once (one vpdpbusd
+ * with a broadcast), so the block's 16 integer dot products are whole after 8 of them and
+ * one convert and one fma serve 16 rows: the float work per token is 1/16 of a row-at-a-time
+ * kernel's, and verify batches stay bound by reading the weights. Built once per weight
+ * (gr_repack_q8_0_r16); weights that are not repacked keep the GGUF kernels. */
+#define GR_R16 16
+static inline int64_t gr_r16_group_bytes(int64_t K) { return GR_R16 * 34 * (K / 32); }
+/* block j (of nblk) of the group at g: its 16 fp16 scales, its 512 bytes of quants */
+static inline const uint16_t *gr_r16_scales(const char *g, int64_t j) { return (const uint16_t *)(g + j / 2 * 1088 + 32 * (j % 2)); }
+static inline const char *gr_r16_quants(const char *g, int64_t nblk, int64_t j) {
+    return g + j / 2 * 1088 + ((j | 1) < nblk ? 64 : 32) + 512 * (j % 2);
+}
+
+/* Activations for repacked Q8_0 (GR_ACT_Q8R): the same quantization as GR_ACT_Q8 (ggml's
+ * block_q8_0 numerics) stored as signed bytes q (K bytes, rounded up to 64), then per block
+ * its scale d (float, the fp16 value) and 128 * sum(q) (int32), in pairs: vpdpbusd of the
+ * offset weights u = w + 128 with q gives sum(w q) + 128 sum(q). */
+static inline const float *gr_q8r_meta(const char *row, int64_t K) { return (const float *)(row + (K + 63) / 64 * 64); }
+
+/* Repack `nmat` Q8_0 matrices of M rows x K (matrix i at src + i * snb2, row stride snb1) into
+ * dst (nmat * ceil(M / 16) groups of gr_r16_group_bytes(K), matrix after matrix). */
+void gr_repack_q8_0_r16(const char *src, int64_t K, int64_t M, int64_t nmat, int64_t snb1, int64_t snb2, char *dst);
 
 /* K-quant weights: ggml's block_q8_K (float d, q = round-half-even(-127/max * x) where max is
  * the first element of largest magnitude, d = 1/(-127/max)), plus the sums of q per 16

@@ -1,6 +1,6 @@
 /* Activation rows (rows of mul_mat's b) converted once into the format their weights' dot
- * products read (matmul.h): F32 rows, Q8 pairs (Q8_0/Q4_0 weights) or Q8K super-blocks
- * (K-quants). The quantization follows ggml's x86 path (quantize_row_q8_0: scale amax/127,
+ * products read (matmul.h): F32 rows, Q8 pairs (Q8_0/Q4_0 weights), Q8R rows (repacked Q8_0)
+ * or Q8K super-blocks (K-quants). The quantization follows ggml's x86 path (quantize_row_q8_0: scale amax/127,
  * round half to even) and quantize_row_q8_K_ref. The AVX2 blocks give the same bytes as the
  * portable ones (the same float products, rounding by cvtps2dq = round half to even). */
 #if defined(__x86_64__) || defined(__i386__)
@@ -22,6 +22,7 @@ int64_t gr_act_row_bytes(int act, int64_t K) {
     switch (act) {
     case GR_ACT_Q8: return (gr_q8_pairs(K) * 72 + 63) / 64 * 64; /* 64 quants + 2 scales a pair */
     case GR_ACT_Q8K: return (K + 255) / 256 * (int64_t)sizeof(gr_q8k);
+    case GR_ACT_Q8R: return ((K + 63) / 64 * 64 + 8 * (K / 32) + 63) / 64 * 64; /* quants, (d, 128 sum) a block */
     default: return (K * 4 + 63) / 64 * 64;
     }
 }
@@ -139,21 +140,31 @@ void gr_act_row(const char *src, int type, int64_t sb, int64_t n, int act, char 
         memset(y + n, 0, (size_t)(gr_act_row_bytes(act, n) - n * 4));
         return;
     }
-    if (act == GR_ACT_Q8) { /* the quants stored offset by 128 (q ^ 0x80): unsigned bytes for vpdpbusd */
-        uint8_t *u = (uint8_t *)dst;
-        float *d = (float *)gr_q8_scales(dst, n);
-        int64_t nq = 64 * gr_q8_pairs(n);
-        memset(dst, 0x80, (size_t)nq);
+    if (act == GR_ACT_Q8 || act == GR_ACT_Q8R) {
+        /* GR_ACT_Q8: the quants stored offset by 128 (q ^ 0x80): unsigned bytes for vpdpbusd;
+         * GR_ACT_Q8R: signed, each block's scale and 128 * sum(q) after them */
+        int r = act == GR_ACT_Q8R;
+        float *d = r ? (float *)gr_q8r_meta(dst, n) : (float *)gr_q8_scales(dst, n);
+        int64_t nq = r ? (n + 63) / 64 * 64 : 64 * gr_q8_pairs(n);
+        memset(dst, r ? 0 : 0x80, (size_t)nq);
         memset(dst + nq, 0, (size_t)(gr_act_row_bytes(act, n) - nq));
         for (int64_t j = 0; j < n / 32; j++) {
-            int8_t q[32];
+            int8_t *q = (int8_t *)dst + 32 * j;
+            float *dj = r ? d + 2 * j : d + j;
             load_f(src + 32 * j * sb, type, sb, 32, x);
 #ifdef GR_X86
-            if (gr_has_avx2) q8_block_avx2(x, q, d + j);
+            if (gr_has_avx2) q8_block_avx2(x, q, dj);
             else
 #endif
-                q8_block(x, q, d + j);
-            for (int i = 0; i < 32; i++) u[32 * j + i] = (uint8_t)q[i] ^ 0x80;
+                q8_block(x, q, dj);
+            if (r) {
+                int32_t s = 0;
+                for (int i = 0; i < 32; i++) s += q[i];
+                s *= 128;
+                memcpy(dj + 1, &s, 4);
+            } else {
+                for (int i = 0; i < 32; i++) q[i] = (int8_t)((uint8_t)q[i] ^ 0x80);
+            }
         }
         return;
     }

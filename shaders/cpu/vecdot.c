@@ -153,6 +153,53 @@ static float dot_q6_k(int64_t K, const char *w, const gr_q8k *a) {
     return tree16(acc);
 }
 
+/* ---- repacked Q8_0 (GR_Q8_0_R16), Q8R rows: one float per dot product (matmul.h) ---- */
+void gr_repack_q8_0_r16(const char *src, int64_t K, int64_t M, int64_t nmat, int64_t snb1, int64_t snb2, char *dst) {
+    const int64_t nblk = K / 32, ng = (M + GR_R16 - 1) / GR_R16;
+    for (int64_t i = 0; i < nmat; i++)
+        for (int64_t g = 0; g < ng; g++) {
+            char *grp = dst + (i * ng + g) * gr_r16_group_bytes(K);
+            for (int r = 0; r < GR_R16; r++) {
+                int64_t m = g * GR_R16 + r;
+                const char *row = m < M ? src + i * snb2 + m * snb1 : NULL;
+                for (int64_t j = 0; j < nblk; j++) {
+                    uint16_t d = row ? gr_ld16(row + 34 * j) : 0;
+                    char *q = (char *)gr_r16_quants(grp, nblk, j);
+                    memcpy((char *)gr_r16_scales(grp, j) + 2 * r, &d, 2);
+                    for (int c = 0; c < 8; c++) { /* 4 quants at a time, offset by 128 */
+                        uint32_t v = 0;
+                        if (row) memcpy(&v, row + 34 * j + 2 + 4 * c, 4);
+                        v ^= 0x80808080u;
+                        memcpy(q + 64 * c + 4 * r, &v, 4);
+                    }
+                }
+            }
+        }
+}
+
+/* rows [0, nrows) of the groups at w, one activation (the portable kernel: the definition) */
+static void tile_q8r_1x1(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act,
+                         float *const *out, int64_t r0) {
+    const int64_t nblk = K / 32;
+    const int8_t *a = (const int8_t *)act[0];
+    const float *meta = gr_q8r_meta(act[0], K);
+    for (int64_t r = 0; r < nrows; r++) {
+        const char *g = w + r / GR_R16 * GR_R16 * ws;
+        int lane = (int)(r % GR_R16);
+        float acc = 0.0f;
+        for (int64_t j = 0; j < nblk; j++) {
+            const uint8_t *q = (const uint8_t *)gr_r16_quants(g, nblk, j);
+            int32_t I, s128;
+            memcpy(&s128, meta + 2 * j + 1, 4);
+            I = -s128;
+            for (int e = 0; e < 32; e++) I += q[64 * (e / 4) + 4 * lane + e % 4] * a[32 * j + e];
+            acc = fmaf(gr_f16_to_f32(gr_ld16(gr_r16_scales(g, j) + lane)) * meta[2 * j], (float)I, acc);
+        }
+        out[0][r0 + r] = acc;
+    }
+}
+static const gr_mm_rows_fn tile_q8r[GR_MM_MAX_RT][GR_MM_MAX_CT] = {{tile_q8r_1x1}};
+
 /* ---- the scalar kernel set: tiles of one row x one activation ---- */
 #define SCALAR_TILE(name, call)                                                                        \
     static void name##_1x1(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act, \
@@ -182,6 +229,7 @@ gr_mm_kernel gr_mm_scalar(int type) {
     case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 1, 1, tile_q4_k};
     case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 1, 1, tile_q5_k};
     case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 1, 1, tile_q6_k};
+    case GR_Q8_0_R16: return (gr_mm_kernel){GR_ACT_Q8R, 1, 1, 1, tile_q8r};
     default: return (gr_mm_kernel){0, 0, 0, 0, NULL};
     }
 }

@@ -290,6 +290,59 @@ KERNEL(q4_k_tile, k_tile, GR_Q4_K)
 KERNEL(q5_k_tile, k_tile, GR_Q5_K)
 KERNEL(q6_k_tile, k_tile, GR_Q6_K)
 
+/* ================= repacked Q8_0 (GR_Q8_0_R16), Q8R rows ================= */
+
+/* One half (8 rows at lane offset 32 h bytes of each chunk) of a group of 16 rows x NC tokens:
+ * per block and chunk the 8 rows' 4 signed weights (u ^ 0x80) and their magnitudes, shared by
+ * the tokens; per token the sign trick gives the exact dot product (no offset to remove). */
+INLINE void r16_half(int NC, int64_t K, const char *g, int h, const char *const *act, float *const *out,
+                     int64_t r0, int64_t nvalid) {
+    const int64_t nblk = K / 32;
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    UNROLL
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < nblk; j++) {
+        __m256i I[4];
+        UNROLL
+        for (int c = 0; c < NC; c++) I[c] = _mm256_setzero_si256();
+        UNROLL
+        for (int k = 0; k < 8; k++) {
+            __m256i w = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(gr_r16_quants(g, nblk, j) + 64 * k + 32 * h)), flip);
+            __m256i aw = _mm256_abs_epi8(w);
+            UNROLL
+            for (int c = 0; c < NC; c++) {
+                int32_t x;
+                memcpy(&x, act[c] + 32 * j + 4 * k, 4);
+                __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_set1_epi32(x), w));
+                I[c] = _mm256_add_epi32(I[c], _mm256_madd_epi16(p, ones));
+            }
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gr_r16_scales(g, j) + 8 * h)));
+        UNROLL
+        for (int c = 0; c < NC; c++) {
+            const __m256 P = _mm256_mul_ps(dw, _mm256_set1_ps(gr_q8r_meta(act[c], K)[2 * j]));
+            acc[c] = _mm256_fmadd_ps(P, _mm256_cvtepi32_ps(I[c]), acc[c]);
+        }
+    }
+    UNROLL
+    for (int c = 0; c < NC; c++) {
+        float v[8];
+        _mm256_storeu_ps(v, acc[c]);
+        for (int64_t r = 0; r < 8 && 8 * h + r < nvalid; r++) out[c][r0 + 8 * h + r] = v[r];
+    }
+}
+
+#define R16_SHAPE(NC)                                                                                    \
+    static void q8r_tile_1x##NC(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act, \
+                                float *const *out, int64_t r0) {                                         \
+        for (int64_t r = 0; r < nrows; r += GR_R16)                                                      \
+            for (int h = 0; h < 2 && 8 * h < nrows - r; h++) r16_half(NC, K, w + r * ws, h, act, out, r0 + r, nrows - r); \
+    }
+R16_SHAPE(1) R16_SHAPE(2) R16_SHAPE(3) R16_SHAPE(4)
+#undef R16_SHAPE
+static const gr_mm_rows_fn q8r_tile[GR_MM_MAX_RT][GR_MM_MAX_CT] = {{q8r_tile_1x1, q8r_tile_1x2, q8r_tile_1x3, q8r_tile_1x4}};
+
 gr_mm_kernel gr_mm_avx2(int type) {
     switch (type) {
     case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 1, 2, 2, f32_tile};
@@ -300,6 +353,7 @@ gr_mm_kernel gr_mm_avx2(int type) {
     case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 2, 2, q4_k_tile};
     case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 2, 2, q5_k_tile};
     case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 2, 2, q6_k_tile};
+    case GR_Q8_0_R16: return (gr_mm_kernel){GR_ACT_Q8R, 1, 4, 4, q8r_tile};
     default: return (gr_mm_kernel){0, 0, 0, 0, NULL};
     }
 }

@@ -439,6 +439,63 @@ INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t w
         for (int c = 0; c < NC; c++) out[c][r0 + r] = tree(acc[r][c]);
 }
 
+/* ================= repacked Q8_0 (GR_Q8_0_R16), Q8R rows ================= */
+
+/* One group of 16 rows (nvalid of them real) x NC tokens. Per block: the 8 chunks of the
+ * group's quants (u = w + 128) in 8 registers and the 16 scales; per token, 8 vpdpbusd of a
+ * chunk with 4 of the token's quants broadcast (two chains, the first starting at -128 sum(q))
+ * give the block's exact dot product for all 16 rows, then one convert, one multiply of the
+ * row scales by the token's and one fma. */
+INLINE void r16_group(int NC, int64_t K, const char *g, const char *const *act, float *const *out, int64_t r0,
+                      int64_t nvalid) {
+    const int64_t nblk = K / 32;
+    const float *meta[8];
+    __m512 acc[8];
+    UNROLL
+    for (int c = 0; c < NC; c++) {
+        acc[c] = _mm512_setzero_ps();
+        meta[c] = gr_q8r_meta(act[c], K);
+    }
+    for (int64_t j = 0; j < nblk; j++) {
+        const char *qb = gr_r16_quants(g, nblk, j);
+        __m512i W[8];
+        UNROLL
+        for (int k = 0; k < 8; k++) {
+            /* no software prefetch: the hardware streams the group (measured better) */
+            W[k] = _mm512_loadu_si512(qb + 64 * k); /* aligned but for a lone last block */
+        }
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)gr_r16_scales(g, j)));
+        UNROLL
+        for (int c = 0; c < NC; c++) {
+            const int32_t *qa = (const int32_t *)(act[c] + 32 * j);
+            int32_t s128;
+            memcpy(&s128, meta[c] + 2 * j + 1, 4);
+            __m512i i0 = _mm512_set1_epi32(-s128), i1 = _mm512_setzero_si512();
+            UNROLL
+            for (int k = 0; k < 8; k += 2) {
+                i0 = _mm512_dpbusd_epi32(i0, W[k], _mm512_set1_epi32(qa[k]));
+                i1 = _mm512_dpbusd_epi32(i1, W[k + 1], _mm512_set1_epi32(qa[k + 1]));
+            }
+            const __m512 P = _mm512_mul_ps(dw, _mm512_set1_ps(meta[c][2 * j]));
+            acc[c] = _mm512_fmadd_ps(P, _mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)), acc[c]);
+        }
+    }
+    const __mmask16 m = nvalid >= 16 ? 0xFFFF : (__mmask16)((1u << nvalid) - 1);
+    UNROLL
+    for (int c = 0; c < NC; c++) _mm512_mask_storeu_ps(out[c] + r0, m, acc[c]);
+}
+
+#define R16_SHAPE(NC)                                                                                    \
+    static void q8r_tile_1x##NC(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act, \
+                                float *const *out, int64_t r0) {                                         \
+        for (int64_t r = 0; r < nrows; r += GR_R16)                                                      \
+            r16_group(NC, K, w + r * ws, act, out, r0 + r, nrows - r);                                   \
+    }
+R16_SHAPE(1) R16_SHAPE(2) R16_SHAPE(3) R16_SHAPE(4) R16_SHAPE(5) R16_SHAPE(6) R16_SHAPE(7) R16_SHAPE(8)
+#undef R16_SHAPE
+static const gr_mm_rows_fn q8r_tile[GR_MM_MAX_RT][GR_MM_MAX_CT] = {
+    {q8r_tile_1x1, q8r_tile_1x2, q8r_tile_1x3, q8r_tile_1x4, q8r_tile_1x5, q8r_tile_1x6, q8r_tile_1x7, q8r_tile_1x8}};
+
 /* ================= instantiation: one function per (type, nr, nc) ================= */
 
 /* shape (NR, NC): its tiles over nrows weight rows (a multiple of NR) */
@@ -498,6 +555,7 @@ gr_mm_kernel gr_mm_avx512(int type) {
     case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 4, 4, q4_k_tile};
     case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 4, 4, q5_k_tile};
     case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 4, 4, q6_k_tile};
+    case GR_Q8_0_R16: return (gr_mm_kernel){GR_ACT_Q8R, 1, 8, 8, q8r_tile};
     default: return (gr_mm_kernel){0, 0, 0, 0, NULL};
     }
 }

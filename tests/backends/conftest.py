@@ -17,7 +17,7 @@ def native(monkeypatch):
     monkeypatch.setattr(cpu_backend, "SMALL_OP_BYTES", 0)
     monkeypatch.setattr(cpu_backend, "default_threads", lambda: 8)
     be = get_backend("cpu")
-    saved = be.n_threads
+    saved = be.n_threads, be.repack
     yield be
-    be.n_threads = saved
+    be.n_threads, be.repack = saved
     cpu_native.lib.gr_set_isa(7)

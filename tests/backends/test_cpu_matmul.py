@@ -10,6 +10,8 @@ level, is checked
     caught tightly;
   - bit for bit across ISA levels (one canonical reduction order, matmul.h) and for batch
     invariance: a token's row is the same alone, in any batch, at any thread count.
+Q8_0 weights are repacked (backends/cpu/repack.py); "Q8_0-gguf" runs the same checks with
+repacking off, on the GGUF-layout kernels (which also serve Q8_0 matrices that are not weights).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ K_OF = {1: (1, 15, 16, 37, 100), 32: (32, 96, 224, 608), 256: (256, 768)}  # 608
 
 
 # ---- data and runs ---------------------------------------------------------------------
+
+
+# (weight type, repacked): every type, and Q8_0 once more in its GGUF layout
+LAYOUTS = [(t, True) for t in WEIGHTS] + [(Q8_0, False)]
+LAYOUT_IDS = [t.name for t in WEIGHTS] + ["Q8_0-gguf"]
 
 
 def weight_data(type: DType, rows: int, K: int, rng: np.random.Generator) -> np.ndarray:
@@ -194,8 +201,9 @@ def test_mul_mat_id_matches_reference(native, type: DType, n_threads: int) -> No
 
 
 @pytest.mark.parametrize("isa", ISAS.values(), ids=ISAS.keys())
-@pytest.mark.parametrize("type", WEIGHTS, ids=lambda t: t.name)
-def test_mul_mat_exact_model(native, type: DType, isa: int) -> None:
+@pytest.mark.parametrize("type,repack", LAYOUTS, ids=LAYOUT_IDS)
+def test_mul_mat_exact_model(native, type: DType, repack: bool, isa: int) -> None:
+    native.repack = repack
     _set_isa(isa)
     native.n_threads = 2
     rng = np.random.default_rng(int(type) * 10 + isa)
@@ -249,8 +257,9 @@ def mul_mat_id_case(type: DType, K: int, M: int, n_expert: int, n_used: int, n_t
 
 
 @pytest.mark.parametrize("isa", [0, 7], ids=["portable", "avx512-vnni"])
-@pytest.mark.parametrize("type", WEIGHTS, ids=lambda t: t.name)
-def test_mul_mat_id_exact_model(native, type: DType, isa: int) -> None:
+@pytest.mark.parametrize("type,repack", LAYOUTS, ids=LAYOUT_IDS)
+def test_mul_mat_id_exact_model(native, type: DType, repack: bool, isa: int) -> None:
+    native.repack = repack
     _set_isa(isa)
     native.n_threads = 3
     rng = np.random.default_rng(int(type))
@@ -298,10 +307,11 @@ def test_activation_rounding_edges(native, type: DType, isa: int) -> None:
 # ---- determinism: ISA levels, batch invariance, threads ---------------------------------
 
 
-@pytest.mark.parametrize("type", WEIGHTS, ids=lambda t: t.name)
-def test_isa_levels_bit_identical(native, type: DType) -> None:
+@pytest.mark.parametrize("type,repack", LAYOUTS, ids=LAYOUT_IDS)
+def test_isa_levels_bit_identical(native, type: DType, repack: bool) -> None:
     """One canonical order of every dot product: the portable, AVX2 and AVX-512 kernels agree
     bit for bit (tails, lone last blocks and every tile shape included)."""
+    native.repack = repack
     native.n_threads = 2
     rng = np.random.default_rng(int(type) + 100)
     for K in K_OF[blocks(type)]:
@@ -315,10 +325,11 @@ def test_isa_levels_bit_identical(native, type: DType) -> None:
 
 
 @pytest.mark.parametrize("isa", [0, 1, 7], ids=["portable", "avx2", "avx512-vnni"])
-@pytest.mark.parametrize("type", WEIGHTS, ids=lambda t: t.name)
-def test_batch_invariance(native, type: DType, isa: int) -> None:
+@pytest.mark.parametrize("type,repack", LAYOUTS, ids=LAYOUT_IDS)
+def test_batch_invariance(native, type: DType, repack: bool, isa: int) -> None:
     """Token n of a 17-token batch equals token n computed alone, at 1 and 3 threads, bit for bit
     (decode, verify batches and prefill all give one token the same row)."""
+    native.repack = repack
     _set_isa(isa)
     rng = np.random.default_rng(int(type) + 7)
     K, M, N = K_OF[blocks(type)][-1], 37, 17
@@ -338,10 +349,11 @@ def test_batch_invariance(native, type: DType, isa: int) -> None:
 
 
 @pytest.mark.parametrize("isa", [0, 1, 7], ids=["portable", "avx2", "avx512-vnni"])
-@pytest.mark.parametrize("type", WEIGHTS, ids=lambda t: t.name)
-def test_verify_batches(native, type: DType, isa: int) -> None:
+@pytest.mark.parametrize("type,repack", LAYOUTS, ids=LAYOUT_IDS)
+def test_verify_batches(native, type: DType, repack: bool, isa: int) -> None:
     """Batches of 1..8 tokens (decode and verify batches: one pass of one-row tiles on AVX-512)
     at odd row counts: every token's row equals the token alone bit for bit, and the exact model."""
+    native.repack = repack
     _set_isa(isa)
     rng = np.random.default_rng(int(type) + 31)
     K, M = K_OF[blocks(type)][1 if blocks(type) > 1 else -1], 23
