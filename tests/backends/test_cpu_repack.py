@@ -134,3 +134,21 @@ def test_mapped_weight_pages_released(native, tmp_path) -> None:
     np.testing.assert_array_equal(plan.get(rows)[0, 0], w[[7, 4000]])
     want = xv.astype(np.float64) @ w.astype(np.float64).T
     assert np.abs(plan.get(mm)[0, 0] - want).max() < 0.05 * np.abs(want).max()
+
+
+def test_copy_in_chunks(native, monkeypatch) -> None:
+    """The backend copies a weight a chunk of whole groups at a time (releasing a mapped source
+    as it goes): several chunks per matrix and several matrices give the same layout."""
+    from graphir.backends.cpu import repack
+
+    monkeypatch.setattr(repack, "CHUNK_BYTES", 1000)  # 16 rows (one group) a chunk
+    rng = np.random.default_rng(3)
+    K, M, nmat = 96, 40, 3
+    data = np.ascontiguousarray(random_blocks(Q8_0, M * nmat, K, rng)).view(np.uint8)
+    experts = gr.new_weight(Q8_0, [K, M, nmat], data.reshape(nmat, M, -1), "experts")
+    addr = native.repacked.address(experts)
+    buf = native.repacked._copies[id(experts)][1]
+    off = addr - buf.ctypes.data
+    want = layout_model(data, K, M, nmat)
+    np.testing.assert_array_equal(buf[off : off + want.size], want)
+    assert native.repacked.address(experts) == addr  # made once
