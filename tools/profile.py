@@ -6,7 +6,9 @@ Two measurements of the same plan, each the median over `--runs` runs after a wa
   - the run: `plan.run()` as decoding pays it (whole-split calls, one synchronize at the end);
   - the profiling run: the per-node plan (`Plan.run(callback)`'s, one prepared call per node),
     each call followed by its backend's synchronize and timed alone. Copies between backends
-    are timed as their own rows.
+    are timed as their own rows;
+  - on cpu, the records of each whole split timed inside one native call (`gr_run_timed`: each
+    op's slowest thread and its barrier), fusions included: a per-op table of what a run pays.
 Per node: time, its share of the per-node sum, bytes and FLOPs (graphir.cost, from shapes and
 types) and the achieved GB/s and GFLOP/s; per op type: the same summed.
 Time outside kernels: each node's time less what an empty call costs on its backend (a 1-element
@@ -47,6 +49,8 @@ class Profile:
     node_s: dict[int, float] = field(default_factory=dict)  # tensor id -> seconds (computing nodes)
     copies: list[tuple[str, float]] = field(default_factory=list)  # (backend, seconds) per copy step
     empty_s: dict[str, float] = field(default_factory=dict)  # backend -> one empty call + synchronize
+    # cpu: each record of the whole-split runs timed in place (fused records stand for their node)
+    record_s: dict[int, float] = field(default_factory=dict)  # tensor id -> seconds
 
     @property
     def step_sum(self) -> float:
@@ -111,16 +115,22 @@ def profile(subject: Subject, runs: int = 10) -> Profile:
     steps = plan._per_node_steps()
     times: list[list[float]] = [[] for _ in steps]
     whole: list[float] = []
-    for _ in range(runs + 1):  # the two kinds alternate, so a busy machine slows both alike
+    timed = [c for c in plan._calls if hasattr(c, "timed")]  # cpu splits (backends/cpu/backend.py)
+    records: dict[int, list[float]] = defaultdict(list)
+    for _ in range(runs + 1):  # the kinds alternate, so a busy machine slows them alike
         t0 = time.perf_counter()
         plan.run()
         whole.append(time.perf_counter() - t0)
+        for call in timed:
+            for n, s in zip(call.program.nodes, call.timed()):
+                records[index[rev.get(n, n)]].append(s)
         for k, (_, be, call) in enumerate(steps):
             t0 = time.perf_counter()
             call()
             be.synchronize()
             times[k].append(time.perf_counter() - t0)
     prof.run_s = statistics.median(whole[1:])  # the first of each warms up
+    prof.record_s = {i: statistics.median(ts[1:]) for i, ts in records.items()}
     times = [ts[1:] for ts in times]
     for (n, be, _), ts in zip(steps, times):
         med = statistics.median(ts)
@@ -155,6 +165,13 @@ def node_rows(prof: Profile, keep: Filter | None = None) -> list[dict]:
             r["profile"].update(gb_s=_rate(r["bytes"], s), gflop_s=_rate(r["flops"], s))
             out.append(r)
     return out
+
+
+def record_rows(prof: Profile) -> list[dict]:
+    """Report rows of the cpu records timed inside whole-split runs (their time under "profile")."""
+    total = sum(prof.record_s.values()) or 1.0
+    res = {i: {"us": s * 1e6, "share": s / total} for i, s in prof.record_s.items()}
+    return [r for r in report.rows(prof.subject.graph, prof.subject.plan, None, {"profile": res}) if "profile" in r]
 
 
 def op_rows(nodes: list[dict], total_s: float) -> list[dict]:
@@ -228,6 +245,10 @@ def format_text(prof: Profile, keep: Filter | None = None, top: int | None = Non
             "pool woken per call on a busy machine?); compare with --threads 1"]
           if s["per_node_sum_us"] > 1.5 * s["run_us"] + 1000 else []),
         "", "per op type:", report.format_table(op_rows(nodes, prof.step_sum), OP_COLUMNS), "",
+        *([f"per op type, cpu records timed inside the whole-split runs ({sum(prof.record_s.values()) * 1e6:.1f} us; "
+           "fusions included, e.g. gated_delta_net with its state rows):",
+           report.format_table(op_rows(record_rows(prof), sum(prof.record_s.values())), OP_COLUMNS), ""]
+          if prof.record_s else []),
         f"per node ({f'the {top} slowest' if top else 'execution order'}):", report.format_table(shown, NODE_COLUMNS),
     ]  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -235,7 +256,10 @@ def format_text(prof: Profile, keep: Filter | None = None, top: int | None = Non
 
 def to_json(prof: Profile, keep: Filter | None = None) -> dict:
     nodes = node_rows(prof, keep)
-    return {"tool": "profile", **summary(prof), "ops": op_rows(nodes, prof.step_sum), "nodes": nodes}
+    out = {"tool": "profile", **summary(prof), "ops": op_rows(nodes, prof.step_sum), "nodes": nodes}
+    if prof.record_s:
+        out["cpu_record_ops"] = op_rows(record_rows(prof), sum(prof.record_s.values()))
+    return out
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

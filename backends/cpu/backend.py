@@ -128,6 +128,8 @@ class CPUBackend(HostMemoryBackend):
 
         call.program = program  # for inspection (graphir profile) and to keep it alive
         call.threads = choice
+        # graphir profile: one run with each record timed, at the thread count of a fixed run
+        call.timed = lambda: program.run_timed(1 if small or backend.n_threads <= 1 else backend.n_threads)
         return call
 
 

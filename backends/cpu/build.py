@@ -61,6 +61,7 @@ enum gr_opcode {
     GR_OP_COUNT
 };
 int gr_run(gr_op *ops, int n_ops, int n_threads);
+int gr_run_timed(gr_op *ops, int n_ops, int n_threads, double *times);
 int gr_op_supported(int opcode);
 int64_t gr_op_wsize(const gr_op *op, int n_threads);
 void gr_init(void);

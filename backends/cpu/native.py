@@ -73,6 +73,7 @@ class Program:
     def __init__(self, nodes: list[Tensor], place: Callable[[Tensor], Place], max_threads: int,
                  state_io: Sequence[StateIO] = (), repacked: repack.Repacked | None = None) -> None:  # fmt: skip
         self.n = len(nodes)
+        self.nodes = tuple(nodes)  # record i computes nodes[i] (for profiles)
         self.recs = ffi.new("gr_op[]", max(self.n, 1))
         self.keep: list = []  # host constants the records point at
         self.bytes_touched = 0
@@ -113,6 +114,15 @@ class Program:
         self.keep.append(sio)
         rec.aux = sio
         rec.ip[1] = 1
+
+    def run_timed(self, n_threads: int) -> np.ndarray:
+        """Run once; the seconds each record took (its slowest thread and the barrier after it)."""
+        times = np.zeros(max(self.n, 1), np.float64)
+        err = lib.gr_run_timed(self.recs, self.n, min(n_threads, self.max_threads),
+                               ffi.cast("double *", times.ctypes.data))  # fmt: skip
+        if err:
+            raise RuntimeError(f"[cpu] gr_run failed (errno {err})")
+        return times[: self.n]
 
     def run(self, n_threads: int) -> None:
         err = lib.gr_run(self.recs, self.n, min(n_threads, self.max_threads))

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define GR_MAX_THREADS 256
@@ -129,10 +130,20 @@ void gr_barrier(const gr_thread *th) {
     wait_change(&p->bar_gen, gen, &p->bar_sleepers);
 }
 
+static double *run_times; /* gr_run_timed: thread 0 stamps the end of each op here (under run_lock) */
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 static void run_ops(gr_op *ops, int n_ops, const gr_thread *th) {
+    double *times = th->ith == 0 ? run_times : NULL;
     for (int i = 0; i < n_ops; i++) {
         KERNELS[ops[i].op](&ops[i], th);
         gr_barrier(th);
+        if (times) times[i] = now_s();
     }
 }
 
@@ -176,7 +187,23 @@ void gr_init(void) { pthread_once(&init_once, init_once_fn); }
 
 /* Run n_ops records with n_threads threads (the caller is thread 0). Returns 0, or an errno
  * when worker threads cannot be created (then nothing ran). */
-int gr_run(gr_op *ops, int n_ops, int n_threads) {
+static int run(gr_op *ops, int n_ops, int n_threads, double *times);
+
+int gr_run(gr_op *ops, int n_ops, int n_threads) { return run(ops, n_ops, n_threads, NULL); }
+
+/* gr_run, with times[i] the seconds op i took (from the end of op i - 1, or the start, to the
+ * barrier after it: its slowest thread and the barrier), for profiling a whole split as it runs. */
+int gr_run_timed(gr_op *ops, int n_ops, int n_threads, double *times) {
+    if (n_ops < 1) return gr_run(ops, n_ops, n_threads);
+    double t0 = now_s();
+    int err = run(ops, n_ops, n_threads, times);
+    if (err) return err;
+    for (int i = n_ops - 1; i > 0; i--) times[i] -= times[i - 1];
+    times[0] -= t0;
+    return 0;
+}
+
+static int run(gr_op *ops, int n_ops, int n_threads, double *times) {
     gr_init();
     if (n_threads < 1) n_threads = 1;
     if (n_threads > GR_MAX_THREADS) n_threads = GR_MAX_THREADS;
@@ -189,6 +216,7 @@ int gr_run(gr_op *ops, int n_ops, int n_threads) {
         return err;
     }
     gr_thread th = {0, n_threads, &pool};
+    run_times = times;
     if (n_threads > 1) {
         pool.ops = ops;
         pool.n_ops = n_ops;
@@ -196,6 +224,7 @@ int gr_run(gr_op *ops, int n_ops, int n_threads) {
         bump(&pool.job_gen, &pool.job_sleepers);
     }
     run_ops(ops, n_ops, &th); /* the last barrier: every thread is done with the job */
+    run_times = NULL;
     pthread_mutex_unlock(&run_lock);
     return 0;
 }

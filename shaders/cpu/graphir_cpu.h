@@ -88,6 +88,7 @@ typedef int64_t (*gr_wsize_fn)(const gr_op *op, int nth);
 
 /* ---- executor (exec.c) ---- */
 int gr_run(gr_op *ops, int n_ops, int n_threads);
+int gr_run_timed(gr_op *ops, int n_ops, int n_threads, double *times); /* + each op's seconds */
 int gr_op_supported(int opcode);
 int64_t gr_op_wsize(const gr_op *op, int n_threads);
 void gr_barrier(const gr_thread *th);  /* all nth threads of the current op meet here */

@@ -4,6 +4,7 @@ FLOPs by hand, and agreement with the op benchmark's formulas (graphir/parity/pe
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from graphir.graph import build_graph
 from graphir.ops import Op
 from graphir.tensor import is_empty_op
 from graphir.tools.cli import main
-from graphir.tools.profile import format_text, node_rows, op_rows, profile, summary
+from graphir.tools.profile import format_text, node_rows, op_rows, profile, summary, to_json
 from graphir.tools.subject import Setup, Spec, Subject
 from graphir.types import row_size
 
@@ -99,6 +100,34 @@ def test_tables_and_shares():
     text = format_text(prof, top=5)
     assert "per op type:" in text and "outside kernels:" in text and "flash_attn_ext" in text
     assert summary(prof)["calls"] == len(nodes)
+
+
+def test_cpu_records_timed_inside_the_run():
+    """On cpu each record of a whole-split run is timed inside its native call: one time per
+    record (a computing node of the split), none negative, their sum the run's time within a shared
+    machine's noise; the text and JSON carry the per-op table."""
+    from graphir.backends import availability
+
+    if not availability("cpu").ok:
+        pytest.skip(f"native cpu: {availability('cpu').reason}")
+    subject = _example("cpu")
+    calls = [c for c in subject.plan._calls if hasattr(c, "timed")]
+    assert calls
+    for call in calls:
+        t0 = time.perf_counter()
+        times = call.timed()
+        wall = time.perf_counter() - t0
+        assert times.shape == (call.program.n,) and (times >= 0).all() and times.sum() <= wall
+    for _ in range(3):
+        prof = profile(subject, runs=7)
+        if abs(sum(prof.record_s.values()) - prof.run_s) <= 0.3 * prof.run_s:
+            break
+    assert sum(prof.record_s.values()) == pytest.approx(prof.run_s, rel=0.3)
+    computing = {i for i, n in enumerate(subject.graph.tensors()) if not n.is_leaf and not is_empty_op(n)}
+    assert set(prof.record_s) <= computing and len(prof.record_s) == sum(c.program.n for c in calls)
+    assert "cpu records timed inside the whole-split runs" in format_text(prof)
+    ops = to_json(prof)["cpu_record_ops"]
+    assert sum(o["calls"] for o in ops) == len(prof.record_s)
 
 
 class NoSqrt(RefBackend):
