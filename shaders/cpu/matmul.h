@@ -63,8 +63,8 @@ static inline const char *gr_r16_quants(const char *g, int64_t nblk, int64_t j) 
 
 /* Activations for repacked Q8_0 (GR_ACT_Q8R): the same quantization as GR_ACT_Q8 (ggml's
  * block_q8_0 numerics) stored as signed bytes q (K bytes, rounded up to 64), then per block
- * its scale d (float, the fp16 value) and 128 * sum(q) (int32), in pairs: vpdpbusd of the
- * offset weights u = w + 128 with q gives sum(w q) + 128 sum(q). */
+ * its scale d (float, the fp16 value) and -128 * sum(q) (int32), in pairs: vpdpbusd of the
+ * offset weights u = w + 128 with q gives sum(w q) + 128 sum(q), so a block's sum starts there. */
 static inline const float *gr_q8r_meta(const char *row, int64_t K) { return (const float *)(row + (K + 63) / 64 * 64); }
 
 /* Repack `nmat` Q8_0 matrices of M rows x K (matrix i at src + i * snb2, row stride snb1) into

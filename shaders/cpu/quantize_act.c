@@ -22,7 +22,7 @@ int64_t gr_act_row_bytes(int act, int64_t K) {
     switch (act) {
     case GR_ACT_Q8: return (gr_q8_pairs(K) * 72 + 63) / 64 * 64; /* 64 quants + 2 scales a pair */
     case GR_ACT_Q8K: return (K + 255) / 256 * (int64_t)sizeof(gr_q8k);
-    case GR_ACT_Q8R: return ((K + 63) / 64 * 64 + 8 * (K / 32) + 63) / 64 * 64; /* quants, (d, 128 sum) a block */
+    case GR_ACT_Q8R: return ((K + 63) / 64 * 64 + 8 * (K / 32) + 63) / 64 * 64; /* quants, (d, -128 sum) a block */
     default: return (K * 4 + 63) / 64 * 64;
     }
 }
@@ -142,7 +142,7 @@ void gr_act_row(const char *src, int type, int64_t sb, int64_t n, int act, char 
     }
     if (act == GR_ACT_Q8 || act == GR_ACT_Q8R) {
         /* GR_ACT_Q8: the quants stored offset by 128 (q ^ 0x80): unsigned bytes for vpdpbusd;
-         * GR_ACT_Q8R: signed, each block's scale and 128 * sum(q) after them */
+         * GR_ACT_Q8R: signed, each block's scale and -128 * sum(q) after them */
         int r = act == GR_ACT_Q8R;
         float *d = r ? (float *)gr_q8r_meta(dst, n) : (float *)gr_q8_scales(dst, n);
         int64_t nq = r ? (n + 63) / 64 * 64 : 64 * gr_q8_pairs(n);
@@ -160,7 +160,7 @@ void gr_act_row(const char *src, int type, int64_t sb, int64_t n, int act, char 
             if (r) {
                 int32_t s = 0;
                 for (int i = 0; i < 32; i++) s += q[i];
-                s *= 128;
+                s *= -128;
                 memcpy(dj + 1, &s, 4);
             } else {
                 for (int i = 0; i < 32; i++) q[i] = (int8_t)((uint8_t)q[i] ^ 0x80);

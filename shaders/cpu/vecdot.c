@@ -189,9 +189,8 @@ static void tile_q8r_1x1(int64_t K, const char *w, int64_t ws, int64_t nrows, co
         float acc = 0.0f;
         for (int64_t j = 0; j < nblk; j++) {
             const uint8_t *q = (const uint8_t *)gr_r16_quants(g, nblk, j);
-            int32_t I, s128;
-            memcpy(&s128, meta + 2 * j + 1, 4);
-            I = -s128;
+            int32_t I;
+            memcpy(&I, meta + 2 * j + 1, 4); /* -128 sum(q) */
             for (int e = 0; e < 32; e++) I += q[64 * (e / 4) + 4 * lane + e % 4] * a[32 * j + e];
             acc = fmaf(gr_f16_to_f32(gr_ld16(gr_r16_scales(g, j) + lane)) * meta[2 * j], (float)I, acc);
         }

@@ -468,9 +468,8 @@ INLINE void r16_group(int NC, int64_t K, const char *g, const char *const *act, 
         UNROLL
         for (int c = 0; c < NC; c++) {
             const int32_t *qa = (const int32_t *)(act[c] + 32 * j);
-            int32_t s128;
-            memcpy(&s128, meta[c] + 2 * j + 1, 4);
-            __m512i i0 = _mm512_set1_epi32(-s128), i1 = _mm512_setzero_si512();
+            /* -128 sum(q), broadcast from memory */
+            __m512i i0 = _mm512_set1_epi32(((const int32_t *)meta[c])[2 * j + 1]), i1 = _mm512_setzero_si512();
             UNROLL
             for (int k = 0; k < 8; k += 2) {
                 i0 = _mm512_dpbusd_epi32(i0, W[k], _mm512_set1_epi32(qa[k]));
