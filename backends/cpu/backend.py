@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from graphir.tensor import Tensor, is_empty_op
+from graphir.tensor import Tensor, is_empty_op, storage_of
 
 from ..base import Availability, Call, Place, default_threads
 from ..host import HostMemoryBackend
@@ -97,6 +97,11 @@ class CPUBackend(HostMemoryBackend):
 
     def describe(self) -> str:
         return f"cpu (native, {self.n_threads} threads, isa {native.isa_name()})"
+
+    def set_tensor(self, place: Place, t: Tensor, data) -> None:
+        super().set_tensor(place, t, data)
+        if self.repacked is not None:  # a weight written after its repacked copy was made
+            self.repacked.refresh(storage_of(t))
 
     # ---- execution ----
     def lower(self, node: Tensor, dst: Place, srcs: list[Place | None]) -> Call:

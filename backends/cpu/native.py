@@ -12,9 +12,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from graphir.backends.base import Place
-from graphir.tensor import Tensor
-
 from graphir.ops import Op
+from graphir.tensor import Tensor
 
 from . import repack
 from .fuse import StateIO

@@ -8,7 +8,8 @@ A weight is repacked when a mul_mat / mul_mat_id reads it whole as its weights: 
 PARAM (never written by a graph; memory state is not) whose rows are contiguous and whole
 blocks. Every such op of every plan on the backend reads the same repacked copy, so a row's
 result does not depend on the plan that computes it (batch invariance, MTP == plain). Other
-ops reading the weight (get_rows of a tied embedding) still read the GGUF bytes. The copy
+ops reading the weight (get_rows of a tied embedding) still read the GGUF bytes; writing the
+weight's bytes through the backend (Plan.set_input) copies them again. The copy
 takes as many bytes as the weight (the last group of 16 rows padded); when the weight is a
 read-only file mapping, its pages are released after the copy (they come back from the file if
 something else reads them), so resident memory does not double.
@@ -75,10 +76,23 @@ class Repacked:
         nb = strides(t)
         buf = np.empty(nb[3] * t.ne[3] + 64, np.uint8)
         addr = (buf.ctypes.data + 63) // 64 * 64  # the kernels load whole 64-byte chunks aligned
-        src = t.data.reshape(-1).view(np.uint8)
-        ffi, lib, release = self._ffi, self._lib, _file_mapped_readonly(t.data)
-        # chunks of whole groups, the source's pages released as each is copied: a mapped weight
-        # and its copy are never both resident (a 0.8B model's 270 MB output matrix: +227 MiB peak)
+        self._copy(t, addr, _file_mapped_readonly(t.data))
+        self._copies[id(t)] = (weakref.ref(t), buf, addr)
+        weakref.finalize(t, self._copies.pop, id(t), None)
+        return addr
+
+    def refresh(self, t: Tensor) -> None:
+        """t's bytes were written (Plan.set_input on a weight): its copy, if it has one, again."""
+        hit = self._copies.get(id(t))
+        if hit is not None and hit[0]() is t:
+            self._copy(t, hit[2], release=False)
+
+    def _copy(self, t: Tensor, addr: int, release: bool) -> None:
+        """Repack t into addr in chunks of whole groups; with `release`, the source's pages are
+        released as each chunk is copied: a mapped weight and its copy are never both resident
+        (a 0.8B model's 270 MB output matrix: +227 MiB peak otherwise)."""
+        nb, src = strides(t), t.data.reshape(-1).view(np.uint8)
+        ffi, lib = self._ffi, self._lib
         rows = max(GROUP, CHUNK_BYTES // max(t.nb[1], 1) // GROUP * GROUP)
         for i in range(t.ne[2] * t.ne[3]):
             for m0 in range(0, t.ne[1], rows):
@@ -88,9 +102,6 @@ class Repacked:
                                        ffi.cast("char *", addr + i * nb[2] + m0 * nb[1]))  # fmt: skip
                 if release:  # every whole page copied so far (the last one only once it is whole)
                     lib.gr_drop_pages(ffi.cast("const void *", src.ctypes.data), i * t.nb[2] + m1 * t.nb[1])
-        self._copies[id(t)] = (weakref.ref(t), buf, addr)
-        weakref.finalize(t, self._copies.pop, id(t), None)
-        return addr
 
     @property
     def nbytes(self) -> int:

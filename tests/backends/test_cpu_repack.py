@@ -152,3 +152,25 @@ def test_copy_in_chunks(native, monkeypatch) -> None:
     want = layout_model(data, K, M, nmat)
     np.testing.assert_array_equal(buf[off : off + want.size], want)
     assert native.repacked.address(experts) == addr  # made once
+
+
+def test_weight_written_after_the_copy(native) -> None:
+    """Plan.set_input on a repacked weight writes its bytes and copies them again: the next run
+    reads the new weights (a stale copy would give the old product)."""
+    rng = np.random.default_rng(4)
+    K, M = 64, 40
+    old, new = (np.ascontiguousarray(random_blocks(Q8_0, M, K, rng)).view(np.uint8) for _ in range(2))
+    weight = gr.new_weight(Q8_0, [K, M], old.copy(), "w")
+    x = gr.new_input(gr.F32, [K, 2], "x")
+    out = gr.mul_mat(weight, x).set_output()
+    plan = gr.compile(gr.build_graph(out), ["cpu"], cache=False)
+    xv = rng.uniform(-1, 1, (2, K)).astype(np.float32)
+    plan.set_input(x, xv)
+    plan.run()
+    first = plan.get(out).copy()
+    plan.set_input(weight, new)
+    plan.run()
+    want = xv.astype(np.float64) @ dequantize_rows(new.reshape(M, -1), Q8_0).astype(np.float64).T
+    got = plan.get(out)[0, 0]
+    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()
+    assert np.abs(first[0, 0] - want).max() > 0.1 * np.abs(want).max()
