@@ -185,10 +185,10 @@ static void init_once_fn(void) {
 
 void gr_init(void) { pthread_once(&init_once, init_once_fn); }
 
-/* Run n_ops records with n_threads threads (the caller is thread 0). Returns 0, or an errno
- * when worker threads cannot be created (then nothing ran). */
 static int run(gr_op *ops, int n_ops, int n_threads, double *times);
 
+/* Run n_ops records with n_threads threads (the caller is thread 0). Returns 0, or an errno
+ * when worker threads cannot be created (then nothing ran). */
 int gr_run(gr_op *ops, int n_ops, int n_threads) { return run(ops, n_ops, n_threads, NULL); }
 
 /* gr_run, with times[i] the seconds op i took (from the end of op i - 1, or the start, to the

@@ -1,7 +1,7 @@
 /* Activation rows (rows of mul_mat's b) converted once into the format their weights' dot
  * products read (matmul.h): F32 rows, Q8 pairs (Q8_0/Q4_0 weights), Q8R rows (repacked Q8_0)
- * or Q8K super-blocks (K-quants). The quantization follows ggml's x86 path (quantize_row_q8_0: scale amax/127,
- * round half to even) and quantize_row_q8_K_ref. The AVX2 blocks give the same bytes as the
+ * or Q8K super-blocks (K-quants). The quantization follows ggml's x86 path (quantize_row_q8_0:
+ * scale amax/127, round half to even) and quantize_row_q8_K_ref. The AVX2 blocks give the same bytes as the
  * portable ones (the same float products, rounding by cvtps2dq = round half to even). */
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
