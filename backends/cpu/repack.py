@@ -102,7 +102,3 @@ class Repacked:
                                        ffi.cast("char *", addr + i * nb[2] + m0 * nb[1]))  # fmt: skip
                 if release:  # every whole page copied so far (the last one only once it is whole)
                     lib.gr_drop_pages(ffi.cast("const void *", src.ctypes.data), i * t.nb[2] + m1 * t.nb[1])
-
-    @property
-    def nbytes(self) -> int:
-        return sum(buf.nbytes for _, buf, _ in self._copies.values())

@@ -63,6 +63,8 @@ static inline const uint16_t *gr_r16_scales(const char *g, int64_t j) { return (
 static inline const char *gr_r16_quants(const char *g, int64_t nblk, int64_t j) {
     return g + j / 2 * 1088 + ((j | 1) < nblk ? 64 : 32) + 512 * (j % 2);
 }
+/* byte e (0..31) of row r (0..15) within a block's quants */
+static inline int gr_r16_byte(int r, int e) { return 64 * (e / 4) + 4 * r + e % 4; }
 
 /* Activations for repacked Q8_0 (GR_ACT_Q8R): the same quantization as GR_ACT_Q8 (ggml's
  * block_q8_0 numerics) stored as signed bytes q (K bytes, rounded up to 64), then per block

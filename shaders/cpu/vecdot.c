@@ -170,7 +170,7 @@ void gr_repack_q8_0_r16(const char *src, int64_t K, int64_t M, int64_t nmat, int
                         uint32_t v = 0;
                         if (row) memcpy(&v, row + 34 * j + 2 + 4 * c, 4);
                         v ^= 0x80808080u;
-                        memcpy(q + 64 * c + 4 * r, &v, 4);
+                        memcpy(q + gr_r16_byte(r, 4 * c), &v, 4);
                     }
                 }
             }
@@ -191,7 +191,7 @@ static void tile_q8r_1x1(int64_t K, const char *w, int64_t ws, int64_t nrows, co
             const uint8_t *q = (const uint8_t *)gr_r16_quants(g, nblk, j);
             int32_t I;
             memcpy(&I, meta + 2 * j + 1, 4); /* -128 sum(q) */
-            for (int e = 0; e < 32; e++) I += q[64 * (e / 4) + 4 * lane + e % 4] * a[32 * j + e];
+            for (int e = 0; e < 32; e++) I += q[gr_r16_byte(lane, e)] * a[32 * j + e];
             acc = fmaf(gr_f16_to_f32(gr_ld16(gr_r16_scales(g, j) + lane)) * meta[2 * j], (float)I, acc);
         }
         out[0][r0 + r] = acc;
