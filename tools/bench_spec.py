@@ -45,8 +45,8 @@ from graphir.models.sampling import Sampler, SamplerConfig
 from graphir.models.speculative import Generator, SeqState
 
 # a verify of k drafts / one decode on the 0.8B-shaped Q8_0 file, cpu, 2 threads (bench_verify,
-# session 7, after Q8_0 repacking; llama.cpp in the same run: 1.52 1.69 1.90 2.44)
-VERIFY_COST_08B = (1.19, 1.39, 1.51, 1.96)
+# session 8, repacked Q8_0 with verify tiles prefetching; llama.cpp in the same run: 1.82 2.01 2.24 3.11)
+VERIFY_COST_08B = (1.11, 1.14, 1.16, 1.26)
 HEAD_COST_08B = 0.36
 BACKENDS = ("ref", "cpu", "opencl")
 MODES = {"greedy": SamplerConfig(greedy=True), "sampled": SamplerConfig()}
