@@ -48,7 +48,7 @@ from graphir.models.speculative import Generator, SeqState
 # session 8, repacked Q8_0 with verify tiles prefetching; llama.cpp in the same run: 1.82 2.01 2.24 3.11)
 VERIFY_COST_08B = (1.11, 1.14, 1.16, 1.26)
 HEAD_COST_08B = 0.36
-BACKENDS = ("ref", "cpu", "opencl")
+BACKENDS = ("ref", "cpu", "opencl", "vulkan")
 MODES = {"greedy": SamplerConfig(greedy=True), "sampled": SamplerConfig()}
 
 
