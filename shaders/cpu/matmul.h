@@ -54,8 +54,10 @@ static inline const float *gr_q8_scales(const char *row, int64_t K) { return (co
  * kernel's, and verify batches stay bound by reading the weights. Built once per weight
  * (gr_repack_q8_0_r16); weights that are not repacked keep the GGUF kernels. */
 /* NOTE: groups of 32 rows (one broadcast of a token's quants for two vpdpbusd, in one stream)
- * took 0.6x the instructions in a loop from L1 but decoded slower in the 0.8B model (33 vs 30 ms),
- * and two 16-row groups side by side (two streams) streamed slower still: 16 it is. */
+ * took 0.6x the instructions in a loop from L1 (0.46 vs 0.82 ns per row-block at 4 tokens in L2)
+ * but read alike from memory (a standalone chain of 3.7 MB matrices, 2 threads, 1 and 4 tokens)
+ * and decoded slower in the 0.8B model once (33 vs 30 ms); two 16-row groups side by side (two
+ * streams) streamed slower still: 16 it is. */
 #define GR_R16 16
 static inline int64_t gr_r16_group_bytes(int64_t K) { return GR_R16 * 34 * (K / 32); }
 /* block j (of nblk) of the group at g: its 16 fp16 scales, its 512 bytes of quants */
@@ -65,6 +67,16 @@ static inline const char *gr_r16_quants(const char *g, int64_t nblk, int64_t j) 
 }
 /* byte e (0..31) of row r (0..15) within a block's quants */
 static inline int gr_r16_byte(int r, int e) { return 64 * (e / 4) + 4 * r + e % 4; }
+/* Tiles of several tokens (verify batches, prefill) prefetch the group's stream this far ahead
+ * into L2, a block pair at a time (past a matrix's end: prefetches never fault). With a token's
+ * broadcasts and dot products per block the loop holds fewer of the stream's misses in flight
+ * than a decode does, and the hardware prefetcher alone left 4 tokens reading at 0.72-0.75x the
+ * 1-token rate; with it 0.96-1.0x (24 layers of 3.7 MB matrices, 2 threads, in-process A/B). In
+ * the 0.8B Q8_0 model a verify of 3 drafts went from 1.30-1.45x to 1.09-1.24x a decode (AVX-512
+ * VNNI), 60.6 -> 44.7 ms at the AVX2 level. 4-9 pairs ahead measured alike; into L1 (T0) 1.6x
+ * slower. One token streams at the memory limit without it (a prefetch there measured 0-8%
+ * slower). */
+#define GR_R16_PF_BYTES (6 * 1088)
 
 /* Activations for repacked Q8_0 (GR_ACT_Q8R): the same quantization as GR_ACT_Q8 (ggml's
  * block_q8_0 numerics) stored as signed bytes q (K bytes, rounded up to 64), then per block

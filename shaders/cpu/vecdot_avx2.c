@@ -303,6 +303,8 @@ INLINE void r16_half(int NC, int64_t K, const char *g, int h, const char *const 
     UNROLL
     for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
     for (int64_t j = 0; j < nblk; j++) {
+        if (NC > 1 && h == 0 && !(j & 1)) /* the second half reads the group from cache */
+            for (int l = 0; l < 1088; l += 64) _mm_prefetch((const char *)gr_r16_scales(g, j) + GR_R16_PF_BYTES + l, _MM_HINT_T1);
         __m256i I[4];
         UNROLL
         for (int c = 0; c < NC; c++) I[c] = _mm256_setzero_si256();

@@ -66,7 +66,7 @@ INLINE void float_step(int type, int NR, int NC, __m512 acc[2][8], const char *w
 }
 
 /* One-row tiles of several tokens (verify batches) prefetch the row stream FLOAT_PF_BYTES ahead
- * into L2, as the repacked Q8_0 tiles do (see R16_PF_BYTES): in the 0.8B F16 model a verify of 3
+ * into L2, as the repacked Q8_0 tiles do (see GR_R16_PF_BYTES): in the 0.8B F16 model a verify of 3
  * drafts went from 1.9-2.3x to 1.21-1.47x a decode (in-process A/B, 2 threads; 6-24 KB ahead
  * measured alike). A decode (one token) measured within noise with it and goes without. */
 #define FLOAT_PF_BYTES 8192
@@ -381,7 +381,7 @@ INLINE __m512i k_chunk(int type, const uint8_t *b, int c) {
 }
 
 /* One-row K-quant tiles of several tokens prefetch the row stream KQ_PF_BYTES ahead into L2 (see
- * R16_PF_BYTES): in a 0.8B-shaped Q4_K_M file (Q4_K and Q6_K weights) a verify of 3 drafts
+ * GR_R16_PF_BYTES): in a 0.8B-shaped Q4_K_M file (Q4_K and Q6_K weights) a verify of 3 drafts
  * 45.5-45.9 -> 38.8-39.8 ms (decode ~24 ms; in-process A/B, 2 threads; 8 KB measured alike or
  * worse). These tiles stay compute-bound at 4 tokens. */
 #define KQ_PF_BYTES 4096
@@ -457,16 +457,6 @@ INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t w
 
 /* ================= repacked Q8_0 (GR_Q8_0_R16), Q8R rows ================= */
 
-/* Tiles of several tokens (verify batches, prefill) prefetch the group's stream R16_PF_BYTES
- * ahead into L2, a block pair at a time. With a token's broadcasts and dot products per block
- * the loop holds fewer of the stream's misses in flight than a decode does, and the hardware
- * prefetcher alone left 4 tokens reading at 0.72-0.75x the 1-token rate; with it 0.96-1.0x
- * (24 layers of 3.7 MB matrices, 2 threads, in-process A/B). In the 0.8B Q8_0 model a verify of
- * 3 drafts went from 1.30-1.45x to 1.09-1.24x a decode. 4-9 pairs ahead measured alike; into L1
- * (T0) 1.6x slower. One token streams at the memory limit without it (a prefetch there measured
- * 0-8% slower). */
-#define R16_PF_BYTES (6 * 1088)
-
 /* One group of 16 rows (nvalid of them real) x NC tokens. Per block: the 8 chunks of the
  * group's quants (u = w + 128) in 8 registers and the 16 scales; per token, 8 vpdpbusd of a
  * chunk with 4 of the token's quants broadcast (two chains, the first starting at -128 sum(q))
@@ -484,8 +474,8 @@ INLINE void r16_group(int NC, int64_t K, const char *g, const char *const *act, 
     }
     for (int64_t j = 0; j < nblk; j++) {
         const char *qb = gr_r16_quants(g, nblk, j);
-        if (NC > 1 && !(j & 1)) /* a pair's 1088 bytes (past the matrix: prefetches never fault) */
-            for (int l = 0; l < 1088; l += 64) _mm_prefetch((const char *)gr_r16_scales(g, j) + R16_PF_BYTES + l, _MM_HINT_T1);
+        if (NC > 1 && !(j & 1)) /* a pair's 1088 bytes, GR_R16_PF_BYTES ahead (matmul.h) */
+            for (int l = 0; l < 1088; l += 64) _mm_prefetch((const char *)gr_r16_scales(g, j) + GR_R16_PF_BYTES + l, _MM_HINT_T1);
         __m512i W[8];
         UNROLL
         for (int k = 0; k < 8; k++) W[k] = _mm512_loadu_si512(qb + 64 * k); /* aligned but for a lone last block */
