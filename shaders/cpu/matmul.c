@@ -97,7 +97,7 @@ static void run_unit(const gr_mm_kernel *k, int64_t K, const char *w, int64_t ws
     int64_t c = 0;
     if (n <= k->ct1 || cold) {
         c = n < k->ct1 ? n : k->ct1;
-        k->tiles[0][c - 1](K, w, ws, nrows, act, out, r0);
+        (c == 1 && k->stream1 ? k->stream1 : k->tiles[0][c - 1])(K, w, ws, nrows, act, out, r0);
     }
     for (; c < n; c += k->ct) {
         int nc = (int)(n - c < k->ct ? n - c : k->ct);
@@ -135,9 +135,16 @@ static void mul_mat_unit(const gr_op *op, const gr_mm_kernel *k, const char *bas
     run_unit(k, a->ne[0], w + m0 * a->nb[1], a->nb[1], m1 - m0, m0, act, out, n1 - n0, tb == 0);
 }
 
+/* the kernel for weights `a`; its streaming one-token tile only for a matrix that does not stay in cache */
+static gr_mm_kernel kernel_for(const gr_tensor *a) {
+    gr_mm_kernel k = gr_mm_kernel_for(a->type);
+    if (a->ne[1] * a->nb[1] < GR_MM_STREAM_BYTES) k.stream1 = NULL;
+    return k;
+}
+
 void gr_k_mul_mat(const gr_op *op, const gr_thread *th) {
     const gr_tensor *a = &op->src[0], *b = &op->src[1];
-    gr_mm_kernel k = gr_mm_kernel_for(a->type);
+    gr_mm_kernel k = kernel_for(a);
     char *base = scratch_of(op, act_bytes(a->type, b), th);
     convert_b(op, base, th);
     if (!act_in_place(a->type, b) && !act_private(a->type, b)) gr_barrier(th);
@@ -225,7 +232,7 @@ static void mul_mat_id_unit(const gr_op *op, const gr_mm_kernel *k, const char *
 
 void gr_k_mul_mat_id(const gr_op *op, const gr_thread *th) {
     const gr_tensor *as = &op->src[0], *b = &op->src[1];
-    gr_mm_kernel k = gr_mm_kernel_for(as->type);
+    gr_mm_kernel k = kernel_for(as);
     int priv = act_private(as->type, b);
     char *base = scratch_of(op, id_part(op), th);
     convert_b(op, base, th);

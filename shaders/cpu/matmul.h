@@ -117,7 +117,12 @@ typedef struct gr_mm_kernel {
     int rt, ct; /* largest tile of several weight rows: weight rows x activation rows */
     int ct1;    /* most activation rows of a one-row tile (>= ct): decode and verify batches */
     const gr_mm_rows_fn (*tiles)[GR_MM_MAX_CT]; /* tiles[nr - 1][nc - 1]: nr = 1, nc <= ct1; nr <= rt, nc <= ct */
+    gr_mm_rows_fn stream1; /* NULL, or a one-row one-token tile for weights read from memory (a
+                            * prefetching tiles[0][0]; matmul.c takes it for matrices of at least
+                            * GR_MM_STREAM_BYTES, which no cache holds from one token to the next) */
 } gr_mm_kernel;
+
+#define GR_MM_STREAM_BYTES (1 << 20) /* one core's L2 */
 
 /* The kernel for weights of `type` at the current ISA level; .tiles NULL if unsupported. */
 gr_mm_kernel gr_mm_kernel_for(int type);

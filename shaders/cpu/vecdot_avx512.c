@@ -65,15 +65,19 @@ INLINE void float_step(int type, int NR, int NC, __m512 acc[2][8], const char *w
     }
 }
 
-/* One-row tiles of several tokens (verify batches) prefetch the row stream FLOAT_PF_BYTES ahead
- * into L2, as the repacked Q8_0 tiles do (see GR_R16_PF_BYTES): in the 0.8B F16 model a verify of 3
- * drafts went from 1.9-2.3x to 1.21-1.47x a decode (in-process A/B, 2 threads; 6-24 KB ahead
- * measured alike). A decode (one token) measured within noise with it and goes without. */
+/* One-row tiles of several tokens prefetch the row stream FLOAT_PF_BYTES ahead into L2, as the
+ * repacked Q8_0 tiles do (see GR_R16_PF_BYTES): in the 0.8B F16 model a verify of 3 drafts went
+ * from 1.9-2.3x to 1.21-1.47x a decode (in-process A/B, 2 threads; 6-24 KB ahead measured alike).
+ * One token prefetches only from matrices read from memory (`stream1`, matmul.c): unlike a Q8_0
+ * decode an F16 decode gains (2 bytes a weight: more instructions per byte streamed; 24 layers of
+ * 7 MB F16 matrices 0.87-0.93x the time, the 0.8B F16 model's decode 60.5 -> 56.2 ms), while the
+ * shipped tiny model (F16, every matrix <= 512 KB, all in cache) decoded 3-5% slower with it. */
 #define FLOAT_PF_BYTES 8192
 
-/* 32 lanes: lo holds lanes k % 32 < 16, hi the others (two independent chains) */
-INLINE void float_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t ws, const char *const *act,
-                       float *const *out, int64_t r0) {
+/* 32 lanes: lo holds lanes k % 32 < 16, hi the others (two independent chains); PF: a one-token
+ * tile prefetches (see FLOAT_PF_BYTES) */
+INLINE void float_tile_pf(int type, int NR, int NC, int PF, int64_t K, const char *w, int64_t ws,
+                          const char *const *act, float *const *out, int64_t r0) {
     __m512 lo[2][8], hi[2][8]; /* 2 rows x 4 tokens, or 1 row x up to 8 */
     UNROLL
     for (int r = 0; r < NR; r++)
@@ -82,7 +86,7 @@ INLINE void float_tile(int type, int NR, int NC, int64_t K, const char *w, int64
     int64_t k = 0;
     const int esz = type == GR_F32 ? 4 : 2; /* bytes a weight */
     for (; k + 32 <= K; k += 32) {
-        if (NR == 1 && NC > 1)
+        if (NR == 1 && (NC > 1 || PF))
             for (int l = 0; l < 32 * esz; l += 64) _mm_prefetch(w + esz * k + FLOAT_PF_BYTES + l, _MM_HINT_T1);
         float_step(type, NR, NC, lo, w, ws, act, k, 0xFFFF);
         float_step(type, NR, NC, hi, w, ws, act, k + 16, 0xFFFF);
@@ -97,6 +101,22 @@ INLINE void float_tile(int type, int NR, int NC, int64_t K, const char *w, int64
         UNROLL
         for (int c = 0; c < NC; c++) out[c][r0 + r] = tree(_mm512_add_ps(lo[r][c], hi[r][c]));
 }
+
+INLINE void float_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t ws, const char *const *act,
+                       float *const *out, int64_t r0) {
+    float_tile_pf(type, NR, NC, 0, K, w, ws, act, out, r0);
+}
+
+/* the one-token tiles of F32/F16/BF16 matrices read from memory (gr_mm_kernel.stream1) */
+#define FLOAT_STREAM1(name, type)                                                                        \
+    static void name(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act,         \
+                     float *const *out, int64_t r0) {                                                    \
+        for (int64_t r = 0; r < nrows; r++) float_tile_pf(type, 1, 1, 1, K, w + r * ws, ws, act, out, r0 + r); \
+    }
+FLOAT_STREAM1(f32_stream1, GR_F32)
+FLOAT_STREAM1(f16_stream1, GR_F16)
+FLOAT_STREAM1(bf16_stream1, GR_BF16)
+#undef FLOAT_STREAM1
 
 /* ================= Q8_0 / Q4_0 weights, Q8 pairs ================= */
 
@@ -561,9 +581,9 @@ KERNEL1(q6_k_tile, k_tile, GR_Q6_K)
 
 gr_mm_kernel gr_mm_avx512(int type) {
     switch (type) {
-    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 2, 4, 8, f32_tile};
-    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 2, 4, 8, f16_tile};
-    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 2, 4, 8, bf16_tile};
+    case GR_F32: return (gr_mm_kernel){GR_ACT_F32, 2, 4, 8, f32_tile, f32_stream1};
+    case GR_F16: return (gr_mm_kernel){GR_ACT_F32, 2, 4, 8, f16_tile, f16_stream1};
+    case GR_BF16: return (gr_mm_kernel){GR_ACT_F32, 2, 4, 8, bf16_tile, bf16_stream1};
     case GR_Q8_0: return (gr_mm_kernel){GR_ACT_Q8, 4, 4, 8, q8_0_tile};
     case GR_Q4_0: return (gr_mm_kernel){GR_ACT_Q8, 4, 4, 8, q4_0_tile};
     case GR_Q4_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 4, 4, q4_k_tile};

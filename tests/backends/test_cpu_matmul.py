@@ -389,6 +389,28 @@ def test_batch_invariance_long_rows(native, type: DType) -> None:
         np.testing.assert_array_equal(alone[0, 0, 0], rows[0, 0, n], err_msg=f"{type.name} token {n}")
 
 
+@pytest.mark.parametrize("isa", [0, 7], ids=["portable", "avx512-vnni"])
+@pytest.mark.parametrize("type", [F32, F16, BF16], ids=lambda t: t.name)
+def test_streamed_matrices(native, type: DType, isa: int) -> None:
+    """A matrix of at least GR_MM_STREAM_BYTES (1 MiB: one token takes the prefetching tile,
+    gr_mm_kernel.stream1) and one just below it give the same token the same row alone and in
+    a batch, bit for bit, and the exact model's."""
+    _set_isa(isa)
+    rng = np.random.default_rng(int(type) + 57)
+    K = 1024
+    for M in (1 << 20) // (K * TYPE_INFO[type].block_bytes) + np.array([0, -1]):
+        data = weight_data(type, int(M), K, rng)
+        a = gr.new_weight(type, [K, int(M)], data, "a")
+        bv = rng.uniform(-1, 1, (3, K)).astype(np.float32)
+        batch, one = gr.new_input(F32, [K, 3], "batch"), gr.new_input(F32, [K, 1], "one")
+        native.n_threads = 2
+        rows = run(NATIVE, gr.mul_mat(a, batch).set_output(), {batch: bv})
+        assert_model(type, rows, weight_f64(type, data, K)[None, None], bv[None, None])
+        for n in range(3):
+            alone = bits(run(NATIVE, gr.mul_mat(a, one).set_output(), {one: bv[n : n + 1]}))
+            np.testing.assert_array_equal(alone[0, 0, 0], bits(rows)[0, 0, n], err_msg=f"{type.name} M={M} token {n}")
+
+
 @pytest.mark.parametrize("type", [F16, Q8_0, Q4_K], ids=lambda t: t.name)
 def test_mul_mat_id_batch_invariance(native, type: DType) -> None:
     """A token's expert rows do not depend on the other tokens routed with it."""
