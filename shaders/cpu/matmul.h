@@ -119,10 +119,11 @@ typedef struct gr_mm_kernel {
     const gr_mm_rows_fn (*tiles)[GR_MM_MAX_CT]; /* tiles[nr - 1][nc - 1]: nr = 1, nc <= ct1; nr <= rt, nc <= ct */
     gr_mm_rows_fn stream1; /* NULL, or a one-row one-token tile for weights read from memory (a
                             * prefetching tiles[0][0]; matmul.c takes it for matrices of at least
-                            * GR_MM_STREAM_BYTES, which no cache holds from one token to the next) */
+                            * GR_MM_STREAM_BYTES: more than a core's L2, and in a model made of
+                            * them more than any cache holds from one token to the next) */
 } gr_mm_kernel;
 
-#define GR_MM_STREAM_BYTES (1 << 20) /* one core's L2 */
+#define GR_MM_STREAM_BYTES (1 << 20) /* one core's L2 here (Zen 4) */
 
 /* The kernel for weights of `type` at the current ISA level; .tiles NULL if unsupported. */
 gr_mm_kernel gr_mm_kernel_for(int type);
