@@ -77,6 +77,19 @@ static inline int gr_r16_byte(int r, int e) { return 64 * (e / 4) + 4 * r + e % 
  * slower. One token streams at the memory limit without it (a prefetch there measured 0-8%
  * slower). */
 #define GR_R16_PF_BYTES (6 * 1088)
+/* One-row F32/F16/BF16 tiles of several tokens prefetch the row stream this far ahead into L2,
+ * likewise: in the 0.8B F16 model a verify of 3 drafts went from 1.9-2.3x to 1.21-1.47x a decode
+ * (AVX-512; in-process A/B, 2 threads; 6-24 KB ahead measured alike), 113.5 -> 85.1 ms at the
+ * AVX2 level. One token prefetches only from matrices read from memory (gr_mm_kernel.stream1,
+ * AVX-512): unlike a Q8_0 decode an F16 decode gains (2 bytes a weight: more instructions per
+ * byte streamed; 24 layers of 7 MB F16 matrices 0.87-0.93x the time, the 0.8B F16 model's
+ * decode 60.5 -> 56.2 ms), while the shipped tiny model (F16, every matrix <= 512 KB, all in
+ * cache) decoded 3-5% slower with it. */
+#define GR_FLOAT_PF_BYTES 8192
+/* One-row K-quant tiles of several tokens, likewise: in a 0.8B-shaped Q4_K_M file (Q4_K and Q6_K
+ * weights) a verify of 3 drafts 45.5-45.9 -> 38.8-39.8 ms (decode ~24 ms; AVX-512; 8 KB measured
+ * alike or worse), 73.1 -> 62.7 ms at the AVX2 level. These tiles stay compute-bound at 4 tokens. */
+#define GR_KQ_PF_BYTES 4096
 
 /* Activations for repacked Q8_0 (GR_ACT_Q8R): the same quantization as GR_ACT_Q8 (ggml's
  * block_q8_0 numerics) stored as signed bytes q (K bytes, rounded up to 64), then per block

@@ -81,6 +81,8 @@ INLINE void float_tile(int type, int NR, int NC, int64_t K, const char *w, int64
     const float *a[2];
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
+        if (NR == 1 && NC > 1) /* as the AVX-512 tiles (GR_FLOAT_PF_BYTES, matmul.h) */
+            for (int l = 0; l < 32 * es; l += 64) _mm_prefetch(w + es * k + GR_FLOAT_PF_BYTES + l, _MM_HINT_T1);
         UNROLL
         for (int c = 0; c < NC; c++) a[c] = (const float *)act[c] + k;
         float_step(type, NR, NC, acc, w + k * es, ws, a);
@@ -211,6 +213,8 @@ INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t w
     acc16 acc[2][2];
     ZERO_ACC(acc, NR, NC)
     for (int64_t i = 0; i < K / 256; i++) {
+        if (NR == 1 && NC > 1) /* as the AVX-512 tiles (GR_KQ_PF_BYTES, matmul.h) */
+            for (int l = 0; l < bytes; l += 64) _mm_prefetch(w + bytes * i + GR_KQ_PF_BYTES + l, _MM_HINT_T1);
         ksb s[2];
         __m256i IL[2][2][2];
         UNROLL

@@ -65,17 +65,8 @@ INLINE void float_step(int type, int NR, int NC, __m512 acc[2][8], const char *w
     }
 }
 
-/* One-row tiles of several tokens prefetch the row stream FLOAT_PF_BYTES ahead into L2, as the
- * repacked Q8_0 tiles do (see GR_R16_PF_BYTES): in the 0.8B F16 model a verify of 3 drafts went
- * from 1.9-2.3x to 1.21-1.47x a decode (in-process A/B, 2 threads; 6-24 KB ahead measured alike).
- * One token prefetches only from matrices read from memory (`stream1`, matmul.c): unlike a Q8_0
- * decode an F16 decode gains (2 bytes a weight: more instructions per byte streamed; 24 layers of
- * 7 MB F16 matrices 0.87-0.93x the time, the 0.8B F16 model's decode 60.5 -> 56.2 ms), while the
- * shipped tiny model (F16, every matrix <= 512 KB, all in cache) decoded 3-5% slower with it. */
-#define FLOAT_PF_BYTES 8192
-
 /* 32 lanes: lo holds lanes k % 32 < 16, hi the others (two independent chains); PF: a one-token
- * tile prefetches (see FLOAT_PF_BYTES) */
+ * tile prefetches (see GR_FLOAT_PF_BYTES, matmul.h) */
 INLINE void float_tile_pf(int type, int NR, int NC, int PF, int64_t K, const char *w, int64_t ws,
                           const char *const *act, float *const *out, int64_t r0) {
     __m512 lo[2][8], hi[2][8]; /* 2 rows x 4 tokens, or 1 row x up to 8 */
@@ -87,7 +78,7 @@ INLINE void float_tile_pf(int type, int NR, int NC, int PF, int64_t K, const cha
     const int esz = type == GR_F32 ? 4 : 2; /* bytes a weight */
     for (; k + 32 <= K; k += 32) {
         if (NR == 1 && (NC > 1 || PF))
-            for (int l = 0; l < 32 * esz; l += 64) _mm_prefetch(w + esz * k + FLOAT_PF_BYTES + l, _MM_HINT_T1);
+            for (int l = 0; l < 32 * esz; l += 64) _mm_prefetch(w + esz * k + GR_FLOAT_PF_BYTES + l, _MM_HINT_T1);
         float_step(type, NR, NC, lo, w, ws, act, k, 0xFFFF);
         float_step(type, NR, NC, hi, w, ws, act, k + 16, 0xFFFF);
     }
@@ -400,11 +391,6 @@ INLINE __m512i k_chunk(int type, const uint8_t *b, int c) {
     return q;
 }
 
-/* One-row K-quant tiles of several tokens prefetch the row stream KQ_PF_BYTES ahead into L2 (see
- * GR_R16_PF_BYTES): in a 0.8B-shaped Q4_K_M file (Q4_K and Q6_K weights) a verify of 3 drafts
- * 45.5-45.9 -> 38.8-39.8 ms (decode ~24 ms; in-process A/B, 2 threads; 8 KB measured alike or
- * worse). These tiles stay compute-bound at 4 tokens. */
-#define KQ_PF_BYTES 4096
 INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t ws, const char *const *act,
                    float *const *out, int64_t r0) {
     int bytes = type == GR_Q4_K ? 144 : type == GR_Q5_K ? 176 : 210;
@@ -415,7 +401,7 @@ INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t w
         for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_ps();
     for (int64_t i = 0; i < K / 256; i++) {
         if (NR == 1 && NC > 1)
-            for (int l = 0; l < bytes; l += 64) _mm_prefetch(w + bytes * i + KQ_PF_BYTES + l, _MM_HINT_T1);
+            for (int l = 0; l < bytes; l += 64) _mm_prefetch(w + bytes * i + GR_KQ_PF_BYTES + l, _MM_HINT_T1);
         ksb s[4];
         __m512i IL[4][4], IL2[4][4]; /* IL2: odd chunks of small tiles (a second dependency chain) */
         const int split = NR * NC <= 2;
