@@ -82,7 +82,7 @@ INLINE void float_tile(int type, int NR, int NC, int64_t K, const char *w, int64
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
         if (NR == 1 && NC > 1) /* as the AVX-512 tiles (GR_FLOAT_PF_BYTES, matmul.h) */
-            for (int l = 0; l < 32 * es; l += 64) _mm_prefetch(w + es * k + GR_FLOAT_PF_BYTES + l, _MM_HINT_T1);
+            gr_prefetch_l2(w + es * k + GR_FLOAT_PF_BYTES, 32 * es);
         UNROLL
         for (int c = 0; c < NC; c++) a[c] = (const float *)act[c] + k;
         float_step(type, NR, NC, acc, w + k * es, ws, a);
@@ -214,7 +214,7 @@ INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t w
     ZERO_ACC(acc, NR, NC)
     for (int64_t i = 0; i < K / 256; i++) {
         if (NR == 1 && NC > 1) /* as the AVX-512 tiles (GR_KQ_PF_BYTES, matmul.h) */
-            for (int l = 0; l < bytes; l += 64) _mm_prefetch(w + bytes * i + GR_KQ_PF_BYTES + l, _MM_HINT_T1);
+            gr_prefetch_l2(w + bytes * i + GR_KQ_PF_BYTES, bytes);
         ksb s[2];
         __m256i IL[2][2][2];
         UNROLL
@@ -308,7 +308,7 @@ INLINE void r16_half(int NC, int64_t K, const char *g, int h, const char *const 
     for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
     for (int64_t j = 0; j < nblk; j++) {
         if (NC > 1 && h == 0 && !(j & 1)) /* the second half reads the group from cache */
-            for (int l = 0; l < 1088; l += 64) _mm_prefetch((const char *)gr_r16_scales(g, j) + GR_R16_PF_BYTES + l, _MM_HINT_T1);
+            gr_prefetch_l2((const char *)gr_r16_scales(g, j) + GR_R16_PF_BYTES, 1088);
         __m256i I[4];
         UNROLL
         for (int c = 0; c < NC; c++) I[c] = _mm256_setzero_si256();

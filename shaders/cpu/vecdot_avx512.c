@@ -78,7 +78,7 @@ INLINE void float_tile_pf(int type, int NR, int NC, int PF, int64_t K, const cha
     const int esz = type == GR_F32 ? 4 : 2; /* bytes a weight */
     for (; k + 32 <= K; k += 32) {
         if (NR == 1 && (NC > 1 || PF))
-            for (int l = 0; l < 32 * esz; l += 64) _mm_prefetch(w + esz * k + GR_FLOAT_PF_BYTES + l, _MM_HINT_T1);
+            gr_prefetch_l2(w + esz * k + GR_FLOAT_PF_BYTES, 32 * esz);
         float_step(type, NR, NC, lo, w, ws, act, k, 0xFFFF);
         float_step(type, NR, NC, hi, w, ws, act, k + 16, 0xFFFF);
     }
@@ -401,7 +401,7 @@ INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t w
         for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_ps();
     for (int64_t i = 0; i < K / 256; i++) {
         if (NR == 1 && NC > 1)
-            for (int l = 0; l < bytes; l += 64) _mm_prefetch(w + bytes * i + GR_KQ_PF_BYTES + l, _MM_HINT_T1);
+            gr_prefetch_l2(w + bytes * i + GR_KQ_PF_BYTES, bytes);
         ksb s[4];
         __m512i IL[4][4], IL2[4][4]; /* IL2: odd chunks of small tiles (a second dependency chain) */
         const int split = NR * NC <= 2;
@@ -481,7 +481,7 @@ INLINE void r16_group(int NC, int64_t K, const char *g, const char *const *act, 
     for (int64_t j = 0; j < nblk; j++) {
         const char *qb = gr_r16_quants(g, nblk, j);
         if (NC > 1 && !(j & 1)) /* a pair's 1088 bytes, GR_R16_PF_BYTES ahead (matmul.h) */
-            for (int l = 0; l < 1088; l += 64) _mm_prefetch((const char *)gr_r16_scales(g, j) + GR_R16_PF_BYTES + l, _MM_HINT_T1);
+            gr_prefetch_l2((const char *)gr_r16_scales(g, j) + GR_R16_PF_BYTES, 1088);
         __m512i W[8];
         UNROLL
         for (int k = 0; k < 8; k++) W[k] = _mm512_loadu_si512(qb + 64 * k); /* aligned but for a lone last block */
