@@ -81,6 +81,7 @@ class ContextStats:
     t_decode: float = 0.0  # seconds spent in decode (successful or not)
     graph_builds: int = 0  # model graphs built (a cache miss builds and compiles one)
     plan_compiles: int = 0  # model plans compiled
+    t_compile: float = 0.0  # seconds spent building and compiling them
     plan_hits: int = 0  # ubatches that reused a cached graph + plan
     plan_runs: int = 0  # model plan runs
     state_updates: int = 0  # update graphs run (K-shift; on device backends also seq_cp and fresh rows)
@@ -297,11 +298,13 @@ class Context:
             self._plans.move_to_end(shape)
             self.stats.plan_hits += 1
             return entry
+        t0 = time.perf_counter()
         res = self.model.build_graph(self.model.weights, shape, self.state, want_h_nextn=self.embeddings_nextn)
         self.stats.graph_builds += 1
         # NOTE: not through the global plan cache: this context keys and holds its own plans
         plan = gr.compile(res.graph, self.backends, cache=False)
         self.stats.plan_compiles += 1
+        self.stats.t_compile += time.perf_counter() - t0
         entry = self._plans[shape] = _Entry(res, plan)
         while len(self._plans) > self._plan_cache_size:
             self._plans.popitem(last=False)

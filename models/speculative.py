@@ -117,30 +117,47 @@ class SpecPolicy:
     cost: where a head step costs about what an accepted draft saves (a very small model, a backend
     with a high fixed cost per run) plain rounds are faster, and the generator should make them.
     The policy keeps the last `window` measurements (seconds per emitted token) of each kind and
-    compares their medians (a round preempted by another process is an outlier, not a trend). It
-    measures both kinds first (`probe_len` rounds each, spec first), then runs the cheaper and
-    re-measures the other for `probe_len` rounds every `probe_every` rounds or more: probes grow
-    rarer while they confirm the choice (the interval doubles up to `probe_max` rounds) and frequent
-    again when one changes it; a probe's rounds replace the probed kind's older samples. A probe also waits until the time since the last one is at least
-    its extra cost over the preferred kind divided by `budget` (0.05: probing costs at most ~5%
-    of the run, however expensive the probed kind). Rounds whose cost is not their kind's are not counted
-    (`record(..., counted=False)`): one that compiles a plan, or a spec round that first feeds the
-    head the rows it missed during plain rounds (that grows with the plain stretch before it).
+    compares their medians (a round preempted by another process is an outlier, not a trend).
+
+    Plain rounds come first (`probe_len` of them): every generation can run them, and they cost
+    nothing beyond plain decoding. Finding out whether speculation pays costs more than its rounds:
+    the first spec rounds compile the plans of a verify batch and of the head (`setup`, the
+    generator's estimate from its contexts' measured compile times: ~30 ms on the shipped tiny
+    model, a third of a 64-token generation there; ~90 ms on a 0.8B-shaped file, three decodes). So
+    the first probe of spec waits until `first_budget` of the time run so far covers that plus
+    `probe_len` rounds at twice a plain round's cost: a short generation on a model where spec
+    cannot pay does not pay for finding out, and a model where it pays starts after a few dozen
+    tokens.
+
+    Then the policy runs the cheaper kind and re-measures the other for `probe_len` rounds every
+    `probe_every` rounds or more: probes grow rarer while they confirm the choice (the interval
+    doubles up to `probe_max` rounds) and frequent again when one changes it; a probe's rounds
+    replace the probed kind's older samples. A probe also waits until the time since the last one
+    is at least its extra cost over the preferred kind divided by `budget` (0.05: probing costs at
+    most ~5% of the run, however expensive the probed kind). Rounds whose cost is not their kind's
+    are not counted (`record(..., counted=False)`): one that compiles a plan, or a spec round that
+    first feeds the head the rows it missed during plain rounds (that grows with the plain stretch
+    before it); what they cost beyond the preferred kind still counts against the budget.
 
     `speculate()` decides the next round; `record()` reports the round that ran; `spec_within(n)` tells
-    whether a spec round may come soon (the generator keeps the head's rows only then). A policy lives as
-    long as its Generator, so a later `generate` call starts from the measurements of earlier ones.
+    whether a spec round may come soon (the generator keeps the head's rows only then);
+    `expect_setup(s)` sets the first probe's one-off cost. A policy lives as long as its Generator,
+    so a later `generate` call starts from the measurements of earlier ones.
     """
 
-    def __init__(self, probe_every: int = 32, probe_len: int = 4, window: int = 9,
-                 probe_max: int = 1024, margin: float = 0.15, budget: float = 0.05) -> None:  # fmt: skip
+    def __init__(self, probe_every: int = 32, probe_len: int = 4, window: int = 9, probe_max: int = 1024,
+                 margin: float = 0.15, budget: float = 0.05, first_budget: float = 0.1) -> None:  # fmt: skip
         if not 1 <= probe_every <= probe_max or probe_len < 1 or window < 1 or not 0 <= margin < 1 \
-                or not 0 < budget <= 1:  # fmt: skip
+                or not 0 < budget <= 1 or not 0 < first_budget <= 1:  # fmt: skip
             raise ValueError(f"[spec] bad policy settings probe_every={probe_every}, probe_len={probe_len}, "
-                             f"window={window}, probe_max={probe_max}, margin={margin}, budget={budget}")  # fmt: skip
+                             f"window={window}, probe_max={probe_max}, margin={margin}, budget={budget}, "
+                             f"first_budget={first_budget}")  # fmt: skip
         self.probe_every, self.probe_len, self.probe_max = probe_every, probe_len, probe_max
-        self.margin, self.budget = margin, budget
-        self._t_since = 0.0  # seconds of every round since the last probe began
+        self.margin, self.budget, self.first_budget = margin, budget, first_budget
+        self.setup = 0.0  # seconds the first spec rounds are expected to cost beyond their own (compiles)
+        self._first = False  # the first probe of spec has begun
+        self._spec_chosen = False  # `preferred`, updated as the measurements come
+        self._t_since = 0.0  # seconds of every round since the last probe began (before the first: the start)
         self._extra = 0.0  # what rounds of the kind not preferred cost beyond the preferred kind, since then
         self.samples: dict[bool, deque[float]] = {True: deque(maxlen=window), False: deque(maxlen=window)}
         self._tokens: dict[bool, deque[int]] = {True: deque(maxlen=window), False: deque(maxlen=window)}
@@ -152,36 +169,62 @@ class SpecPolicy:
         self._next_probe: int | None = None
         self._last_choice: bool | None = None
 
+    def expect_setup(self, seconds: float) -> None:
+        """The one-off cost (seconds) the first spec rounds will add beyond their own: the plans they
+        compile. Only the first probe of spec waits for it."""
+        self.setup = max(0.0, float(seconds))
+
     def cost(self, spec: bool) -> float | None:
         """The median seconds per emitted token of the kind's recent rounds (None: unmeasured)."""
         return self._costs[spec]
 
     @property
+    def measured(self) -> bool:
+        """Both kinds have been measured (the first probe of spec is over)."""
+        return self.counted[True] >= self.probe_len and self.counted[False] >= self.probe_len
+
+    @property
     def preferred(self) -> bool:
-        """The kind of round that measured cheaper (spec while either is unmeasured). Spec rounds
+        """The kind of round that measured cheaper (plain while either is unmeasured). Spec rounds
         must be cheaper than plain ones by more than `margin` (a fraction) to be chosen: what the
         medians leave out costs spec more (a switch to spec rounds first feeds the head the rows
         it missed, and drafting compiles more ubatch shapes), and inside that band noise would
         flip the choice back and forth (0.15: on a loaded 2-core machine the medians of one-token
-        plain rounds move by 20-30% between probes)."""
+        plain rounds move by 20-30% between probes). Once chosen, spec stays while it measures
+        cheaper than plain at all: leaving it costs nothing, coming back costs the switch again."""
+        return self._spec_chosen
+
+    def _choose(self) -> bool:
         spec, plain = self.cost(True), self.cost(False)
         if spec is None or plain is None:
-            return True
-        return spec < plain * (1 - self.margin)
+            return False
+        return spec < plain * (1.0 if self._spec_chosen else 1.0 - self.margin)
+
+    def _first_due(self, n: int) -> bool:
+        """Whether the first probe of spec may begin n rounds from now: `first_budget` of the time
+        run by then covers its expected cost, `setup` plus probe_len rounds at twice a plain one's."""
+        t_round = self._costs[False] * _median(self._tokens[False])
+        return (self._t_since + n * t_round) * self.first_budget >= self.setup + self.probe_len * t_round
 
     def speculate(self) -> bool:
         """The kind of the next round: True = draft with the head, False = plain."""
         self._rounds += 1
         if not self._probe:
-            for kind in (True, False):  # first measure both kinds
-                if self.counted[kind] < self.probe_len:
-                    return kind
+            if self.counted[False] < self.probe_len:
+                return False  # plain rounds first
+            if self.counted[True] < self.probe_len:  # the first probe of spec, once affordable, until measured
+                if not self._first and self._first_due(0):
+                    self._first, self._t_since = True, 0.0  # it begins: the budget counts from here
+                return self._first
             choice = self.preferred
             if self._next_probe is None:
                 self._next_probe, self._last_choice = self._rounds + self._interval, choice
-                # the first measurement of the other kind was a probe too (its rounds preceded the choice)
-                other, tok = self.cost(not choice), _median(self._tokens[not choice])
-                self._t_since, self._extra = 0.0, self.probe_len * tok * max(0.0, other - self.cost(choice))
+                # the first probe of spec cost `_extra` beyond plain rounds (its compiles included): the
+                # next probe waits for the budget to cover that much again. Where spec won, the plain
+                # rounds measured first are the probe to go by.
+                if choice:
+                    tok = _median(self._tokens[False])
+                    self._extra = self.probe_len * tok * max(0.0, self.cost(False) - self.cost(True))
             elif self._rounds >= self._next_probe and self._t_since * self.budget >= self._extra:
                 # the last probe confirmed the choice: probe less often; it changed it: probe soon again
                 same = choice == self._last_choice
@@ -197,12 +240,16 @@ class SpecPolicy:
 
     def spec_within(self, n: int) -> bool:
         """Whether a spec round may come in the next n rounds (after the one just decided): while
-        measuring or probing, when spec is preferred, when spec is cheaper than plain but not by the
-        margin (a few plain rounds dearer would flip the choice), or when a probe of spec is due by
-        then (its interval and its budget). False means plain rounds for a while: the generator then
-        lets the head's rows go. A flip it did not foresee (noise moving the plain median far) only
-        costs the head some context."""
-        if self._probe or self.preferred or self._costs[True] < self._costs[False]:
+        probing, when the first probe of spec is due by then, when spec is preferred, when spec is
+        cheaper than plain but not by the margin (a few plain rounds dearer would flip the choice),
+        or when a probe of spec is due by then (its interval and its budget). False means plain
+        rounds for a while: the generator then lets the head's rows go. A flip it did not foresee
+        (noise moving the plain median far) only costs the head some context."""
+        if self._probe:
+            return True
+        if not self.measured:
+            return self._first or (self.counted[False] >= self.probe_len and self._first_due(n + 1))
+        if self.preferred or self._costs[True] < self._costs[False]:
             return True
         if self._next_probe is None or self._rounds + n < self._next_probe:
             return False
@@ -220,6 +267,7 @@ class SpecPolicy:
             return
         self.samples[spec].append(seconds / tokens)
         self._costs[spec] = _median(self.samples[spec])  # once per round, not per question
+        self._spec_chosen = self._choose()
         self._tokens[spec].append(tokens)
         self.counted[spec] += 1
 
@@ -329,6 +377,11 @@ class Generator:
     # the most rows a switch from plain to spec rounds feeds the head (see _feed_backlog); a power
     # of two, so the feed is one of the backlog's chunk shapes
     HEAD_WINDOW = 64
+    # the first rounds after a prompt run slower than later ones (the prompt's ubatches evicted the
+    # weights and plans from the caches: the first 3-4 one-token rounds of the shipped model took
+    # 1.2-2x a later one); the policy does not count them, or the kind that happens to follow
+    # prompts would look dearer than it is
+    SETTLE_ROUNDS = 4
 
     def __init__(self, model: Model, spec: str | None = "mtp", draft_max: int = 1, p_min: float = 0.0,
                  sampler: Sampler | None = None, n_ctx: int = 512, n_ubatch: int = 128,
@@ -422,6 +475,8 @@ class Generator:
                 return
             t0 = time.perf_counter()
             first = self._prefill(states)
+            if self.policy is not None and not self.policy.measured:
+                self.policy.expect_setup(self._setup_estimate())
             t_gen0 = time.perf_counter()
             self.stats.t_prompt = t_gen0 - t0
             try:
@@ -503,9 +558,11 @@ class Generator:
         t_round, t_verify = time.perf_counter(), st.t_verify
         adaptive = self.policy is not None and self.accept == "coupled"
         spec = self.mtp is not None and (not adaptive or self.policy.speculate())
-        # not typical: a round that feeds the head rows it missed (plain rounds before it), or that
-        # compiles a plan (a new ubatch shape); their costs are not the kind of round's
-        typical = not spec or all(len(s.pend_tok) <= self.draft_max + 1 for s in states)
+        # not typical: one of the first rounds after the prompt, a round that feeds the head rows it
+        # missed (plain rounds before it), or one that compiles a plan (a new ubatch shape); their
+        # costs are not the kind of round's
+        typical = st.rounds >= self.SETTLE_ROUNDS and (not spec or all(len(s.pend_tok) <= self.draft_max + 1
+                                                                        for s in states))  # fmt: skip
         keep_h = self.mtp is not None
         if spec and not all(s.pend_tok for s in states):
             # a switch the policy did not foresee (`SpecPolicy.spec_within`): plain rounds let the head's
@@ -562,6 +619,17 @@ class Generator:
             s.n_past, s.last = pos, tok
             emitted.append([tok])
         return emitted
+
+    def _setup_estimate(self) -> float:
+        """Seconds the first spec rounds add by compiling plans plain rounds do not need (the policy's
+        `setup`): a verify batch of the target and about 3 + draft_max shapes of the head (the rows
+        it missed, a round's accepted rows, a draft step), each at its context's mean compile time so
+        far (both compiled their worst-case plan at creation)."""
+
+        def mean(c: Context) -> float:
+            return c.stats.t_compile / max(c.stats.plan_compiles, 1)
+
+        return mean(self.target) + (3 + self.draft_max) * mean(self.mtp)
 
     def _compiles(self) -> int:
         """Plans compiled so far by both contexts (state-update graphs included)."""

@@ -269,7 +269,9 @@ def run_policy(policy: SpecPolicy, cost: dict[bool, float], n: int, tokens: dict
 def test_policy_measures_both_then_runs_the_cheaper_and_probes_ever_less_often() -> None:
     p = SpecPolicy(probe_every=16, probe_len=3)
     got = run_policy(p, {True: 3e-3, False: 1e-3}, 600)
-    assert got.startswith("SSS...") and not p.preferred
+    # plain first; the first probe of spec once first_budget (0.1) of the time run covers 3 rounds at
+    # twice a plain round's cost (no setup cost here): after 30 plain rounds
+    assert got.startswith("." * 30 + "SSS...") and not p.preferred
     probes = [i for i in range(1, len(got)) if got[i] == "S" and got[i - 1] == "."]
     assert len(probes) >= 3 and all(got[i : i + 3] == "SSS" for i in probes)
     gaps = [b - a for a, b in zip(probes, probes[1:])]
@@ -281,7 +283,8 @@ def test_policy_prefers_spec_per_emitted_token_and_follows_a_change() -> None:
     p = SpecPolicy(probe_every=8, probe_len=2)
     # a spec round costs twice a plain one but emits three tokens: cheaper per token
     got = run_policy(p, {True: 2e-3, False: 1e-3}, 100, {True: 3, False: 1})
-    assert p.preferred and got[4:].count(".") <= 0.2 * len(got)
+    first = got.index("S")
+    assert p.preferred and got[first:].count(".") <= 0.2 * len(got)
     # the text changes: spec rounds now emit one token each; the probes notice and plain wins
     got = run_policy(p, {True: 2e-3, False: 1e-3}, 200, {True: 1, False: 1})
     assert not p.preferred and got[-50:].count("S") <= 10
@@ -314,7 +317,11 @@ def test_policy_speculates_only_when_cheaper_by_the_margin() -> None:
     assert not p.preferred and got[4:].count("S") <= 0.2 * len(got)
     got = run_policy(p, {True: 0.80e-3, False: 1.00e-3}, 400)  # 20% cheaper: the next probe notices
     assert p.preferred and got[-50:].count(".") <= 10
+    got = run_policy(p, {True: 0.97e-3, False: 1.00e-3}, 200)  # chosen, spec stays while it is cheaper at all
+    assert p.preferred and got[-50:].count(".") <= 10
     got = run_policy(p, {True: 1.00e-3, False: 1.00e-3}, 200)  # a tie: plain (no switching cost)
+    assert not p.preferred and got[-50:].count("S") <= 10
+    got = run_policy(p, {True: 0.97e-3, False: 1.00e-3}, 200)  # ... and back only by the margin
     assert not p.preferred and got[-50:].count("S") <= 10
 
 
@@ -324,7 +331,8 @@ def test_policy_spends_at_most_its_budget_on_probes(budget: float) -> None:
     hundred rounds' time in probes; the time budget keeps it near `budget` from the start."""
     cost = {True: 10e-3, False: 1e-3}
     p = SpecPolicy(probe_every=8, probe_len=4, budget=budget)
-    got = run_policy(p, cost, 2000)[8:]  # after measuring both kinds once
+    got = run_policy(p, cost, 2000)
+    got = got[got.index("SSSS") + 4 :]  # after measuring both kinds once
     extra = got.count("S") * (cost[True] - cost[False])
     total = sum(cost[k == "S"] for k in got)
     assert got.count("S") >= 4, "it still probes"
@@ -352,12 +360,35 @@ def test_policy_foresees_its_spec_rounds() -> None:
     assert not p.preferred and p.spec_within(1)
 
 
+def test_the_first_probe_of_spec_waits_for_its_setup_cost() -> None:
+    """The first spec rounds compile plans (`expect_setup`): the first probe waits until first_budget
+    of the time run covers that plus probe_len rounds at twice a plain round's cost; a generation
+    shorter than that never speculates, and spec_within foresees the probe when it comes."""
+    p = SpecPolicy(probe_len=3, first_budget=0.1)
+    p.expect_setup(0.05)  # 50 plain rounds of 1 ms
+    kinds, within = [], []
+    for _ in range(700):
+        kinds.append(p.speculate())
+        within.append(p.spec_within(5))
+        p.record(kinds[-1], 0.5e-3 if kinds[-1] else 1e-3, 1)
+    first = kinds.index(True)
+    # due when 0.1 * (rounds so far) * 1 ms >= 50 ms + 3 * 1 ms: after 530 plain rounds
+    assert first == 530 and kinds[first : first + 3] == [True] * 3, first
+    assert all(within[first - 5 : first]) and not any(within[: first - 6]), "the rows are kept only just before"
+    assert p.preferred and kinds[-50:].count(False) <= 10  # spec measured cheaper: it runs
+    # a cheaper setup moves the probe earlier; the kinds stay plain until it is due
+    q = SpecPolicy(probe_len=3, first_budget=0.1)
+    q.expect_setup(0.01)
+    assert run_policy(q, {True: 0.5e-3, False: 1e-3}, 140).index("S") == 130
+
+
 def test_policy_ignores_uncounted_rounds_and_rejects_bad_settings() -> None:
     p = SpecPolicy()
     p.record(True, 10.0, 1, counted=False)
     assert p.cost(True) is None and p.counted[True] == 0
     for bad in ({"probe_every": 0}, {"probe_len": 0}, {"window": 0}, {"probe_every": 8, "probe_max": 4},
-                {"margin": -0.1}, {"margin": 1.0}, {"budget": 0.0}, {"budget": 1.5}):  # fmt: skip
+                {"margin": -0.1}, {"margin": 1.0}, {"budget": 0.0}, {"budget": 1.5}, {"first_budget": 0.0},
+                {"first_budget": 2.0}):  # fmt: skip
         with pytest.raises(ValueError, match="policy"):
             SpecPolicy(**bad)
 
@@ -371,6 +402,9 @@ class Scripted(SpecPolicy):
 
     def speculate(self) -> bool:
         return self.script.pop(0) == "S" if self.script else True
+
+    def spec_within(self, n: int) -> bool:
+        return True  # every plain round keeps the head's rows
 
 
 @pytest.mark.parametrize("script", ["S..S", "....SS.........S.S"])
@@ -465,12 +499,18 @@ def assert_head_holds_true_rows_from_a_cut(model: Model, g: Generator) -> None:
     assert_close(next_draft_logits(g), want, "next draft logits of the windowed head")
 
 
-def test_adaptive_generator_is_lossless_and_reports_its_choice(model) -> None:
+def test_adaptive_generator_is_lossless_and_reports_its_choice(model, monkeypatch) -> None:
     g = generator(model, draft_max=2, adaptive=True)
+    assert g.policy is not None
+    setups = []
+    monkeypatch.setattr(g.policy, "expect_setup", setups.append)  # no compile cost: the first probe comes early
+    g.policy.first_budget = 1.0
     out = list(g.generate(PROMPT, 40))
     assert_lossless(out, model, 40)
     p = g.policy
-    assert p is not None and p.counted[True] >= 1 and p.counted[False] >= 1  # both kinds measured
+    assert p.counted[True] >= 1 and p.counted[False] >= 1  # both kinds measured
+    # the generator estimated the first probe's compile cost from its contexts' measured compiles
+    assert len(setups) == 1 and 0 < setups[0] < 10 and g.target.stats.t_compile > 0 < g.mtp.stats.t_compile
     assert g.stats.plain_rounds >= p.probe_len and "plain" in g.stats.summary()
     assert generator(model, adaptive=False).policy is None
     with pytest.raises(ValueError, match="adaptive"):
