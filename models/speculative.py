@@ -133,8 +133,10 @@ class SpecPolicy:
     `probe_every` rounds or more: probes grow rarer while they confirm the choice (the interval
     doubles up to `probe_max` rounds) and frequent again when one changes it; a probe's rounds
     replace the probed kind's older samples. A probe also waits until the time since the last one
-    is at least its extra cost over the preferred kind divided by `budget` (0.05: probing costs at
-    most ~5% of the run, however expensive the probed kind). Rounds whose cost is not their kind's
+    is at least its extra cost over the preferred kind divided by the budget (`budget`, 0.05:
+    probing costs at most ~5% of the run, however expensive the probed kind; halved by every probe
+    that confirms the choice, down to budget / 8, and back to `budget` when one changes it: where
+    speculation keeps losing, what finding that out again costs falls below 1%). Rounds whose cost is not their kind's
     are not counted (`record(..., counted=False)`): one that compiles a plan, or a spec round that
     first feeds the head the rows it missed during plain rounds (that grows with the plain stretch
     before it); what they cost beyond the preferred kind still counts against the budget.
@@ -145,6 +147,8 @@ class SpecPolicy:
     so a later `generate` call starts from the measurements of earlier ones.
     """
 
+    BUDGET_FLOOR = 8  # the budget falls to budget / BUDGET_FLOOR while probes confirm the choice
+
     def __init__(self, probe_every: int = 32, probe_len: int = 4, window: int = 9, probe_max: int = 1024,
                  margin: float = 0.15, budget: float = 0.05, first_budget: float = 0.1) -> None:  # fmt: skip
         if not 1 <= probe_every <= probe_max or probe_len < 1 or window < 1 or not 0 <= margin < 1 \
@@ -154,6 +158,7 @@ class SpecPolicy:
                              f"first_budget={first_budget}")  # fmt: skip
         self.probe_every, self.probe_len, self.probe_max = probe_every, probe_len, probe_max
         self.margin, self.budget, self.first_budget = margin, budget, first_budget
+        self._budget = budget  # the budget now: halved by every probe that confirms the choice
         self.setup = 0.0  # seconds the first spec rounds are expected to cost beyond their own (compiles)
         self._first = False  # the first probe of spec has begun
         self._spec_chosen = False  # `preferred`, updated as the measurements come
@@ -225,10 +230,11 @@ class SpecPolicy:
                 if choice:
                     tok = _median(self._tokens[False])
                     self._extra = self.probe_len * tok * max(0.0, self.cost(False) - self.cost(True))
-            elif self._rounds >= self._next_probe and self._t_since * self.budget >= self._extra:
+            elif self._rounds >= self._next_probe and self._t_since * self._budget >= self._extra:
                 # the last probe confirmed the choice: probe less often; it changed it: probe soon again
                 same = choice == self._last_choice
                 self._interval = min(self._interval * 2, self.probe_max) if same else self.probe_every
+                self._budget = max(self._budget / 2, self.budget / self.BUDGET_FLOOR) if same else self.budget
                 self._last_choice = choice
                 self._probe = [not choice] * self.probe_len
                 # the probed kind's older samples are stale (another context length, another load):
@@ -255,7 +261,7 @@ class SpecPolicy:
             return False
         # the rounds until then cost about what plain rounds cost now (one more: rounding)
         t_round = self._costs[False] * _median(self._tokens[False])
-        return (self._t_since + (n + 1) * t_round) * self.budget >= self._extra
+        return (self._t_since + (n + 1) * t_round) * self._budget >= self._extra
 
     def record(self, spec: bool, seconds: float, tokens: int, counted: bool = True) -> None:
         """Report a round: its kind, wall seconds and emitted tokens."""

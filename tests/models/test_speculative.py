@@ -339,6 +339,25 @@ def test_policy_spends_at_most_its_budget_on_probes(budget: float) -> None:
     assert extra <= 1.2 * budget * total, f"probes cost {extra / total:.1%} of the run"
 
 
+def test_policy_probes_a_confirmed_choice_on_a_shrinking_budget() -> None:
+    """Every probe that confirms plain halves the budget (down to budget / 8): far into a long run
+    where spec keeps losing, re-checking it costs well under the starting 5%; a probe that changes
+    the choice restores the budget (the next probe comes soon)."""
+    cost = {True: 10e-3, False: 1e-3}
+    p = SpecPolicy(probe_every=8, probe_len=4, budget=0.05)
+    got = run_policy(p, cost, 20000)
+    late = got[10000:]
+    extra = late.count("S") * (cost[True] - cost[False])
+    assert late.count("S") >= 4, "it still probes"
+    assert extra <= 0.2 * 0.05 * sum(cost[k == "S"] for k in late), f"late probes cost {extra:.3f} s"
+    assert p._budget == 0.05 / SpecPolicy.BUDGET_FLOOR
+    got = run_policy(p, {True: 0.2e-3, False: 1e-3}, 12000)  # spec became cheap: the next probe switches
+    switch = got.index("SSSS")
+    assert switch <= 6000 and p.preferred, switch  # within the floor budget's wait (36 ms / 0.625%)
+    # the changed choice restored the budget: the probes of plain that follow come soon
+    assert got[switch:].count("....") >= 2 and got[switch + 4 :].index(".") < 2000
+
+
 def test_policy_foresees_its_spec_rounds() -> None:
     """spec_within(n) is True in the n rounds before every spec round (probes included), so the
     generator keeps the head's rows for them; False in a plain stretch far from any."""
