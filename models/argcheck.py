@@ -68,6 +68,8 @@ def int_array(where: str, name: str, values: object, error: type[Exception] = Va
               hi: int = INT32_MAX) -> np.ndarray:  # fmt: skip
     """A 1-D integer array as int64; `error` naming the parameter for anything else (floats,
     bools, strings, nested lists) and for a value outside [-2^31, hi] (shown as given)."""
+    if type(values) is list and len(values) <= 64 and all(type(v) is int and -(2**31) <= v <= hi for v in values):
+        return np.array(values, np.int64)  # NOTE: the common case (a few token ids), without numpy's checks
     if isinstance(values, str | bytes):
         raise error(f"[{where}] {name} must be a 1-D sequence of integers, got {show(values)}")
     try:
