@@ -3,6 +3,7 @@ acceptance per draft position and tokens/s with and without MTP, side by side in
 
     python -m graphir.tools.bench_spec [--model F] [-b cpu -b opencl] [--draft-max 1 2 3 4] [--p-min 0 0.3]
                                        [--mode greedy sampled] [--textbook] [--prompts 6] [--n-predict 128]
+                                       [--repeat 1]
 
 Prompts are the openings of held-out standard-library files (the files `train-tiny` never trained
 on), so acceptance is measured on text like the training data but not in it. Per backend and
@@ -10,7 +11,9 @@ mode, every prompt runs plain decoding and then each (draft_max, p_min) setting,
 other, so a change in machine load hits every setting alike; tok/s is the median over prompts of
 each prompt's generated tokens / generation time, "vs plain" the median over prompts of the ratio
 to plain decoding on the same prompt (plans are compiled by a warm-up run of the longest prompt
-first). The load average before and after each backend is printed with its table.
+first). --repeat R runs the prompts R times over (each run one more sample per prompt and setting;
+the medians are then over R x prompts): a ratio within a few percent of 1 needs it on a shared
+machine, where single 128-token runs vary by 10-20%. The load average before and after each backend is printed with its table.
 Acceptance per position i is the fraction of proposed i-th drafts that were accepted (all prompts).
 
 --textbook adds, for the sampled mode, textbook speculative sampling (Generator(accept="textbook"),
@@ -138,9 +141,9 @@ def make_generator(model, s: Setting, cfg: SamplerConfig, backend: str, n_ctx: i
 
 
 def run_backend(model, backend: str, mode: str, settings: list[Setting], prompts: list[list[int]], n_predict: int,
-                threads: int | None, progress) -> None:  # fmt: skip
+                threads: int | None, progress, repeat: int = 1) -> None:  # fmt: skip
     """Fill `settings` for one backend and mode: a warm-up run each, then prompt by prompt, every
-    setting in turn."""
+    setting in turn (all the prompts `repeat` times)."""
     cfg = MODES[mode]
     n_ctx = max(map(len, prompts)) + n_predict + 8
     gens = []
@@ -151,10 +154,12 @@ def run_backend(model, backend: str, mode: str, settings: list[Setting], prompts
         for _ in g.generate(longest, n_predict):  # compiles the plans of every shape the runs will see
             pass
         gens.append(g)
-    for i, prompt in enumerate(prompts):
-        for s, g in zip(settings, gens):
-            progress(f"{backend} {mode}: prompt {i + 1}/{len(prompts)}, {s.label}")
-            s.add(sum(1 for _ in g.generate(prompt, n_predict)), g.stats)
+    for r in range(repeat):
+        for i, prompt in enumerate(prompts):
+            for s, g in zip(settings, gens):
+                again = f" (run {r + 1}/{repeat})" if repeat > 1 else ""
+                progress(f"{backend} {mode}: prompt {i + 1}/{len(prompts)}{again}, {s.label}")
+                s.add(sum(1 for _ in g.generate(prompt, n_predict)), g.stats)
 
 
 def run_llama(path: str, prompts: list[list[int]], n_predict: int, threads: int) -> float | None:
@@ -222,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=6, help="held-out prompts (default 6)")
     p.add_argument("--prompt-chars", type=int, default=400)
     p.add_argument("--n-predict", type=int, default=128)
+    p.add_argument("--repeat", type=int, default=1, help="run the prompts this many times (more samples per ratio)")
     p.add_argument("--draft-max", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--p-min", type=float, nargs="+", default=[0.0], help="drafting thresholds (default 0)")
     p.add_argument("--textbook", action="store_true", help="also textbook speculative sampling (sampled mode)")
@@ -233,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="verify(k) / single decode for k = 1.. (default: 0.8B-shaped llama.cpp figures)")  # fmt: skip
     p.add_argument("--head-cost", type=float, default=HEAD_COST_08B, help="a head step / single decode")
     args = p.parse_args(argv)
+    if args.repeat < 1 or args.prompts < 1 or args.n_predict < 1:
+        p.error("--repeat, --prompts and --n-predict must be >= 1")
 
     from graphir.backends import availability
     from graphir.models.model import Model
@@ -259,11 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return out
 
     plan = [(b, m, settings_for(m)) for b in backends for m in args.mode]
-    progress = Progress(sum(len(s) * (1 + len(prompts)) for _, _, s in plan))
+    progress = Progress(sum(len(s) * (1 + args.repeat * len(prompts)) for _, _, s in plan))
     loads = []
     for b, m, settings in plan:
         load0 = os.getloadavg()[0]
-        run_backend(model, b, m, settings, prompts, args.n_predict, args.threads, progress)
+        run_backend(model, b, m, settings, prompts, args.n_predict, args.threads, progress, args.repeat)
         loads.append((load0, os.getloadavg()[0]))
     progress.end()
     for (b, m, settings), load in zip(plan, loads):

@@ -22,5 +22,15 @@ def test_bench_spec_reports_both_modes_with_progress(capsys) -> None:
     assert "[bench-spec" in err and "step 20/20]" in err
 
 
+def test_bench_spec_repeats_the_prompts(capsys) -> None:
+    argv = ["-b", "cpu", "--mode", "greedy", "--prompts", "1", "--n-predict", "4", "--draft-max", "1", "--repeat", "3"]
+    assert bench_spec.main(argv) == 0
+    out, err = capsys.readouterr()
+    # plain, mtp 1, adaptive: a warm-up each, then the prompt 3 times
+    assert "step 12/12]" in err and "(run 3/3)" in err and out.count("mtp 1 p>=0 adaptive") == 1
+    with pytest.raises(SystemExit):
+        bench_spec.main([*argv[:-1], "0"])
+
+
 def test_expected_tokens_sums_the_acceptance_of_proposed_drafts() -> None:
     assert bench_spec.expected_tokens([0.9, 0.7, 0.4], 2) == pytest.approx(1.0 + 0.9 + 0.7)
