@@ -22,6 +22,10 @@ class Flag(enum.IntFlag):
     PARAM = 4  # a weight: lives in a weight buffer, not in the compute buffer
 
 
+_bits = int.__and__
+_INPUT, _OUTPUT, _PARAM = int(Flag.INPUT), int(Flag.OUTPUT), int(Flag.PARAM)
+
+
 def contiguous_strides(type: DType, ne: tuple[int, ...]) -> tuple[int, int, int, int]:
     info = TYPE_INFO[type]
     nb0 = info.block_bytes
@@ -102,17 +106,19 @@ class Tensor:
         self.flags |= Flag.OUTPUT
         return self
 
+    # NOTE: int's own `&`: IntFlag's builds an enum member per call, and the compiler asks these of
+    # every tensor several times (~10% of compiling a plan)
     @property
     def is_input(self) -> bool:
-        return bool(self.flags & Flag.INPUT)
+        return _bits(self.flags, _INPUT) != 0
 
     @property
     def is_output(self) -> bool:
-        return bool(self.flags & Flag.OUTPUT)
+        return _bits(self.flags, _OUTPUT) != 0
 
     @property
     def is_param(self) -> bool:
-        return bool(self.flags & Flag.PARAM)
+        return _bits(self.flags, _PARAM) != 0
 
     @property
     def is_view(self) -> bool:
