@@ -47,22 +47,24 @@ class Graph:
 
 
 def build_forward_expand(graph: Graph, t: Tensor) -> Graph:
-    """Add t and its ancestors to graph in dependency order (iterative post-order DFS)."""
-    stack: list[tuple[Tensor, int]] = [(t, 0)]
+    """Add t and its ancestors to graph in dependency order (iterative post-order DFS: the sources
+    in order, then the view source, each subtree whole before the next)."""
+    seen = graph._seen
+    stack: list[tuple[Tensor, bool]] = [(t, False)]
     while stack:
-        cur, i = stack.pop()
-        if id(cur) in graph._seen:
+        cur, done = stack.pop()
+        if id(cur) in seen:
             continue
-        deps = [s for s in cur.src if s is not None]
-        if cur.view_src is not None:
-            deps.append(cur.view_src)
-        if i < len(deps):
-            stack.append((cur, i + 1))
-            if id(deps[i]) not in graph._seen:
-                stack.append((deps[i], 0))
+        if done:  # every dependency is in the graph now
+            seen.add(id(cur))
+            (graph.leafs if cur.op is Op.NONE else graph.nodes).append(cur)
             continue
-        graph._seen.add(id(cur))
-        (graph.leafs if cur.op is Op.NONE else graph.nodes).append(cur)
+        stack.append((cur, True))
+        if cur.view_src is not None and id(cur.view_src) not in seen:
+            stack.append((cur.view_src, False))
+        for s in reversed(cur.src):  # popped in order: src[0] first
+            if s is not None and id(s) not in seen:
+                stack.append((s, False))
     return graph
 
 
