@@ -1,8 +1,8 @@
 """Coupled draws (models/sampling.py, DESIGN section 9): every token is a function of (seed, seq,
 pos) and the logits, so plain decoding, MTP decoding (draft_max 1-4, real or forced drafts) and
 several sequences decoded together emit the same tokens for the same seed -- greedy and sampled
-(temperature, top-k, top-p), dense and MoE, on `ref`, the default backend and opencl where it
-is available.
+(temperature, top-k, top-p), dense and MoE, on `ref`, the default backend, and opencl and vulkan
+where they are available.
 
 Compared EXACTLY, with no near-tie allowance: a verify batch of k+1 rows must give each row the
 logits a single-row decode gives it, up to float noise far below the gaps the draws see (a
@@ -22,7 +22,7 @@ from graphir.models.model import Model
 from graphir.models.sampling import Sampler, SamplerConfig
 from graphir.models.speculative import Generator, SpecPolicy
 
-BACKENDS = ["ref", "cpu", *(["opencl"] if availability("opencl").ok else [])]
+BACKENDS = ["ref", "cpu", *(b for b in ("opencl", "vulkan") if availability(b).ok)]
 SAMPLERS = {
     "greedy": SamplerConfig(greedy=True),
     "t1": SamplerConfig(temperature=1.0, top_k=0, top_p=1.0, seed=5),
