@@ -7,8 +7,9 @@ acceptance per draft position and tokens/s with and without MTP, side by side in
 
 Prompts are the openings of held-out standard-library files (the files `train-tiny` never trained
 on), so acceptance is measured on text like the training data but not in it. Per backend and
-mode, every prompt runs plain decoding and then each (draft_max, p_min) setting, one after the
-other, so a change in machine load hits every setting alike; tok/s is the median over prompts of
+mode, every prompt runs plain decoding and each (draft_max, p_min) setting one after the other,
+so a change in machine load hits every setting alike (the order rotates from prompt to prompt, so
+no setting always follows the same one); tok/s is the median over prompts of
 each prompt's generated tokens / generation time, "vs plain" the median over prompts of the ratio
 to plain decoding on the same prompt (plans are compiled by a warm-up run of the longest prompt
 first). --repeat R runs the prompts R times over (each run one more sample per prompt and setting;
@@ -154,9 +155,13 @@ def run_backend(model, backend: str, mode: str, settings: list[Setting], prompts
         for _ in g.generate(longest, n_predict):  # compiles the plans of every shape the runs will see
             pass
         gens.append(g)
+    pairs, n = list(zip(settings, gens)), len(settings)
     for r in range(repeat):
         for i, prompt in enumerate(prompts):
-            for s, g in zip(settings, gens):
+            # the order rotates from prompt to prompt: no setting always runs right after the same one
+            # (a setting that touches more memory slows the one after it: caches, not the setting)
+            j = (r * len(prompts) + i) % n
+            for s, g in pairs[j:] + pairs[:j]:
                 again = f" (run {r + 1}/{repeat})" if repeat > 1 else ""
                 progress(f"{backend} {mode}: prompt {i + 1}/{len(prompts)}{again}, {s.label}")
                 s.add(sum(1 for _ in g.generate(prompt, n_predict)), g.stats)
@@ -206,7 +211,8 @@ class Progress:
 
 def print_table(backend: str, mode: str, settings: list[Setting], load: tuple[float, float]) -> None:
     """One backend and mode: "vs plain" is the median over prompts of each prompt's tok/s against plain
-    decoding's on the same prompt (run right before it), so slow drifts of the machine's load cancel."""
+    decoding's on the same prompt (run in the same pass over the settings), so slow drifts of the
+    machine's load cancel."""
     plain = settings[0].tok_s
     print(f"\n{backend}, {mode} (load average {load[0]:.1f} -> {load[1]:.1f} on {os.cpu_count()} CPUs):")
     print(f"  {'setting':<24} {'tok/s':>7} {'vs plain':>8} {'tok/round':>9} {'draft s':>8} {'verify s':>8}  "
