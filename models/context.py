@@ -81,7 +81,10 @@ class ContextStats:
     t_decode: float = 0.0  # seconds spent in decode (successful or not)
     graph_builds: int = 0  # model graphs built (a cache miss builds and compiles one)
     plan_compiles: int = 0  # model plans compiled
-    t_compile: float = 0.0  # seconds spent building and compiling them
+    # seconds spent building and compiling them, the worst-case reservation at creation apart (it also
+    # makes one-off copies of the weights: the cpu backend repacks Q8_0 weights at first lowering)
+    t_compile: float = 0.0
+    t_reserve: float = 0.0
     plan_hits: int = 0  # ubatches that reused a cached graph + plan
     plan_runs: int = 0  # model plan runs
     state_updates: int = 0  # update graphs run (K-shift; on device backends also seq_cp and fresh rows)
@@ -161,7 +164,7 @@ class Context:
             self.memory = make_memory(self.hp, model.trunk_layers, self.n_ctx, self.n_seq_max, self.n_rs_seq,
                                       type_k, type_v)  # fmt: skip
             self.state = StateTensors.of(self.memory)
-            self._reserve = self._entry(UBatchShape.of(self.memory.init_full(self.n_ubatch)))
+            self._reserve = self._entry(UBatchShape.of(self.memory.init_full(self.n_ubatch)), reserve=True)
         except MemoryError as e:
             raise MemoryError(f"[context] cannot allocate a context of n_ctx={n_ctx}, n_ubatch={n_ubatch}, "
                               f"n_seq_max={n_seq_max}, n_rs_seq={n_rs_seq}: {e}") from e  # fmt: skip
@@ -301,7 +304,7 @@ class Context:
         for be in self._threaded:  # NOTE: backends are shared; each context sets its own count
             be.n_threads = self.n_threads
 
-    def _entry(self, shape: UBatchShape) -> _Entry:
+    def _entry(self, shape: UBatchShape, reserve: bool = False) -> _Entry:
         """The cached graph + plan of a ubatch shape, built and compiled on a miss."""
         entry = self._plans.get(shape)
         if entry is not None:
@@ -314,7 +317,10 @@ class Context:
         # NOTE: not through the global plan cache: this context keys and holds its own plans
         plan = gr.compile(res.graph, self.backends, cache=False)
         self.stats.plan_compiles += 1
-        self.stats.t_compile += time.perf_counter() - t0
+        if reserve:
+            self.stats.t_reserve = time.perf_counter() - t0
+        else:
+            self.stats.t_compile += time.perf_counter() - t0
         entry = self._plans[shape] = _Entry(res, plan)
         while len(self._plans) > self._plan_cache_size:
             self._plans.popitem(last=False)

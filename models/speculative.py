@@ -122,12 +122,12 @@ class SpecPolicy:
     Plain rounds come first (`probe_len` of them): every generation can run them, and they cost
     nothing beyond plain decoding. Finding out whether speculation pays costs more than its rounds:
     the first spec rounds compile the plans of a verify batch and of the head (`setup`, the
-    generator's estimate from its contexts' measured compile times: ~30 ms on the shipped tiny
-    model, a third of a 64-token generation there; ~90 ms on a 0.8B-shaped file, three decodes). So
-    the first probe of spec waits until `first_budget` of the time run so far covers that plus
-    `probe_len` rounds at twice a plain round's cost: a short generation on a model where spec
-    cannot pay does not pay for finding out, and a model where it pays starts after a few dozen
-    tokens.
+    generator's estimate from the target's measured compile time per graph node: 13 ms on the
+    shipped tiny model, where 64 tokens take ~30 ms; 52 ms on a 0.8B-shaped file, under two
+    decodes). So the first probe of spec waits until `first_budget` of the time run so far covers
+    that plus `probe_len` rounds at twice a plain round's cost: a short generation on a model where
+    spec cannot pay does not pay for finding out, and a model where it pays starts after a few
+    dozen tokens.
 
     Then the policy runs the cheaper kind and re-measures the other for `probe_len` rounds every
     `probe_every` rounds or more: probes grow rarer while they confirm the choice (the interval
@@ -136,10 +136,11 @@ class SpecPolicy:
     is at least its extra cost over the preferred kind divided by the budget (`budget`, 0.05:
     probing costs at most ~5% of the run, however expensive the probed kind; halved by every probe
     that confirms the choice, down to budget / 8, and back to `budget` when one changes it: where
-    speculation keeps losing, what finding that out again costs falls below 1%). Rounds whose cost is not their kind's
-    are not counted (`record(..., counted=False)`): one that compiles a plan, or a spec round that
-    first feeds the head the rows it missed during plain rounds (that grows with the plain stretch
-    before it); what they cost beyond the preferred kind still counts against the budget.
+    speculation keeps losing, what finding that out again costs falls below 1%). Rounds whose cost
+    is not their kind's are not counted (`record(..., counted=False)`): one that compiles a plan,
+    or a spec round that first feeds the head the rows it missed during plain rounds (that grows
+    with the plain stretch before it); what they cost beyond the preferred kind still counts
+    against the budget.
 
     `speculate()` decides the next round; `record()` reports the round that ran; `spec_within(n)` tells
     whether a spec round may come soon (the generator keeps the head's rows only then);
@@ -629,13 +630,14 @@ class Generator:
     def _setup_estimate(self) -> float:
         """Seconds the first spec rounds add by compiling plans plain rounds do not need (the policy's
         `setup`): a verify batch of the target and about 3 + draft_max shapes of the head (the rows
-        it missed, a round's accepted rows, a draft step), each at its context's mean compile time so
-        far (both compiled their worst-case plan at creation)."""
-
-        def mean(c: Context) -> float:
-            return c.stats.t_compile / max(c.stats.plan_compiles, 1)
-
-        return mean(self.target) + (3 + self.draft_max) * mean(self.mtp)
+        it missed, a round's accepted rows, a draft step), at the target's measured compile time per
+        graph node (its decodes' plans; before any, its worst-case plan's, which also paid one-off
+        weight copies) times each graph's nodes (the worst-case plans' counts)."""
+        st = self.target.stats
+        n = st.plan_compiles - 1  # the worst-case reservation is timed apart
+        per_plan = st.t_compile / n if n > 0 else st.t_reserve
+        nodes = self.target.reserve_stats.n_nodes
+        return per_plan * (1 + (3 + self.draft_max) * self.mtp.reserve_stats.n_nodes / max(nodes, 1))
 
     def _compiles(self) -> int:
         """Plans compiled so far by both contexts (state-update graphs included)."""

@@ -521,15 +521,25 @@ def assert_head_holds_true_rows_from_a_cut(model: Model, g: Generator) -> None:
 def test_adaptive_generator_is_lossless_and_reports_its_choice(model, monkeypatch) -> None:
     g = generator(model, draft_max=2, adaptive=True)
     assert g.policy is not None
-    setups = []
-    monkeypatch.setattr(g.policy, "expect_setup", setups.append)  # no compile cost: the first probe comes early
+    setups, expected = [], []
+
+    def expect_setup(seconds: float) -> None:  # records the estimate; none set: the first probe comes early
+        # ... per graph node of the target's decode plans so far (its worst-case plan, which may also copy
+        # weights once, is timed apart), for one verify plan and 3 + draft_max head plans
+        st, nodes = g.target.stats, g.target.reserve_stats.n_nodes
+        per_plan = st.t_compile / (st.plan_compiles - 1)
+        expected.append(per_plan * (1 + 5 * g.mtp.reserve_stats.n_nodes / nodes))
+        setups.append(seconds)
+
+    monkeypatch.setattr(g.policy, "expect_setup", expect_setup)
     g.policy.first_budget = 1.0
     out = list(g.generate(PROMPT, 40))
     assert_lossless(out, model, 40)
     p = g.policy
     assert p.counted[True] >= 1 and p.counted[False] >= 1  # both kinds measured
     # the generator estimated the first probe's compile cost from its contexts' measured compiles
-    assert len(setups) == 1 and 0 < setups[0] < 10 and g.target.stats.t_compile > 0 < g.mtp.stats.t_compile
+    assert len(setups) == 1 and 0 < setups[0] < 10 and setups == pytest.approx(expected)
+    assert g.target.stats.t_reserve > 0 and g.target.stats.t_compile > 0
     assert g.stats.plain_rounds >= p.probe_len and "plain" in g.stats.summary()
     assert generator(model, adaptive=False).policy is None
     with pytest.raises(ValueError, match="adaptive"):
