@@ -282,8 +282,14 @@ class SpecPolicy:
         def ms(c: float | None) -> str:
             return "-" if c is None else f"{c * 1e3:.3f}"
 
-        return (f"spec {ms(self.cost(True))} ms/token ({self.counted[True]} rounds), plain {ms(self.cost(False))} "
+        head = (f"spec {ms(self.cost(True))} ms/token ({self.counted[True]} rounds), plain {ms(self.cost(False))} "
                 f"ms/token ({self.counted[False]} rounds): {'spec' if self.preferred else 'plain'} preferred")  # fmt: skip
+        if self._first or self.counted[False] < self.probe_len:
+            return head
+        t_round = self._costs[False] * _median(self._tokens[False])
+        due = (self.setup + self.probe_len * t_round) / self.first_budget
+        return (f"{head} (drafting not tried yet: it waits until {self.first_budget:.0%} of the time run covers "
+                f"what trying costs, {self.setup * 1e3:.0f} ms of plans to compile: after ~{due:.2f} s)")  # fmt: skip
 
 
 def _median(xs: Sequence[float]) -> float:

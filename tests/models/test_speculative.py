@@ -391,6 +391,7 @@ def test_the_first_probe_of_spec_waits_for_its_setup_cost() -> None:
         within.append(p.spec_within(5))
         p.record(kinds[-1], 0.5e-3 if kinds[-1] else 1e-3, 1)
     first = kinds.index(True)
+    assert "not tried yet" not in p.summary()
     # due when 0.1 * (rounds so far) * 1 ms >= 50 ms + 3 * 1 ms: after 530 plain rounds
     assert first == 530 and kinds[first : first + 3] == [True] * 3, first
     assert all(within[first - 5 : first]) and not any(within[: first - 6]), "the rows are kept only just before"
@@ -398,7 +399,9 @@ def test_the_first_probe_of_spec_waits_for_its_setup_cost() -> None:
     # a cheaper setup moves the probe earlier; the kinds stay plain until it is due
     q = SpecPolicy(probe_len=3, first_budget=0.1)
     q.expect_setup(0.01)
-    assert run_policy(q, {True: 0.5e-3, False: 1e-3}, 140).index("S") == 130
+    run_policy(q, {True: 0.5e-3, False: 1e-3}, 100)
+    assert "drafting not tried yet" in q.summary() and "10 ms of plans" in q.summary() and "after ~0.13 s" in q.summary()
+    assert run_policy(q, {True: 0.5e-3, False: 1e-3}, 40).index("S") == 30  # the 131st round
 
 
 def test_policy_ignores_uncounted_rounds_and_rejects_bad_settings() -> None:
