@@ -11,10 +11,11 @@ mode, every prompt runs plain decoding and each (draft_max, p_min) setting one a
 so a change in machine load hits every setting alike (the order rotates from prompt to prompt, so
 no setting always follows the same one); tok/s is the median over prompts of each prompt's
 generated tokens / generation time, "vs plain" the median over prompts of the ratio to plain
-decoding on the same prompt (plans are compiled by a warm-up run of the longest prompt first). --repeat R runs the prompts R times over (each run one more sample per prompt and setting;
-the medians are then over R x prompts): a ratio within a few percent of 1 needs it on a shared
-machine, where single 128-token runs vary by 10-20%. The load average before and after each backend
-is printed with its table.
+decoding on the same prompt (plans are compiled by a warm-up run of the longest prompt first).
+--repeat R runs the prompts R times over (each run one more sample per prompt and setting; the
+medians are then over R x prompts): a ratio within a few percent of 1 needs it on a shared machine,
+where single 128-token runs vary by 10-20%. The load average before and after each backend is
+printed with its table.
 Acceptance per position i is the fraction of proposed i-th drafts that were accepted (all prompts).
 
 --textbook adds, for the sampled mode, textbook speculative sampling (Generator(accept="textbook"),
