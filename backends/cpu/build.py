@@ -68,8 +68,10 @@ void gr_init(void);
 int gr_isa(void);
 int gr_set_isa(int mask);
 #define GR_Q8_0_R16 ...
+#define GR_Q4_0_R16 ...
 int gr_drop_pages(const void *p, int64_t n);
 void gr_repack_q8_0_r16(const char *src, int64_t K, int64_t M, int64_t nmat, int64_t snb1, int64_t snb2, char *dst);
+void gr_repack_q4_0_r16(const char *src, int64_t K, int64_t M, int64_t nmat, int64_t snb1, int64_t snb2, char *dst);
 """
 
 

@@ -58,7 +58,7 @@ def _bind(rec_t, t: Tensor, place: Place, bases: dict[int, int]) -> None:
 def _bind_repacked(rec_t, t: Tensor, address: int) -> None:
     """Bind weight t as its repacked copy at `address` (backends/cpu/repack.py)."""
     rec_t.data = ffi.cast("char *", address)
-    rec_t.type = lib.GR_Q8_0_R16
+    rec_t.type = getattr(lib, repack.LAYOUTS[t.type][2])
     rec_t.ne = t.ne
     rec_t.nb = repack.strides(t)
 
@@ -67,7 +67,7 @@ class Program:
     """Op records for `nodes` (each computing something), bound to their places; `state_io`:
     gated_delta_net nodes of `nodes` that read and write their state cache themselves (their
     dropped get_rows/set_rows must not be in `nodes`); `repacked`: where the matrix products
-    read their Q8_0 weights repacked (None: in their GGUF layout)."""
+    read their Q8_0 / Q4_0 weights repacked (None: in their GGUF layout)."""
 
     def __init__(self, nodes: list[Tensor], place: Callable[[Tensor], Place], max_threads: int,
                  state_io: Sequence[StateIO] = (), repacked: repack.Repacked | None = None) -> None:  # fmt: skip

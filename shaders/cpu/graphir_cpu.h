@@ -24,8 +24,8 @@
 enum gr_type {
     GR_F32 = 0, GR_F16 = 1, GR_Q4_0 = 2, GR_Q8_0 = 8, GR_Q4_K = 12, GR_Q5_K = 13, GR_Q6_K = 14,
     GR_I32 = 26, GR_BF16 = 30,
-    /* not a GGUF type: Q8_0 weights repacked by the cpu backend into groups of 16 rows (matmul.h) */
-    GR_Q8_0_R16 = 1008,
+    /* not GGUF types: Q8_0 / Q4_0 weights repacked by the cpu backend into groups of 16 rows (matmul.h) */
+    GR_Q4_0_R16 = 1002, GR_Q8_0_R16 = 1008,
 };
 
 /* op codes: one per graphir Op (graphir/ops.py), same names */

@@ -21,7 +21,7 @@
  */
 #include "matmul.h"
 
-#define RB 16 /* weight rows per unit: one group of repacked Q8_0 weights (matmul.h) */
+#define RB 16 /* weight rows per unit: one group of repacked Q8_0 / Q4_0 weights (matmul.h) */
 _Static_assert(RB % GR_R16 == 0, "a unit starts on a group of repacked rows");
 #define NB 64 /* most activation rows per unit */
 #define NB_BYTES (256 << 10) /* a unit's activation rows stay in L2: at most this many bytes of them */
@@ -31,7 +31,7 @@ static int act_kind(int wtype) {
     switch (wtype) {
     case GR_Q8_0: case GR_Q4_0: return GR_ACT_Q8;
     case GR_Q4_K: case GR_Q5_K: case GR_Q6_K: return GR_ACT_Q8K;
-    case GR_Q8_0_R16: return GR_ACT_Q8R;
+    case GR_Q8_0_R16: case GR_Q4_0_R16: return GR_ACT_Q8R;
     default: return GR_ACT_F32;
     }
 }

@@ -19,7 +19,8 @@
  *     K-quants: per super-block, the lanes' scale-weighted integer sums over its 4 chunks are
  *     converted once: acc[L] = fma(da * d, (float)IL[L], acc[L]) (then the mins, see vecdot.c);
  *   - the result is the tree sum: for h = n/2, ..., 2, 1: acc[i] += acc[i + h] (i < h); acc[0].
- *   - Q8_0 weights repacked in groups of 16 rows (GR_Q8_0_R16, below), one float per dot product:
+ *   - Q8_0 / Q4_0 weights repacked in groups of 16 rows (GR_Q8_0_R16, GR_Q4_0_R16, below), one
+ *     float per dot product:
  *     acc = 0; for each block j ascending: acc = fma(dw_j * da_j, (float)I_j, acc), where I_j is
  *     the exact integer dot product of block j; the result is acc.
  */
@@ -52,23 +53,36 @@ static inline const float *gr_q8_scales(const char *row, int64_t K) { return (co
  * with a broadcast), so the block's 16 integer dot products are whole after 8 of them and
  * one convert and one fma serve 16 rows: the float work per token is 1/16 of a row-at-a-time
  * kernel's, and verify batches stay bound by reading the weights. Built once per weight
- * (gr_repack_q8_0_r16); weights that are not repacked keep the GGUF kernels. */
+ * (gr_repack_q8_0_r16); weights that are not repacked keep the GGUF kernels.
+ *
+ * Repacked Q4_0 weights (GR_Q4_0_R16) are the same layout with a block's 16 quant bytes a row
+ * (18 * nblk bytes a row, pairs of 64 + 2 x 256 bytes): chunk c (0..3) of a block holds bytes
+ * 4c .. 4c + 3 of each row's 16 (row r's at 4r) as GGUF stores them, so its low nibbles are
+ * elements 4c .. 4c + 3 and its high nibbles elements 16 + 4c .. 16 + 4c + 3. The nibbles
+ * n = w + 8 are vpdpbusd's unsigned operand as they are: one AND (low) and one shift + AND (high)
+ * per chunk serve every token, then two vpdpbusd a token; sum(n q) - 8 sum(q) = sum(w q), and
+ * -8 sum(q) is the Q8R meta's -128 sum(q) >> 4 exactly, so both types read Q8R activations. */
 /* NOTE: groups of 32 rows (one broadcast of a token's quants for two vpdpbusd, in one stream)
  * took 0.6x the instructions in a loop from L1 (0.46 vs 0.82 ns per row-block at 4 tokens in L2)
  * but read alike from memory (a standalone chain of 3.7 MB matrices, 2 threads, 1 and 4 tokens)
  * and decoded slower in the 0.8B model once (33 vs 30 ms); two 16-row groups side by side (two
  * streams) streamed slower still: 16 it is. */
 #define GR_R16 16
-static inline int64_t gr_r16_group_bytes(int64_t K) { return GR_R16 * 34 * (K / 32); }
-/* block j (of nblk) of the group at g: its 16 fp16 scales, its 512 bytes of quants */
-static inline const uint16_t *gr_r16_scales(const char *g, int64_t j) { return (const uint16_t *)(g + j / 2 * 1088 + 32 * (j % 2)); }
-static inline const char *gr_r16_quants(const char *g, int64_t nblk, int64_t j) {
-    return g + j / 2 * 1088 + ((j | 1) < nblk ? 64 : 32) + 512 * (j % 2);
+/* qb: a row's quant bytes per block: 32 (GR_Q8_0_R16) or 16 (GR_Q4_0_R16) */
+static inline int gr_r16_qbytes(int type) { return type == GR_Q4_0_R16 ? 16 : 32; }
+static inline int64_t gr_r16_pair_bytes(int qb) { return 64 + 2 * GR_R16 * qb; }
+static inline int64_t gr_r16_group_bytes(int64_t K, int qb) { return GR_R16 * (2 + qb) * (K / 32); }
+/* block j (of nblk) of the group at g: its 16 fp16 scales, its 16 * qb bytes of quants */
+static inline const uint16_t *gr_r16_scales(const char *g, int64_t j, int qb) {
+    return (const uint16_t *)(g + j / 2 * gr_r16_pair_bytes(qb) + 32 * (j % 2));
 }
-/* byte e (0..31) of row r (0..15) within a block's quants */
+static inline const char *gr_r16_quants(const char *g, int64_t nblk, int64_t j, int qb) {
+    return g + j / 2 * gr_r16_pair_bytes(qb) + ((j | 1) < nblk ? 64 : 32) + GR_R16 * qb * (j % 2);
+}
+/* quant byte e (0..qb-1) of row r (0..15) within a block's quants */
 static inline int gr_r16_byte(int r, int e) { return 64 * (e / 4) + 4 * r + e % 4; }
-/* Tiles of several tokens (verify batches, prefill) prefetch the group's stream this far ahead
- * into L2, a block pair at a time (past a matrix's end: prefetches never fault). With a token's
+/* Tiles of several tokens (verify batches, prefill) prefetch the group's stream this many block
+ * pairs ahead into L2, a pair at a time (past a matrix's end: prefetches never fault). With a token's
  * broadcasts and dot products per block the loop holds fewer of the stream's misses in flight
  * than a decode does, and the hardware prefetcher alone left 4 tokens reading at 0.72-0.75x the
  * 1-token rate; with it 0.96-1.0x (24 layers of 3.7 MB matrices, 2 threads, in-process A/B). In
@@ -76,7 +90,7 @@ static inline int gr_r16_byte(int r, int e) { return 64 * (e / 4) + 4 * r + e % 
  * VNNI), 60.6 -> 44.7 ms at the AVX2 level. 4-9 pairs ahead measured alike; into L1 (T0) 1.6x
  * slower. One token streams at the memory limit without it (a prefetch there measured 0-8%
  * slower). */
-#define GR_R16_PF_BYTES (6 * 1088)
+#define GR_R16_PF_PAIRS 6
 /* the cache lines of [p, p + bytes) prefetched into L2 (prefetcht1 on x86; a prefetch never faults) */
 static inline void gr_prefetch_l2(const char *p, int64_t bytes) {
     for (int64_t l = 0; l < bytes; l += 64) __builtin_prefetch(p + l, 0, 2);
@@ -101,9 +115,10 @@ static inline void gr_prefetch_l2(const char *p, int64_t bytes) {
  * offset weights u = w + 128 with q gives sum(w q) + 128 sum(q), so a block's sum starts there. */
 static inline const float *gr_q8r_meta(const char *row, int64_t K) { return (const float *)(row + (K + 63) / 64 * 64); }
 
-/* Repack `nmat` Q8_0 matrices of M rows x K (matrix i at src + i * snb2, row stride snb1) into
- * dst (nmat * ceil(M / 16) groups of gr_r16_group_bytes(K), matrix after matrix). */
+/* Repack `nmat` Q8_0 (Q4_0) matrices of M rows x K (matrix i at src + i * snb2, row stride snb1)
+ * into dst (nmat * ceil(M / 16) groups of gr_r16_group_bytes(K, qb), matrix after matrix). */
 void gr_repack_q8_0_r16(const char *src, int64_t K, int64_t M, int64_t nmat, int64_t snb1, int64_t snb2, char *dst);
+void gr_repack_q4_0_r16(const char *src, int64_t K, int64_t M, int64_t nmat, int64_t snb1, int64_t snb2, char *dst);
 
 /* K-quant weights: ggml's block_q8_K (float d, q = round-half-even(-127/max * x) where max is
  * the first element of largest magnitude, d = 1/(-127/max)), plus the sums of q per 16

@@ -153,23 +153,26 @@ static float dot_q6_k(int64_t K, const char *w, const gr_q8k *a) {
     return tree16(acc);
 }
 
-/* ---- repacked Q8_0 (GR_Q8_0_R16), Q8R rows: one float per dot product (matmul.h) ---- */
-void gr_repack_q8_0_r16(const char *src, int64_t K, int64_t M, int64_t nmat, int64_t snb1, int64_t snb2, char *dst) {
+/* ---- repacked Q8_0 / Q4_0 (GR_Q8_0_R16, GR_Q4_0_R16), Q8R rows: one float per dot product (matmul.h) ---- */
+/* qb quant bytes a block row (34- or 18-byte GGUF blocks), each 4-byte word XORed with `flip` */
+static void repack_r16(const char *src, int64_t K, int64_t M, int64_t nmat, int64_t snb1, int64_t snb2, char *dst,
+                       int qb, uint32_t flip) {
     const int64_t nblk = K / 32, ng = (M + GR_R16 - 1) / GR_R16;
     for (int64_t i = 0; i < nmat; i++)
         for (int64_t g = 0; g < ng; g++) {
-            char *grp = dst + (i * ng + g) * gr_r16_group_bytes(K);
+            char *grp = dst + (i * ng + g) * gr_r16_group_bytes(K, qb);
             for (int r = 0; r < GR_R16; r++) {
                 int64_t m = g * GR_R16 + r;
                 const char *row = m < M ? src + i * snb2 + m * snb1 : NULL;
                 for (int64_t j = 0; j < nblk; j++) {
-                    uint16_t d = row ? gr_ld16(row + 34 * j) : 0;
-                    char *q = (char *)gr_r16_quants(grp, nblk, j);
-                    memcpy((char *)gr_r16_scales(grp, j) + 2 * r, &d, 2);
-                    for (int c = 0; c < 8; c++) { /* 4 quants at a time, offset by 128 */
+                    const char *blk = row ? row + (2 + qb) * j : NULL;
+                    uint16_t d = blk ? gr_ld16(blk) : 0;
+                    char *q = (char *)gr_r16_quants(grp, nblk, j, qb);
+                    memcpy((char *)gr_r16_scales(grp, j, qb) + 2 * r, &d, 2);
+                    for (int c = 0; c < qb / 4; c++) { /* 4 quant bytes at a time (padding rows: 0) */
                         uint32_t v = 0;
-                        if (row) memcpy(&v, row + 34 * j + 2 + 4 * c, 4);
-                        v ^= 0x80808080u;
+                        if (blk) memcpy(&v, blk + 2 + 4 * c, 4);
+                        v ^= flip;
                         memcpy(q + gr_r16_byte(r, 4 * c), &v, 4);
                     }
                 }
@@ -177,10 +180,38 @@ void gr_repack_q8_0_r16(const char *src, int64_t K, int64_t M, int64_t nmat, int
         }
 }
 
+void gr_repack_q8_0_r16(const char *src, int64_t K, int64_t M, int64_t nmat, int64_t snb1, int64_t snb2, char *dst) {
+    repack_r16(src, K, M, nmat, snb1, snb2, dst, 32, 0x80808080u); /* offset by 128: unsigned */
+}
+
+void gr_repack_q4_0_r16(const char *src, int64_t K, int64_t M, int64_t nmat, int64_t snb1, int64_t snb2, char *dst) {
+    repack_r16(src, K, M, nmat, snb1, snb2, dst, 16, 0); /* the nibbles as GGUF stores them */
+}
+
+/* The exact integer dot product of block j of row `lane` of the group at g with the Q8R
+ * activation block a (32 signed quants), starting from its meta's -128 sum(q):
+ * Q8_0: sum((w + 128) q) - 128 sum(q); Q4_0: sum((w + 8) q) - 8 sum(q), -8 sum(q) = (-128 sum(q)) / 16. */
+static int32_t r16_block_dot(int type, const char *g, int64_t nblk, int64_t j, int lane, const int8_t *a,
+                             int32_t minus128_sum) {
+    const uint8_t *q = (const uint8_t *)gr_r16_quants(g, nblk, j, gr_r16_qbytes(type));
+    if (type == GR_Q8_0_R16) {
+        int32_t I = minus128_sum;
+        for (int e = 0; e < 32; e++) I += q[gr_r16_byte(lane, e)] * a[e];
+        return I;
+    }
+    int32_t I = minus128_sum / 16; /* exact: a multiple of 16 */
+    for (int e = 0; e < 16; e++) {
+        uint8_t v = q[gr_r16_byte(lane, e)];
+        I += (v & 15) * a[e] + (v >> 4) * a[16 + e];
+    }
+    return I;
+}
+
 /* rows [0, nrows) of the groups at w, one activation (the portable kernel: the definition) */
-static void tile_q8r_1x1(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act,
-                         float *const *out, int64_t r0) {
+static void tile_r16(int type, int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act,
+                     float *const *out, int64_t r0) {
     const int64_t nblk = K / 32;
+    const int qb = gr_r16_qbytes(type);
     const int8_t *a = (const int8_t *)act[0];
     const float *meta = gr_q8r_meta(act[0], K);
     for (int64_t r = 0; r < nrows; r++) {
@@ -188,15 +219,23 @@ static void tile_q8r_1x1(int64_t K, const char *w, int64_t ws, int64_t nrows, co
         int lane = (int)(r % GR_R16);
         float acc = 0.0f;
         for (int64_t j = 0; j < nblk; j++) {
-            const uint8_t *q = (const uint8_t *)gr_r16_quants(g, nblk, j);
-            int32_t I;
-            memcpy(&I, meta + 2 * j + 1, 4); /* -128 sum(q) */
-            for (int e = 0; e < 32; e++) I += q[gr_r16_byte(lane, e)] * a[32 * j + e];
-            acc = fmaf(gr_f16_to_f32(gr_ld16(gr_r16_scales(g, j) + lane)) * meta[2 * j], (float)I, acc);
+            int32_t s;
+            memcpy(&s, meta + 2 * j + 1, 4); /* -128 sum(q) */
+            int32_t I = r16_block_dot(type, g, nblk, j, lane, a + 32 * j, s);
+            acc = fmaf(gr_f16_to_f32(gr_ld16(gr_r16_scales(g, j, qb) + lane)) * meta[2 * j], (float)I, acc);
         }
         out[0][r0 + r] = acc;
     }
 }
+static void tile_q8r_1x1(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act,
+                         float *const *out, int64_t r0) {
+    tile_r16(GR_Q8_0_R16, K, w, ws, nrows, act, out, r0);
+}
+static void tile_q4r_1x1(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act,
+                         float *const *out, int64_t r0) {
+    tile_r16(GR_Q4_0_R16, K, w, ws, nrows, act, out, r0);
+}
+static const gr_mm_rows_fn tile_q4r[GR_MM_MAX_RT][GR_MM_MAX_CT] = {{tile_q4r_1x1}};
 static const gr_mm_rows_fn tile_q8r[GR_MM_MAX_RT][GR_MM_MAX_CT] = {{tile_q8r_1x1}};
 
 /* ---- the scalar kernel set: tiles of one row x one activation ---- */
@@ -229,6 +268,7 @@ gr_mm_kernel gr_mm_scalar(int type) {
     case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 1, 1, tile_q5_k};
     case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 1, 1, tile_q6_k};
     case GR_Q8_0_R16: return (gr_mm_kernel){GR_ACT_Q8R, 1, 1, 1, tile_q8r};
+    case GR_Q4_0_R16: return (gr_mm_kernel){GR_ACT_Q8R, 1, 1, 1, tile_q4r};
     default: return (gr_mm_kernel){0, 0, 0, 0, NULL};
     }
 }

@@ -294,37 +294,62 @@ KERNEL(q4_k_tile, k_tile, GR_Q4_K)
 KERNEL(q5_k_tile, k_tile, GR_Q5_K)
 KERNEL(q6_k_tile, k_tile, GR_Q6_K)
 
-/* ================= repacked Q8_0 (GR_Q8_0_R16), Q8R rows ================= */
+/* ================= repacked Q8_0 / Q4_0 (GR_Q8_0_R16, GR_Q4_0_R16), Q8R rows ================= */
 
-/* One half (8 rows at lane offset 32 h bytes of each chunk) of a group of 16 rows x NC tokens:
- * per block and chunk the 8 rows' 4 signed weights (u ^ 0x80) and their magnitudes, shared by
- * the tokens; per token the sign trick gives the exact dot product (no offset to remove). */
-INLINE void r16_half(int NC, int64_t K, const char *g, int h, const char *const *act, float *const *out,
+/* One half (8 rows at lane offset 32 h bytes of each chunk) of a group of 16 rows x NC tokens.
+ * Q8_0: per block and chunk the 8 rows' 4 signed weights (u ^ 0x80) and their magnitudes, shared
+ * by the tokens; per token the sign trick gives the exact dot product (no offset to remove).
+ * Q4_0: per chunk the low and the high nibbles n = w + 8 (unsigned, at most 15: a maddubs pair
+ * sum stays within int16), each a token's unsigned operand as they are; the sum starts at
+ * -8 sum(q) = the Q8R meta's -128 sum(q) >> 4. */
+INLINE void r16_half(int type, int NC, int64_t K, const char *g, int h, const char *const *act, float *const *out,
                      int64_t r0, int64_t nvalid) {
     const int64_t nblk = K / 32;
-    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    const int qb = gr_r16_qbytes(type), q4 = type == GR_Q4_0_R16;
+    const int64_t pair = gr_r16_pair_bytes(qb);
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
     __m256 acc[4];
     UNROLL
     for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
     for (int64_t j = 0; j < nblk; j++) {
+        const char *qp = gr_r16_quants(g, nblk, j, qb);
         if (NC > 1 && h == 0 && !(j & 1)) /* the second half reads the group from cache */
-            gr_prefetch_l2((const char *)gr_r16_scales(g, j) + GR_R16_PF_BYTES, 1088);
+            gr_prefetch_l2((const char *)gr_r16_scales(g, j, qb) + GR_R16_PF_PAIRS * pair, pair);
         __m256i I[4];
-        UNROLL
-        for (int c = 0; c < NC; c++) I[c] = _mm256_setzero_si256();
-        UNROLL
-        for (int k = 0; k < 8; k++) {
-            __m256i w = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(gr_r16_quants(g, nblk, j) + 64 * k + 32 * h)), flip);
-            __m256i aw = _mm256_abs_epi8(w);
+        if (q4) {
             UNROLL
-            for (int c = 0; c < NC; c++) {
-                int32_t x;
-                memcpy(&x, act[c] + 32 * j + 4 * k, 4);
-                __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_set1_epi32(x), w));
-                I[c] = _mm256_add_epi32(I[c], _mm256_madd_epi16(p, ones));
+            for (int c = 0; c < NC; c++) I[c] = _mm256_set1_epi32(((const int32_t *)gr_q8r_meta(act[c], K))[2 * j + 1] >> 4);
+            UNROLL
+            for (int k = 0; k < 4; k++) {
+                __m256i x = _mm256_loadu_si256((const __m256i *)(qp + 64 * k + 32 * h));
+                __m256i lo = _mm256_and_si256(x, low4), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
+                UNROLL
+                for (int c = 0; c < NC; c++) {
+                    int32_t xl, xh;
+                    memcpy(&xl, act[c] + 32 * j + 4 * k, 4);
+                    memcpy(&xh, act[c] + 32 * j + 16 + 4 * k, 4);
+                    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xl)),
+                                                 _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xh)));
+                    I[c] = _mm256_add_epi32(I[c], _mm256_madd_epi16(p, ones)); /* |p| <= 4 * 15 * 127 */
+                }
+            }
+        } else {
+            UNROLL
+            for (int c = 0; c < NC; c++) I[c] = _mm256_setzero_si256();
+            UNROLL
+            for (int k = 0; k < 8; k++) {
+                __m256i w = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(qp + 64 * k + 32 * h)), flip);
+                __m256i aw = _mm256_abs_epi8(w);
+                UNROLL
+                for (int c = 0; c < NC; c++) {
+                    int32_t x;
+                    memcpy(&x, act[c] + 32 * j + 4 * k, 4);
+                    __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_set1_epi32(x), w));
+                    I[c] = _mm256_add_epi32(I[c], _mm256_madd_epi16(p, ones));
+                }
             }
         }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gr_r16_scales(g, j) + 8 * h)));
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gr_r16_scales(g, j, qb) + 8 * h)));
         UNROLL
         for (int c = 0; c < NC; c++) {
             const __m256 P = _mm256_mul_ps(dw, _mm256_set1_ps(gr_q8r_meta(act[c], K)[2 * j]));
@@ -339,15 +364,20 @@ INLINE void r16_half(int NC, int64_t K, const char *g, int h, const char *const 
     }
 }
 
-#define R16_SHAPE(NC)                                                                                    \
-    static void q8r_tile_1x##NC(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act, \
-                                float *const *out, int64_t r0) {                                         \
+#define R16_SHAPE(name, type, NC)                                                                        \
+    static void name##_1x##NC(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act,  \
+                              float *const *out, int64_t r0) {                                           \
         for (int64_t r = 0; r < nrows; r += GR_R16)                                                      \
-            for (int h = 0; h < 2 && 8 * h < nrows - r; h++) r16_half(NC, K, w + r * ws, h, act, out, r0 + r, nrows - r); \
+            for (int h = 0; h < 2 && 8 * h < nrows - r; h++)                                             \
+                r16_half(type, NC, K, w + r * ws, h, act, out, r0 + r, nrows - r);                       \
     }
-R16_SHAPE(1) R16_SHAPE(2) R16_SHAPE(3) R16_SHAPE(4)
+#define R16_KERNEL(name, type)                                                                           \
+    R16_SHAPE(name, type, 1) R16_SHAPE(name, type, 2) R16_SHAPE(name, type, 3) R16_SHAPE(name, type, 4)  \
+    static const gr_mm_rows_fn name[GR_MM_MAX_RT][GR_MM_MAX_CT] = {{name##_1x1, name##_1x2, name##_1x3, name##_1x4}};
+R16_KERNEL(q8r_tile, GR_Q8_0_R16)
+R16_KERNEL(q4r_tile, GR_Q4_0_R16)
+#undef R16_KERNEL
 #undef R16_SHAPE
-static const gr_mm_rows_fn q8r_tile[GR_MM_MAX_RT][GR_MM_MAX_CT] = {{q8r_tile_1x1, q8r_tile_1x2, q8r_tile_1x3, q8r_tile_1x4}};
 
 gr_mm_kernel gr_mm_avx2(int type) {
     switch (type) {
@@ -360,6 +390,7 @@ gr_mm_kernel gr_mm_avx2(int type) {
     case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 2, 2, q5_k_tile};
     case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 2, 2, q6_k_tile};
     case GR_Q8_0_R16: return (gr_mm_kernel){GR_ACT_Q8R, 1, 4, 4, q8r_tile};
+    case GR_Q4_0_R16: return (gr_mm_kernel){GR_ACT_Q8R, 1, 4, 4, q4r_tile};
     default: return (gr_mm_kernel){0, 0, 0, 0, NULL};
     }
 }

@@ -461,16 +461,20 @@ INLINE void k_tile(int type, int NR, int NC, int64_t K, const char *w, int64_t w
         for (int c = 0; c < NC; c++) out[c][r0 + r] = tree(acc[r][c]);
 }
 
-/* ================= repacked Q8_0 (GR_Q8_0_R16), Q8R rows ================= */
+/* ================= repacked Q8_0 / Q4_0 (GR_Q8_0_R16, GR_Q4_0_R16), Q8R rows ================= */
 
-/* One group of 16 rows (nvalid of them real) x NC tokens. Per block: the 8 chunks of the
- * group's quants (u = w + 128) in 8 registers and the 16 scales; per token, 8 vpdpbusd of a
- * chunk with 4 of the token's quants broadcast (two chains, the first starting at -128 sum(q))
- * give the block's exact dot product for all 16 rows, then one convert, one multiply of the
- * row scales by the token's and one fma. */
-INLINE void r16_group(int NC, int64_t K, const char *g, const char *const *act, float *const *out, int64_t r0,
-                      int64_t nvalid) {
+/* One group of 16 rows (nvalid of them real) x NC tokens. Per block: the group's quants as 8
+ * unsigned chunks in 8 registers (Q8_0: u = w + 128 as stored; Q4_0: the low and the high
+ * nibbles n = w + 8 of its 4 chunks, one AND and one shift + AND a chunk) and the 16 scales; per
+ * token, 8 vpdpbusd of a chunk with 4 of the token's quants broadcast (two chains, the first
+ * starting at -128 sum(q), or -8 sum(q) = that >> 4) give the block's exact dot product for all
+ * 16 rows, then one convert, one multiply of the row scales by the token's and one fma. */
+INLINE void r16_group(int type, int NC, int64_t K, const char *g, const char *const *act, float *const *out,
+                      int64_t r0, int64_t nvalid) {
     const int64_t nblk = K / 32;
+    const int qb = gr_r16_qbytes(type), q4 = type == GR_Q4_0_R16;
+    const int64_t pair = gr_r16_pair_bytes(qb);
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
     const float *meta[8];
     __m512 acc[8];
     UNROLL
@@ -479,18 +483,28 @@ INLINE void r16_group(int NC, int64_t K, const char *g, const char *const *act, 
         meta[c] = gr_q8r_meta(act[c], K);
     }
     for (int64_t j = 0; j < nblk; j++) {
-        const char *qb = gr_r16_quants(g, nblk, j);
-        if (NC > 1 && !(j & 1)) /* a pair's 1088 bytes, GR_R16_PF_BYTES ahead (matmul.h) */
-            gr_prefetch_l2((const char *)gr_r16_scales(g, j) + GR_R16_PF_BYTES, 1088);
+        const char *qp = gr_r16_quants(g, nblk, j, qb);
+        if (NC > 1 && !(j & 1)) /* a pair's bytes, GR_R16_PF_PAIRS pairs ahead (matmul.h) */
+            gr_prefetch_l2((const char *)gr_r16_scales(g, j, qb) + GR_R16_PF_PAIRS * pair, pair);
+        /* W[k]: the unsigned operand for the token's quants 4k .. 4k + 3 */
         __m512i W[8];
-        UNROLL
-        for (int k = 0; k < 8; k++) W[k] = _mm512_loadu_si512(qb + 64 * k); /* aligned but for a lone last block */
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)gr_r16_scales(g, j)));
+        if (q4) {
+            UNROLL
+            for (int k = 0; k < 4; k++) {
+                __m512i x = _mm512_loadu_si512(qp + 64 * k);
+                W[k] = _mm512_and_si512(x, low4);
+                W[k + 4] = _mm512_and_si512(_mm512_srli_epi16(x, 4), low4);
+            }
+        } else {
+            UNROLL
+            for (int k = 0; k < 8; k++) W[k] = _mm512_loadu_si512(qp + 64 * k); /* aligned but for a lone last block */
+        }
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)gr_r16_scales(g, j, qb)));
         UNROLL
         for (int c = 0; c < NC; c++) {
             const int32_t *qa = (const int32_t *)(act[c] + 32 * j);
-            /* -128 sum(q), broadcast from memory */
-            __m512i i0 = _mm512_set1_epi32(((const int32_t *)meta[c])[2 * j + 1]), i1 = _mm512_setzero_si512();
+            const int32_t s = ((const int32_t *)meta[c])[2 * j + 1]; /* -128 sum(q) */
+            __m512i i0 = _mm512_set1_epi32(q4 ? s >> 4 : s), i1 = _mm512_setzero_si512();
             UNROLL
             for (int k = 0; k < 8; k += 2) {
                 i0 = _mm512_dpbusd_epi32(i0, W[k], _mm512_set1_epi32(qa[k]));
@@ -505,16 +519,21 @@ INLINE void r16_group(int NC, int64_t K, const char *g, const char *const *act, 
     for (int c = 0; c < NC; c++) _mm512_mask_storeu_ps(out[c] + r0, m, acc[c]);
 }
 
-#define R16_SHAPE(NC)                                                                                    \
-    static void q8r_tile_1x##NC(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act, \
-                                float *const *out, int64_t r0) {                                         \
+#define R16_SHAPE(name, type, NC)                                                                        \
+    static void name##_1x##NC(int64_t K, const char *w, int64_t ws, int64_t nrows, const char *const *act,  \
+                              float *const *out, int64_t r0) {                                           \
         for (int64_t r = 0; r < nrows; r += GR_R16)                                                      \
-            r16_group(NC, K, w + r * ws, act, out, r0 + r, nrows - r);                                   \
+            r16_group(type, NC, K, w + r * ws, act, out, r0 + r, nrows - r);                             \
     }
-R16_SHAPE(1) R16_SHAPE(2) R16_SHAPE(3) R16_SHAPE(4) R16_SHAPE(5) R16_SHAPE(6) R16_SHAPE(7) R16_SHAPE(8)
+#define R16_KERNEL(name, type)                                                                           \
+    R16_SHAPE(name, type, 1) R16_SHAPE(name, type, 2) R16_SHAPE(name, type, 3) R16_SHAPE(name, type, 4)  \
+    R16_SHAPE(name, type, 5) R16_SHAPE(name, type, 6) R16_SHAPE(name, type, 7) R16_SHAPE(name, type, 8)  \
+    static const gr_mm_rows_fn name[GR_MM_MAX_RT][GR_MM_MAX_CT] = {                                      \
+        {name##_1x1, name##_1x2, name##_1x3, name##_1x4, name##_1x5, name##_1x6, name##_1x7, name##_1x8}};
+R16_KERNEL(q8r_tile, GR_Q8_0_R16)
+R16_KERNEL(q4r_tile, GR_Q4_0_R16)
+#undef R16_KERNEL
 #undef R16_SHAPE
-static const gr_mm_rows_fn q8r_tile[GR_MM_MAX_RT][GR_MM_MAX_CT] = {
-    {q8r_tile_1x1, q8r_tile_1x2, q8r_tile_1x3, q8r_tile_1x4, q8r_tile_1x5, q8r_tile_1x6, q8r_tile_1x7, q8r_tile_1x8}};
 
 /* ================= instantiation: one function per (type, nr, nc) ================= */
 
@@ -576,6 +595,7 @@ gr_mm_kernel gr_mm_avx512(int type) {
     case GR_Q5_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 4, 4, q5_k_tile};
     case GR_Q6_K: return (gr_mm_kernel){GR_ACT_Q8K, 1, 4, 4, q6_k_tile};
     case GR_Q8_0_R16: return (gr_mm_kernel){GR_ACT_Q8R, 1, 8, 8, q8r_tile};
+    case GR_Q4_0_R16: return (gr_mm_kernel){GR_ACT_Q8R, 1, 8, 8, q4r_tile};
     default: return (gr_mm_kernel){0, 0, 0, 0, NULL};
     }
 }

@@ -10,8 +10,9 @@ level, is checked
     caught tightly;
   - bit for bit across ISA levels (one canonical reduction order, matmul.h) and for batch
     invariance: a token's row is the same alone, in any batch, at any thread count.
-Q8_0 weights are repacked (backends/cpu/repack.py); "Q8_0-gguf" runs the same checks with
-repacking off, on the GGUF-layout kernels (which also serve Q8_0 matrices that are not weights).
+Q8_0 and Q4_0 weights are repacked (backends/cpu/repack.py); "Q8_0-gguf" and "Q4_0-gguf" run
+the same checks with repacking off, on the GGUF-layout kernels (which also serve matrices that
+are not weights).
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ K_OF = {1: (1, 15, 16, 37, 100), 32: (32, 96, 224, 608), 256: (256, 768)}  # 608
 # ---- data and runs ---------------------------------------------------------------------
 
 
-# (weight type, repacked): every type, and Q8_0 once more in its GGUF layout
-LAYOUTS = [(t, True) for t in WEIGHTS] + [(Q8_0, False)]
-LAYOUT_IDS = [t.name for t in WEIGHTS] + ["Q8_0-gguf"]
+# (weight type, repacked): every type, and Q8_0 and Q4_0 once more in their GGUF layout
+LAYOUTS = [(t, True) for t in WEIGHTS] + [(Q8_0, False), (Q4_0, False)]
+LAYOUT_IDS = [t.name for t in WEIGHTS] + ["Q8_0-gguf", "Q4_0-gguf"]
 
 
 def weight_data(type: DType, rows: int, K: int, rng: np.random.Generator) -> np.ndarray:
@@ -411,7 +412,7 @@ def test_streamed_matrices(native, type: DType, isa: int) -> None:
             np.testing.assert_array_equal(alone[0, 0, 0], bits(rows)[0, 0, n], err_msg=f"{type.name} M={M} token {n}")
 
 
-@pytest.mark.parametrize("type", [F16, Q8_0, Q4_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("type", [F16, Q8_0, Q4_0, Q4_K], ids=lambda t: t.name)
 def test_mul_mat_id_batch_invariance(native, type: DType) -> None:
     """A token's expert rows do not depend on the other tokens routed with it."""
     rng = np.random.default_rng(1)
