@@ -17,7 +17,13 @@ class HostMemoryBackend(Backend):
     """The memory half of the Backend interface over numpy buffers; subclasses add execution."""
 
     def alloc_buffer(self, nbytes: int) -> Buffer:
-        return Buffer(self, nbytes, np.zeros(max(nbytes, 1), dtype=np.uint8))
+        """A zeroed buffer whose base is `alignment`-aligned (compute-buffer offsets are multiples of
+        it). NOTE: numpy aligns to 16 bytes only; with every activation row starting 16 or 48 bytes
+        into a cache line the shipped model's decode measured 157-174 us native against 143-154 at
+        0 (8 contexts each way, the cpu kernels loading 64-byte chunks)."""
+        raw = np.zeros(max(nbytes, 1) + self.alignment, dtype=np.uint8)
+        off = -raw.ctypes.data % self.alignment
+        return Buffer(self, nbytes, raw[off : off + max(nbytes, 1)])
 
     def view(self, place: Place, t: Tensor) -> np.ndarray:
         return np_view(place.buffer.handle, place.offset, t)
