@@ -269,9 +269,9 @@ def run_policy(policy: SpecPolicy, cost: dict[bool, float], n: int, tokens: dict
 def test_policy_measures_both_then_runs_the_cheaper_and_probes_ever_less_often() -> None:
     p = SpecPolicy(probe_every=16, probe_len=3)
     got = run_policy(p, {True: 3e-3, False: 1e-3}, 600)
-    # plain first; the first probe of spec once first_budget (0.1) of the time run covers 3 rounds at
-    # twice a plain round's cost (no setup cost here): after 30 plain rounds
-    assert got.startswith("." * 30 + "SSS...") and not p.preferred
+    # plain first; the first probe of spec once first_budget (0.05) of the time run covers 3 rounds at
+    # twice a plain round's cost (no setup cost here): after 60 plain rounds
+    assert got.startswith("." * 60 + "SSS...") and not p.preferred
     probes = [i for i in range(1, len(got)) if got[i] == "S" and got[i - 1] == "."]
     assert len(probes) >= 3 and all(got[i : i + 3] == "SSS" for i in probes)
     gaps = [b - a for a, b in zip(probes, probes[1:])]
@@ -304,7 +304,7 @@ def test_one_probe_is_enough_to_notice_a_change() -> None:
 def test_policy_is_robust_to_a_preempted_round() -> None:
     """Medians: a few rounds slowed 100x by another process do not flip the choice."""
     p = SpecPolicy(probe_every=8, probe_len=3)
-    run_policy(p, {True: 1e-3, False: 2e-3}, 40)
+    run_policy(p, {True: 1e-3, False: 2e-3}, 80)  # the first probe of spec after 60 plain rounds
     assert p.preferred
     for _ in range(3):
         p.record(True, 0.1, 1)
